@@ -1,0 +1,221 @@
+"""Networks as explicit, ordered layer lists with inferred and checked shapes.
+
+A network is ``Network(name, input_shape=(C, H, W), layers=[...])``. The layers
+are the ones the hardware implements:
+
+* ``Conv2d``: k×k (or kh×kw) kernel, stride 1, zero padding, with bias;
+* ``ReLU``;
+* ``MaxPool2d``: 2×2, stride 2;
+* ``Linear``: fully connected over the flattened (C, H, W) input, with bias;
+* ``SoftmaxCrossEntropy``: the loss, always last.
+
+Anything else is refused by name. Shapes are inferred front to back and every
+impossible shape raises :class:`FpdeepError` naming the layer.
+"""
+
+from dataclasses import dataclass, field, asdict
+
+from .errors import FpdeepError
+
+__all__ = ["Conv2d", "ReLU", "MaxPool2d", "Linear", "SoftmaxCrossEntropy",
+           "Network", "LAYER_TYPES", "digits_cnn"]
+
+
+@dataclass(frozen=True)
+class Conv2d:
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int | tuple = 3
+    padding: int | tuple = 0
+
+    @property
+    def kernel_hw(self):
+        return _pair(self.kernel)
+
+    @property
+    def padding_hw(self):
+        return _pair(self.padding)
+
+    def output_shape(self, shape):
+        c, h, w = shape
+        kh, kw = self.kernel_hw
+        ph, pw = self.padding_hw
+        if c != self.in_channels:
+            raise FpdeepError(f"layer {self.name!r}: expects {self.in_channels} input channels, "
+                              f"gets {c}")
+        ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+        if ho < 1 or wo < 1:
+            raise FpdeepError(f"layer {self.name!r}: {kh}x{kw} kernel with padding {ph},{pw} "
+                              f"does not fit a {h}x{w} input")
+        if ph >= kh or pw >= kw:
+            raise FpdeepError(f"layer {self.name!r}: padding {ph},{pw} must be smaller than the "
+                              f"{kh}x{kw} kernel")
+        return (self.out_channels, ho, wo)
+
+    @property
+    def weight_count(self):
+        kh, kw = self.kernel_hw
+        return self.out_channels * self.in_channels * kh * kw + self.out_channels
+
+
+@dataclass(frozen=True)
+class ReLU:
+    name: str
+
+    def output_shape(self, shape):
+        return shape
+
+    weight_count = 0
+
+
+@dataclass(frozen=True)
+class MaxPool2d:
+    name: str
+    size: int = 2
+
+    def output_shape(self, shape):
+        c, h, w = shape
+        if self.size != 2:
+            raise FpdeepError(f"layer {self.name!r}: only 2x2 max-pooling is supported, "
+                              f"not {self.size}x{self.size}")
+        if h % 2 or w % 2:
+            raise FpdeepError(f"layer {self.name!r}: 2x2 max-pool needs an even input, "
+                              f"gets {h}x{w}")
+        return (c, h // 2, w // 2)
+
+    weight_count = 0
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str
+    in_features: int
+    out_features: int
+
+    def output_shape(self, shape):
+        c, h, w = shape
+        if c * h * w != self.in_features:
+            raise FpdeepError(f"layer {self.name!r}: expects {self.in_features} inputs, gets "
+                              f"{c}x{h}x{w} = {c * h * w}")
+        return (self.out_features, 1, 1)
+
+    @property
+    def weight_count(self):
+        return self.out_features * self.in_features + self.out_features
+
+
+@dataclass(frozen=True)
+class SoftmaxCrossEntropy:
+    name: str = "loss"
+
+    def output_shape(self, shape):
+        c, h, w = shape
+        if h != 1 or w != 1:
+            raise FpdeepError(f"layer {self.name!r}: the loss needs a vector of class scores, "
+                              f"gets a {c}x{h}x{w} map")
+        return shape
+
+    weight_count = 0
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, ReLU, MaxPool2d, Linear,
+                                            SoftmaxCrossEntropy)}
+
+
+def _pair(value):
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int)
+                                                                  for v in value):
+        return tuple(value)
+    raise FpdeepError(f"expected an int or a pair of ints, not {value!r}")
+
+
+@dataclass
+class Network:
+    """An ordered list of layers applied to an input of shape ``(C, H, W)``.
+
+    Raises
+    ------
+    FpdeepError
+        If a layer is of an unsupported type, names repeat, a shape is impossible,
+        or the loss is missing or not last.
+    """
+    name: str
+    input_shape: tuple
+    layers: list
+    shapes: list = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.input_shape = tuple(self.input_shape)
+        if len(self.input_shape) != 3 or not all(isinstance(d, int) and d > 0
+                                                 for d in self.input_shape):
+            raise FpdeepError(f"network {self.name!r}: input shape must be three positive ints "
+                              f"(C, H, W), not {self.input_shape!r}")
+        if not self.layers:
+            raise FpdeepError(f"network {self.name!r}: has no layers")
+        names = set()
+        shape = self.input_shape
+        self.shapes = [shape]
+        for index, layer in enumerate(self.layers):
+            if type(layer) not in LAYER_TYPES.values():
+                raise FpdeepError(f"network {self.name!r}: layer {index} of type "
+                                  f"{type(layer).__name__!r} is not supported")
+            if layer.name in names:
+                raise FpdeepError(f"network {self.name!r}: layer name {layer.name!r} is used twice")
+            names.add(layer.name)
+            if isinstance(layer, SoftmaxCrossEntropy) and index != len(self.layers) - 1:
+                raise FpdeepError(f"network {self.name!r}: loss {layer.name!r} must be the last "
+                                  f"layer")
+            shape = layer.output_shape(shape)
+            self.shapes.append(shape)
+        if not isinstance(self.layers[-1], SoftmaxCrossEntropy):
+            raise FpdeepError(f"network {self.name!r}: the last layer must be "
+                              f"SoftmaxCrossEntropy")
+
+    @property
+    def num_classes(self):
+        return self.shapes[-1][0]
+
+    def input_shape_of(self, index):
+        return self.shapes[index]
+
+    def output_shape_of(self, index):
+        return self.shapes[index + 1]
+
+    def to_dict(self):
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "layers": [{"type": type(layer).__name__, **asdict(layer)} for layer in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, spec, *, source="network"):
+        try:
+            name, input_shape, layer_specs = spec["name"], spec["input_shape"], spec["layers"]
+        except (KeyError, TypeError) as error:
+            raise FpdeepError(f"{source}: missing field {error}") from None
+        layers = []
+        for index, layer_spec in enumerate(layer_specs):
+            layer_spec = dict(layer_spec)
+            kind = layer_spec.pop("type", None)
+            if kind not in LAYER_TYPES:
+                raise FpdeepError(f"{source}: layer {index} has unsupported type {kind!r}")
+            try:
+                layers.append(LAYER_TYPES[kind](**layer_spec))
+            except TypeError as error:
+                raise FpdeepError(f"{source}: layer {index} ({kind}): {error}") from None
+        return cls(name, tuple(input_shape), layers)
+
+
+def digits_cnn():
+    """The small CNN for 8x8 ``sklearn`` digits that fits one open board."""
+    return Network("digits", (1, 8, 8), [
+        Conv2d("conv1", 1, 4, kernel=3, padding=1),
+        ReLU("relu1"),
+        MaxPool2d("pool1"),
+        Linear("fc1", 64, 10),
+        SoftmaxCrossEntropy("loss"),
+    ])

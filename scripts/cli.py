@@ -1,0 +1,59 @@
+"""The ``fpdeep`` command: ``plan``, ``sim``, ``train``, ``build``, ``waves``, ``bench``.
+
+Each subcommand lives in its own module of this package and registers itself in
+``SUBCOMMANDS``: a module exposing ``register(subparsers)``, which adds its parser
+and sets ``handler=`` to a function taking the parsed arguments and returning an
+exit status. Bad input is reported as one line, ``fpdeep: error: ...``, with exit
+status 2 and no traceback.
+"""
+
+import argparse
+import importlib
+import sys
+
+from ..plan.errors import FpdeepError
+
+__all__ = ["main", "console_main", "SUBCOMMANDS"]
+
+# Module names, relative to this package, in the order they appear in --help.
+SUBCOMMANDS = ["plan_cmd", "sim_cmd", "train_cmd", "build_cmd", "waves_cmd", "bench_cmd"]
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(
+        prog="fpdeep",
+        description="Plan, simulate and build CNN training on a 1-D chain of FPGAs.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"{__package__}.{name}":
+                continue    # not written yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args) or 0
+    except FpdeepError as error:
+        print(f"fpdeep: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fpdeep: interrupted", file=sys.stderr)
+        return 130
+
+
+def console_main():
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()
