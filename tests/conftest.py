@@ -1,0 +1,4 @@
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long simulation runs (run in CI with -m slow)")
+    config.addinivalue_line("markers", "build: bitstream builds with the YoWASP toolchain")
+    config.addinivalue_line("markers", "formal: formal proofs with yowasp-sby")
