@@ -1,6 +1,4 @@
-"""Shared pytest configuration: markers used across the test tree."""
-
-
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running test (sweeps, long simulations)")
-    config.addinivalue_line("markers", "build: needs the FPGA toolchain and builds a bitstream")
+    config.addinivalue_line("markers", "slow: long simulation runs (run in CI with -m slow)")
+    config.addinivalue_line("markers", "build: bitstream builds with the YoWASP toolchain")
+    config.addinivalue_line("markers", "formal: formal proofs with yowasp-sby")
