@@ -187,17 +187,16 @@ class Numerics:
 DEFAULT_NUMERICS = Numerics()
 
 
-def check_accumulator(terms, numerics, *, what):
+def check_accumulator(terms, operand_width, acc_width, *, what):
     """Raise unless a sum of ``terms`` worst-case products fits the accumulator exactly.
 
     The largest product of two ``n``-bit operands is ``2**(2n-2)``; a sum of
     ``terms`` of them needs ``2n - 1 + ceil(log2(terms))`` bits with the sign.
     """
-    operand = max(numerics.act.width, numerics.weight.width, numerics.error.width)
-    need = 2 * operand - 1 + max(0, int(terms - 1).bit_length())
-    if need > numerics.acc_width:
+    need = 2 * operand_width - 1 + max(0, int(terms - 1).bit_length())
+    if need > acc_width:
         raise FpdeepError(f"{what}: a sum of {terms} products needs a {need}-bit accumulator, "
-                          f"more than acc_width {numerics.acc_width}")
+                          f"more than acc_width {acc_width}")
     return need
 
 

@@ -1,0 +1,303 @@
+"""The systolic convolution engine: FP of conv and FC layers, and (transposed) BP."""
+
+from dataclasses import dataclass
+
+from amaranth import *
+from amaranth.lib import wiring, stream, data, memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .numerics import FixedFormat, check_accumulator, requantize_hw
+from .systolic import SystolicArray
+
+__all__ = ["ConvGeometry", "ConvEngine", "RowLayout", "pack_conv_weights", "pack_rows"]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A stride-1 zero-padded convolution ``(cin, h, w) -> (cout, h + 2ph - kh + 1, ...)``.
+
+    A fully-connected layer is the convolution whose kernel covers its whole input.
+    """
+    cin: int
+    cout: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    ph: int = 0
+    pw: int = 0
+
+    def __post_init__(self):
+        for name in ("cin", "cout", "h", "w", "kh", "kw"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, not {getattr(self, name)!r}")
+        if not 0 <= self.ph < self.kh or not 0 <= self.pw < self.kw:
+            raise ValueError(f"padding ({self.ph}, {self.pw}) must be smaller than the kernel "
+                             f"({self.kh}, {self.kw})")
+        if self.ho < 1 or self.wo < 1:
+            raise ValueError(f"a {self.kh}x{self.kw} kernel does not fit a {self.h}x{self.w} map")
+
+    @property
+    def ho(self):
+        return self.h + 2 * self.ph - self.kh + 1
+
+    @property
+    def wo(self):
+        return self.w + 2 * self.pw - self.kw + 1
+
+    @property
+    def macs(self):
+        return self.cout * self.cin * self.kh * self.kw * self.ho * self.wo
+
+    def transposed(self):
+        """The convolution that back-propagates errors: ``(cout, ho, wo) -> (cin, h, w)``."""
+        return ConvGeometry(cin=self.cout, cout=self.cin, h=self.ho, w=self.wo, kh=self.kh,
+                            kw=self.kw, ph=self.kh - 1 - self.ph, pw=self.kw - 1 - self.pw)
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """A feature map stored one row per memory word: address ``channel * h + y``."""
+    channels: int
+    h: int
+    w: int
+    fmt: FixedFormat
+
+    @property
+    def depth(self):
+        return self.channels * self.h
+
+    @property
+    def shape(self):
+        return data.ArrayLayout(self.fmt.shape, self.w)
+
+    def address(self, channel, y):
+        return channel * self.h + y
+
+
+class ConvEngine(wiring.Component):
+    """Computes ``out[o, y, :] = requantize(sum W[o, i, ky, kx] * in[i, y+ky-ph, x+kx-pw] (+ b[o]))``.
+
+    The engine is a :class:`SystolicArray` of ``rows`` × ``wo`` PEs: rows are
+    output channels (a tile of ``rows`` of them), columns are the pixels of one
+    output row. Each step feeds one weight word (``rows`` output channels at one
+    tap ``(i, ky, kx)``) down the rows and one input row, shifted by ``kx - pw`` with
+    zero padding, across the columns. Taps that fall wholly in the vertical padding
+    are not stepped through: for output row ``y`` only ``ky`` with an input row in
+    range are visited, so a tile takes ``cin * (valid ky) * kw (+1 for the bias)`` steps.
+
+    The same engine back-propagates errors as the transposed convolution
+    (:meth:`ConvGeometry.transposed`) over a transposed weight copy; see
+    :class:`~fpdeep.rtl.backprop.BackpropUnit`.
+
+    Weight memory: word ``t * taps + (i * kh + ky) * kw + kx`` holds ``rows`` lanes
+    (output channels ``t*rows ...``); the bias of the tile is at tap ``cin*kh*kw``.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+    rows : int
+        Output channels computed at once.
+    in_fmt, weight_fmt, out_fmt : FixedFormat
+    acc_width : int
+    bias : bool
+        Add a bias step whose input is 1.0 in ``in_fmt``.
+
+    Members
+    -------
+    start : In(1)
+        Pulse to compute one whole output map.
+    busy : Out(1)
+    w_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(weight, rows)))
+    x_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(in, w)))
+    o : Out(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(out, wo), "saturated"})))
+        Requantized output rows, in order of (tile, row, lane).
+    """
+
+    def __init__(self, *, geometry, rows, in_fmt, weight_fmt, out_fmt, acc_width=48, bias=True):
+        if not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be a positive int, not {rows!r}")
+        self._g, self._rows, self._bias = geometry, rows, bias
+        self._in_fmt, self._weight_fmt, self._out_fmt = in_fmt, weight_fmt, out_fmt
+        self._acc_width = acc_width
+        g = geometry
+        self.tiles = -(-g.cout // rows)
+        self.taps = g.cin * g.kh * g.kw + (1 if bias else 0)
+        self.in_layout = RowLayout(g.cin, g.h, g.w, in_fmt)
+        super().__init__({
+            "start": In(1),
+            "busy": Out(1),
+            "w_rd": In(memory.ReadPort.Signature(
+                addr_width=ceil_log2(max(2, self.tiles * self.taps)),
+                shape=data.ArrayLayout(weight_fmt.shape, rows))),
+            "x_rd": In(memory.ReadPort.Signature(
+                addr_width=ceil_log2(max(2, self.in_layout.depth)), shape=self.in_layout.shape)),
+            "o": Out(stream.Signature(data.StructLayout({
+                "channel": range(g.cout),
+                "row": range(g.ho),
+                "values": data.ArrayLayout(out_fmt.shape, g.wo),
+                "saturated": range(g.wo + 1),
+            }))),
+        })
+
+    @property
+    def array_shape(self):
+        return (self._rows, self._g.wo)
+
+    def elaborate(self, platform):
+        m = Module()
+        g, rows = self._g, self._rows
+        check_accumulator(g.cin * g.kh * g.kw + 1,
+                          max(self._in_fmt.width, self._weight_fmt.width), self._acc_width,
+                          what=f"conv engine {g}")
+        m.submodules.array = array = SystolicArray(
+            rows=rows, cols=g.wo, a_shape=self._weight_fmt.shape, b_shape=self._in_fmt.shape,
+            acc_width=self._acc_width)
+
+        # Loop counters: tile t, output row y, input channel i, kernel row ky, column kx;
+        # the bias step follows the last tap of a tile-row.
+        t = Signal(range(max(2, self.tiles)))
+        y = Signal(range(max(2, g.ho)))
+        i = Signal(range(max(2, g.cin)))
+        ky = Signal(range(max(2, g.kh)))
+        kx = Signal(range(max(2, g.kw)))
+        at_bias = Signal()
+        running = Signal()
+
+        # Valid kernel rows for output row y: y + ky - ph within [0, h).
+        ky_lo = Signal.like(ky)
+        ky_hi = Signal.like(ky)
+        m.d.comb += [
+            ky_lo.eq(Mux(y < g.ph, g.ph - y, 0)),
+            ky_hi.eq(Mux(y + g.kh - 1 - g.ph > g.h - 1, g.h - 1 + g.ph - y, g.kh - 1)),
+        ]
+        last_tap = (i == g.cin - 1) & (ky == ky_hi) & (kx == g.kw - 1)
+        step_last = at_bias if self._bias else last_tap
+
+        # Stage 1: the memory words of the step issued last cycle, with its tags.
+        s1_valid = Signal()
+        s1_bias = Signal()
+        s1_kx = Signal.like(kx)
+        s1_last = Signal()
+        advance = ~s1_valid | array.i.ready
+        m.d.comb += [self.w_rd.en.eq(advance), self.x_rd.en.eq(advance)]
+
+        tap = Mux(at_bias, g.cin * g.kh * g.kw, (i * g.kh + ky) * g.kw + kx)
+        m.d.comb += [
+            self.w_rd.addr.eq(t * self.taps + tap),
+            self.x_rd.addr.eq(i * g.h + y + ky - g.ph),
+        ]
+
+        # Tag of the tile in flight in the array (one at most: see SystolicArray).
+        drain_t = Signal.like(t)
+        drain_y = Signal.like(y)
+
+        with m.If(advance):
+            m.d.sync += [
+                s1_valid.eq(running),
+                s1_bias.eq(at_bias),
+                s1_kx.eq(kx),
+                s1_last.eq(step_last),
+            ]
+            with m.If(running):
+                with m.If(at_bias if self._bias else last_tap):
+                    m.d.sync += [at_bias.eq(0), i.eq(0), kx.eq(0)]
+                    next_y_lo = Mux(y + 1 < g.ph, g.ph - (y + 1), 0)
+                    with m.If(y == g.ho - 1):
+                        m.d.sync += [y.eq(0), ky.eq(g.ph)]       # ky_lo of row 0
+                        with m.If(t == self.tiles - 1):
+                            m.d.sync += [t.eq(0), running.eq(0)]
+                        with m.Else():
+                            m.d.sync += t.eq(t + 1)
+                    with m.Else():
+                        m.d.sync += [y.eq(y + 1), ky.eq(next_y_lo)]
+                with m.Elif(last_tap):
+                    m.d.sync += at_bias.eq(1)
+                with m.Elif(kx == g.kw - 1):
+                    m.d.sync += kx.eq(0)
+                    with m.If(ky == ky_hi):
+                        m.d.sync += [ky.eq(ky_lo), i.eq(i + 1)]
+                    with m.Else():
+                        m.d.sync += ky.eq(ky + 1)
+                with m.Else():
+                    m.d.sync += kx.eq(kx + 1)
+        with m.If(self.start & ~self.busy):
+            m.d.sync += [running.eq(1), t.eq(0), y.eq(0), i.eq(0), kx.eq(0), ky.eq(g.ph),
+                         at_bias.eq(0)]
+
+        # Stage 1 -> array: the input row shifted by kx - pw with zero padding.
+        x_row = self.x_rd.data
+        with m.Switch(s1_kx):
+            for shift in range(g.kw):
+                with m.Case(shift):
+                    for c in range(g.wo):
+                        src = c + shift - g.pw
+                        m.d.comb += array.i.payload.b[c].eq(
+                            x_row[src] if 0 <= src < g.w else 0)
+        with m.If(s1_bias):
+            for c in range(g.wo):
+                m.d.comb += array.i.payload.b[c].eq(self._in_fmt.one)
+        m.d.comb += [
+            array.i.payload.a.eq(self.w_rd.data),
+            array.i.payload.last.eq(s1_last),
+            array.i.valid.eq(s1_valid),
+        ]
+        issue_t = Signal.like(t)
+        issue_y = Signal.like(y)
+        with m.If(advance):
+            m.d.sync += [issue_t.eq(t), issue_y.eq(y)]
+        with m.If(array.i.valid & array.i.ready & s1_last):
+            m.d.sync += [drain_t.eq(issue_t), drain_y.eq(issue_y)]
+
+        # Array -> output: requantize one row per beat; lanes past cout are dropped.
+        channel = drain_t * rows + array.o.payload.row
+        lane_used = channel < g.cout
+        saturated = []
+        for c in range(g.wo):
+            value, sat = requantize_hw(array.o.payload.sums[c],
+                                       self._in_fmt.frac + self._weight_fmt.frac, self._out_fmt)
+            m.d.comb += self.o.payload.values[c].eq(value)
+            saturated.append(sat)
+        m.d.comb += [
+            self.o.payload.channel.eq(channel),
+            self.o.payload.row.eq(drain_y),
+            self.o.payload.saturated.eq(sum(saturated)),
+            self.o.valid.eq(array.o.valid & lane_used),
+            array.o.ready.eq(self.o.ready | ~lane_used),
+        ]
+
+        m.d.comb += self.busy.eq(running | s1_valid | array.busy)
+        return m
+
+
+
+def pack_conv_weights(weights, bias, rows):
+    """Weight-memory words of :class:`ConvEngine`: ``weights`` is ``(cout, cin, kh, kw)``.
+
+    Word ``t * taps + (i * kh + ky) * kw + kx`` holds lanes ``W[t*rows + r, i, ky, kx]``;
+    with a ``bias``, tap ``cin*kh*kw`` holds ``b[t*rows + r]``. Missing lanes are zero.
+    """
+    cout, cin, kh, kw = weights.shape
+    tiles = -(-cout // rows)
+    taps = cin * kh * kw + (0 if bias is None else 1)
+    words = []
+    for t in range(tiles):
+        lanes = range(t * rows, t * rows + rows)
+        for tap in range(taps):
+            word = []
+            for o in lanes:
+                if o >= cout:
+                    word.append(0)
+                elif tap == cin * kh * kw:
+                    word.append(int(bias[o]))
+                else:
+                    word.append(int(weights[o].reshape(-1)[tap]))
+            words.append(word)
+    return words
+
+
+def pack_rows(feature_map):
+    """Row-layout memory words (:class:`RowLayout`) of a ``(channels, h, w)`` map."""
+    c, h, w = feature_map.shape
+    return [[int(v) for v in feature_map[ch, y]] for ch in range(c) for y in range(h)]
