@@ -129,10 +129,10 @@ class ConvEngine(wiring.Component):
             "start": In(1),
             "busy": Out(1),
             "w_rd": In(memory.ReadPort.Signature(
-                addr_width=ceil_log2(max(2, self.tiles * self.taps)),
+                addr_width=ceil_log2(self.tiles * self.taps),
                 shape=data.ArrayLayout(weight_fmt.shape, rows))),
             "x_rd": In(memory.ReadPort.Signature(
-                addr_width=ceil_log2(max(2, self.in_layout.depth)), shape=self.in_layout.shape)),
+                addr_width=ceil_log2(self.in_layout.depth), shape=self.in_layout.shape)),
             "o": Out(stream.Signature(data.StructLayout({
                 "channel": range(g.cout),
                 "row": range(g.ho),
