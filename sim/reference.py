@@ -215,10 +215,12 @@ class Reference:
             cache.append(x)
         return x[:, 0, 0], cache
 
-    def backward(self, cache, label):
+    def backward(self, cache, label, *, errors=None):
         """Returns ``{layer: (grad_w, grad_b)}`` for one sample, and updates the counters.
 
         Int mode: exact sums with ``act.frac + error.frac`` fraction bits. Float: gradients.
+        If ``errors`` is a dict, it also receives the error at the output of every layer
+        that the error reaches, keyed by layer name (see :meth:`output_errors`).
         """
         n, integer = self.numerics, self.mode == "int"
         logits = cache[-2][:, 0, 0]
@@ -237,6 +239,8 @@ class Reference:
         position = len(cache) - 2            # cache index of the current layer output
         for index in range(len(self.network.layers) - 2, -1, -1):
             layer = self.network.layers[index]
+            if errors is not None and index >= first:
+                errors[layer.name] = e
             if isinstance(layer, MaxPool2d):
                 winner = cache[position - 1]
                 e = maxpool_backward(e, winner)
@@ -268,6 +272,20 @@ class Reference:
         grads = self.backward(cache, label)
         loss, _ = softmax_cross_entropy(logits, label)
         return loss, grads
+
+    def output_errors(self, x, label):
+        """The error at the output of every layer for one sample, ``{layer name: e}``.
+
+        ``e`` is shaped like the layer's output: d loss / d output in float mode, the
+        error-format integers that BP carries in int mode. The error at a layer's input
+        is the entry of the layer in front of it (so the loss layer itself is absent).
+        The first weighted layer has no BP, so layers in front of it are absent too.
+        Used by the gradient checks.
+        """
+        _, cache = self.forward(x)
+        errors = {}
+        self.backward(cache, label, errors=errors)
+        return errors
 
     # -- training ------------------------------------------------------------------------
 
