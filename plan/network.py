@@ -11,14 +11,26 @@ are the ones the hardware implements:
 
 Anything else is refused by name. Shapes are inferred front to back and every
 impossible shape raises :class:`FpdeepError` naming the layer.
+
+Two extensions exist for *planning* the paper's benchmarks only: a conv
+``stride`` (AlexNet's 11×11/4 first layer) and a 3×3/2 max-pool (AlexNet's
+overlapping pools). The gateware implements stride 1 and 2×2 pools;
+:meth:`Network.gateware_unsupported` lists the layers it cannot build. These
+fields are left out of :meth:`Network.to_dict` when they have their defaults.
+
+Networks are read from and written to JSON or YAML with :func:`load_network`
+and :func:`save_network`.
 """
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field, asdict
 
 from .errors import FpdeepError
 
 __all__ = ["Conv2d", "ReLU", "MaxPool2d", "Linear", "SoftmaxCrossEntropy",
-           "Network", "LAYER_TYPES", "digits_cnn"]
+           "Network", "LAYER_TYPES", "digits_cnn", "load_network", "save_network"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,7 @@ class Conv2d:
     out_channels: int
     kernel: int | tuple = 3
     padding: int | tuple = 0
+    stride: int = 1
 
     @property
     def kernel_hw(self):
@@ -44,7 +57,11 @@ class Conv2d:
         if c != self.in_channels:
             raise FpdeepError(f"layer {self.name!r}: expects {self.in_channels} input channels, "
                               f"gets {c}")
-        ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+        if not isinstance(self.stride, int) or self.stride < 1:
+            raise FpdeepError(f"layer {self.name!r}: stride must be a positive int, "
+                              f"not {self.stride!r}")
+        ho = (h + 2 * ph - kh) // self.stride + 1
+        wo = (w + 2 * pw - kw) // self.stride + 1
         if ho < 1 or wo < 1:
             raise FpdeepError(f"layer {self.name!r}: {kh}x{kw} kernel with padding {ph},{pw} "
                               f"does not fit a {h}x{w} input")
@@ -71,18 +88,26 @@ class ReLU:
 
 @dataclass(frozen=True)
 class MaxPool2d:
+    """2×2/2 max-pool (gateware), or 3×3/2 (planning AlexNet only)."""
     name: str
     size: int = 2
+    stride: int | None = None
 
     def output_shape(self, shape):
         c, h, w = shape
-        if self.size != 2:
-            raise FpdeepError(f"layer {self.name!r}: only 2x2 max-pooling is supported, "
-                              f"not {self.size}x{self.size}")
-        if h % 2 or w % 2:
-            raise FpdeepError(f"layer {self.name!r}: 2x2 max-pool needs an even input, "
-                              f"gets {h}x{w}")
-        return (c, h // 2, w // 2)
+        stride = self.size if self.stride is None else self.stride
+        if (self.size, stride) == (2, 2):
+            if h % 2 or w % 2:
+                raise FpdeepError(f"layer {self.name!r}: 2x2 max-pool needs an even input, "
+                                  f"gets {h}x{w}")
+            return (c, h // 2, w // 2)
+        if (self.size, stride) == (3, 2):
+            if h < 3 or w < 3:
+                raise FpdeepError(f"layer {self.name!r}: 3x3 max-pool needs at least 3x3, "
+                                  f"gets {h}x{w}")
+            return (c, (h - 3) // 2 + 1, (w - 3) // 2 + 1)
+        raise FpdeepError(f"layer {self.name!r}: only 2x2/2 (and 3x3/2 for planning) "
+                          f"max-pooling is supported, not {self.size}x{self.size}/{stride}")
 
     weight_count = 0
 
@@ -184,11 +209,25 @@ class Network:
     def output_shape_of(self, index):
         return self.shapes[index + 1]
 
+    def gateware_unsupported(self):
+        """Names of layers that only the planner models (stride > 1, 3×3 pools)."""
+        return [layer.name for layer in self.layers
+                if (isinstance(layer, Conv2d) and layer.stride != 1)
+                or (isinstance(layer, MaxPool2d) and (layer.size != 2 or
+                                                      layer.stride not in (None, 2)))]
+
     def to_dict(self):
+        layers = []
+        for layer in self.layers:
+            spec = {"type": type(layer).__name__, **asdict(layer)}
+            for key, default in _OPTIONAL_DEFAULTS.get(type(layer), {}).items():
+                if spec.get(key) == default:
+                    del spec[key]
+            layers.append(spec)
         return {
             "name": self.name,
             "input_shape": list(self.input_shape),
-            "layers": [{"type": type(layer).__name__, **asdict(layer)} for layer in self.layers],
+            "layers": layers,
         }
 
     @classmethod
@@ -197,8 +236,12 @@ class Network:
             name, input_shape, layer_specs = spec["name"], spec["input_shape"], spec["layers"]
         except (KeyError, TypeError) as error:
             raise FpdeepError(f"{source}: missing field {error}") from None
+        if not isinstance(layer_specs, list) or not isinstance(input_shape, (list, tuple)):
+            raise FpdeepError(f"{source}: 'layers' must be a list and 'input_shape' a list")
         layers = []
         for index, layer_spec in enumerate(layer_specs):
+            if not isinstance(layer_spec, dict):
+                raise FpdeepError(f"{source}: layer {index} is not a mapping")
             layer_spec = dict(layer_spec)
             kind = layer_spec.pop("type", None)
             if kind not in LAYER_TYPES:
@@ -208,6 +251,64 @@ class Network:
             except TypeError as error:
                 raise FpdeepError(f"{source}: layer {index} ({kind}): {error}") from None
         return cls(name, tuple(input_shape), layers)
+
+
+_OPTIONAL_DEFAULTS = {Conv2d: {"stride": 1}, MaxPool2d: {"stride": None}}
+
+
+def load_network(path):
+    """Read a network from a ``.json``, ``.yaml`` or ``.yml`` file.
+
+    Raises
+    ------
+    FpdeepError
+        If the file is missing, cannot be parsed, or describes a bad network.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path) as file:
+            text = file.read()
+    except OSError as error:
+        raise FpdeepError(f"cannot read network file {path!r}: {error.strerror}") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+            spec = yaml.safe_load(text)
+        else:
+            spec = json.loads(text)
+    except Exception as error:     # json.JSONDecodeError, yaml.YAMLError
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise FpdeepError(f"malformed network file {path!r}: {first}") from None
+    if not isinstance(spec, dict):
+        raise FpdeepError(f"malformed network file {path!r}: expected a mapping at top level")
+    return Network.from_dict(spec, source=path)
+
+
+def save_network(network, path):
+    """Write ``network`` as JSON, or YAML if ``path`` ends in ``.yaml``/``.yml`` (atomic)."""
+    path = os.fspath(path)
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        text = yaml.safe_dump(network.to_dict(), sort_keys=False)
+    else:
+        text = json.dumps(network.to_dict(), indent=1) + "\n"
+    atomic_write_text(path, text)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".fpdeep-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
 
 
 def digits_cnn():
