@@ -1,0 +1,152 @@
+"""Link-layer frame format and the parameters both ends of a link must agree on.
+
+A frame on the wire is a burst of consecutive valid PHY symbols, followed by at
+least one idle symbol::
+
+    | header (header_symbols) | payload (0..max_payload words) | CRC (trailer_symbols) | idle |
+
+- One symbol carries one payload word, so the PHY is ``word_width`` bits wide.
+- The header (:meth:`LinkConfig.header_layout`) is packed little-endian into
+  ``header_symbols`` symbols, symbol 0 holding the low bits.
+- The CRC covers header and payload. The receiver recomputes it and compares it with
+  the trailer, symbol by symbol, low bits first.
+- The idle after each frame is what delimits frames. A receiver that finds the burst
+  length disagreeing with the header's ``length`` drops the frame, so a corrupted
+  length can never misalign the frames after it.
+
+Every frame, DATA or CTRL, carries the sender's link state for the opposite direction:
+the cumulative ACK (next sequence number expected), a one-shot NAK, and the
+cumulative count of words freed in one virtual channel's receive FIFO. All three are
+absolute values, so a lost control frame loses nothing that a later frame does not
+repeat.
+"""
+
+import enum
+import math
+
+from amaranth import *
+from amaranth.lib import data
+from amaranth.lib.crc import Algorithm, catalog
+
+__all__ = ["FrameKind", "LinkConfig"]
+
+
+class FrameKind(enum.IntEnum):
+    """What a frame carries."""
+    #: Payload words for one virtual channel, with a sequence number; replayed until ACKed.
+    DATA = 0
+    #: No payload and no sequence number: only ACK/NAK/credit state. Never replayed.
+    CTRL = 1
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+
+
+def _check_pow2(name, value):
+    _check_int(name, value, 1)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value}")
+
+
+class LinkConfig:
+    """Parameters of one link, identical on both of its ends.
+
+    Parameters
+    ----------
+    word_width : int
+        Payload word width in bits, also the PHY symbol width. Default 16, the
+        fixed-point activation width.
+    vcs : int
+        Number of virtual channels (at least 1; the chip uses 4, see
+        :class:`~fpdeep.rtl.link.channels.VirtualChannel`).
+    max_payload : int
+        Most payload words in one frame; a power of two. Longer frames cost less header
+        and trailer per word, shorter ones lose less to each bit error.
+    replay_slots : int
+        Frames held in the replay buffer awaiting ACK (the go-back-N window); a power
+        of two. Sequence numbers are ``log2(replay_slots) + 1`` bits wide, so a
+        duplicate can always be told from a frame ahead of the expected one.
+    rx_depth : int
+        Receive FIFO depth per virtual channel, in words. The sender holds this many
+        credits per channel; to keep one channel at full rate it should cover the
+        credit round trip (about three frame times plus twice the PHY latency).
+    crc : amaranth.lib.crc.Algorithm
+        Frame check sequence. Default CRC-32 (Ethernet), like PCIe's LCRC.
+    replay_timeout : int
+        Cycles without ACK progress, while frames are unacknowledged, before the
+        transmitter replays everything not yet acknowledged.
+    refresh_interval : int
+        Cycles of silence after which a transmitter sends a CTRL frame anyway, so that
+        a lost ACK or credit update is repeated. Must be below ``replay_timeout``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the offending parameter.
+    """
+
+    def __init__(self, *, word_width=16, vcs=4, max_payload=16, replay_slots=8, rx_depth=64,
+                 crc=catalog.CRC32_ETHERNET, replay_timeout=128, refresh_interval=64):
+        _check_int("word_width", word_width, 1)
+        _check_int("vcs", vcs, 1)
+        _check_pow2("max_payload", max_payload)
+        _check_pow2("replay_slots", replay_slots)
+        _check_int("rx_depth", rx_depth, 2)
+        if not isinstance(crc, Algorithm):
+            raise TypeError(f"crc must be an amaranth.lib.crc.Algorithm, not {crc!r}")
+        _check_int("refresh_interval", refresh_interval, 1)
+        _check_int("replay_timeout", replay_timeout, 2)
+        if replay_timeout <= refresh_interval:
+            raise ValueError(f"replay_timeout ({replay_timeout}) must exceed "
+                             f"refresh_interval ({refresh_interval})")
+        self.word_width = word_width
+        self.vcs = vcs
+        self.max_payload = max_payload
+        self.replay_slots = replay_slots
+        self.rx_depth = rx_depth
+        self.crc = crc
+        self.replay_timeout = replay_timeout
+        self.refresh_interval = refresh_interval
+
+        self.seq_width = replay_slots.bit_length()          # log2(slots) + 1
+        self.vc_width = max(1, (vcs - 1).bit_length())
+        self.len_width = max_payload.bit_length()
+        self.credit_width = rx_depth.bit_length()           # 2**credit_width > rx_depth
+        self.header_symbols = math.ceil(self.header_layout.size / word_width)
+        self.trailer_symbols = math.ceil(crc.crc_width / word_width)
+
+    @property
+    def header_layout(self):
+        """``data.StructLayout`` of a frame header."""
+        return data.StructLayout({
+            "kind":      FrameKind,
+            "vc":        unsigned(self.vc_width),
+            "seq":       unsigned(self.seq_width),
+            "length":    unsigned(self.len_width),
+            "ack":       unsigned(self.seq_width),    # next sequence number expected
+            "nak":       unsigned(1),                 # replay from `ack`, please
+            "credit_vc": unsigned(self.vc_width),
+            "credit":    unsigned(self.credit_width), # words freed in that VC, mod 2**credit_width
+        })
+
+    @property
+    def ring_depth(self):
+        """Receiver staging ring depth: one frame being checked plus one being drained."""
+        return 2 * self.max_payload
+
+    def frame_symbols(self, length):
+        """Symbols a frame with ``length`` payload words occupies on the wire, idle included."""
+        return self.header_symbols + length + self.trailer_symbols + 1
+
+    def efficiency(self):
+        """Payload words per wire cycle with full frames and no errors: the framing bound."""
+        return self.max_payload / self.frame_symbols(self.max_payload)
+
+    def __repr__(self):
+        return (f"LinkConfig(word_width={self.word_width}, vcs={self.vcs}, "
+                f"max_payload={self.max_payload}, replay_slots={self.replay_slots}, "
+                f"rx_depth={self.rx_depth})")

@@ -1,0 +1,320 @@
+"""Link transmitter: VC arbitration, replay buffer, framing and go-back-N retransmission."""
+
+import enum
+
+from amaranth import *
+from amaranth.lib import wiring, stream, data, memory, crc
+from amaranth.lib.wiring import In, Out
+
+from .frame import FrameKind, LinkConfig
+from .channels import RoundRobin, CreditCounter
+
+__all__ = ["PeerState", "LinkTransmitter"]
+
+
+def PeerState(config):
+    """Layout of the link state a receiver decodes from one good frame for its transmitter."""
+    return data.StructLayout({
+        "ack": unsigned(config.seq_width),
+        "nak": unsigned(1),
+        "credit_vc": unsigned(config.vc_width),
+        "credit": unsigned(config.credit_width),
+    })
+
+
+class LinkTransmitter(wiring.Component):
+    """One chip's transmitter on one link: from VC streams to PHY symbols.
+
+    Two processes share the replay buffer (a ``Memory`` of ``replay_slots`` frames of
+    ``max_payload`` words, slot = sequence number modulo ``replay_slots``):
+
+    - The *packer* picks a VC round-robin among those with a word waiting, a credit left
+      and a free slot, and copies words into the slot until the VC's stream pauses, its
+      credits run out or the frame is full. It then commits the frame, which takes the
+      next sequence number. Credits are spent here, once per word, so replays cost none.
+    - The *framer* sends committed frames from the slot at full rate: header, payload,
+      CRC, then at least one idle symbol. The ACK/NAK/credit fields are filled in at
+      send time, so a replayed frame carries the current state. With no DATA frame
+      pending it sends a CTRL frame when its receiver has news (ACK, NAK, freed
+      credits) or when the link has been silent for ``refresh_interval`` cycles.
+
+    A slot is freed when the peer's cumulative ACK passes it. A NAK, or
+    ``replay_timeout`` cycles without ACK progress while frames are outstanding,
+    rewinds the framer to the oldest unacknowledged frame (go-back-N, as PCIe does).
+
+    Parameters
+    ----------
+    config : LinkConfig
+        Link parameters, shared with the peer.
+
+    Members
+    -------
+    i : In(stream.Signature(word_width)).array(vcs)
+        User words per VC.
+    o : Out(stream.Signature(word_width, always_ready=True))
+        PHY symbols; ``valid`` low sends an idle.
+    rx_ack : In(seq_width)
+        From the local receiver: the next sequence number it expects (our cumulative ACK).
+    rx_ack_now : In(1)
+        From the local receiver: a duplicate arrived; repeat the ACK soon.
+    rx_nak : In(1)
+        From the local receiver: a frame was bad or missing; send one NAK.
+    rx_freed : In(data.ArrayLayout(credit_width, vcs))
+        From the local receive FIFOs: words freed per VC, returned to the peer as credit.
+    peer : In(PeerState(config))
+        ACK/NAK/credit decoded from a good frame by the local receiver...
+    peer_valid : In(1)
+        ...on the cycles this is high.
+    replays : Out(16)
+        Replays started (NAK or timeout), wrapping.
+    timeouts : Out(16)
+        Replays started by the timer, wrapping.
+
+    Throughput: one symbol per cycle; a full frame delivers ``max_payload`` words in
+    ``config.frame_symbols(max_payload)`` cycles.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, LinkConfig):
+            raise TypeError(f"config must be a LinkConfig, not {config!r}")
+        self._cfg = config
+        c = config
+        super().__init__({
+            "i": In(stream.Signature(c.word_width)).array(c.vcs),
+            "o": Out(stream.Signature(c.word_width, always_ready=True)),
+            "rx_ack": In(c.seq_width),
+            "rx_ack_now": In(1),
+            "rx_nak": In(1),
+            "rx_freed": In(data.ArrayLayout(c.credit_width, c.vcs)),
+            "peer": In(PeerState(c)),
+            "peer_valid": In(1),
+            "replays": Out(16),
+            "timeouts": Out(16),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._cfg
+        W, S = c.word_width, c.seq_width
+        slot_bits = (c.replay_slots - 1).bit_length()
+        word_bits = (c.max_payload - 1).bit_length()
+
+        def slot_of(seq):
+            return seq[:slot_bits] if slot_bits else C(0, 0)
+
+        # Replay buffer: payload words, and per slot the frame's VC and length.
+        meta_layout = data.StructLayout({"vc": unsigned(c.vc_width), "length": unsigned(c.len_width)})
+        m.submodules.replay = replay = memory.Memory(
+            shape=W, depth=c.replay_slots * c.max_payload, init=[])
+        m.submodules.meta = meta = memory.Memory(shape=meta_layout, depth=c.replay_slots, init=[])
+        replay_w = replay.write_port()
+        replay_r = replay.read_port()
+        meta_w = meta.write_port()
+        meta_r = meta.read_port(domain="comb")
+
+        next_seq = Signal(S)    # sequence number of the frame being packed
+        ack_ptr = Signal(S)     # oldest unacknowledged frame
+        tx_ptr = Signal(S)      # next frame the framer sends
+        in_flight = Signal(S)
+        m.d.comb += in_flight.eq(next_seq - ack_ptr)
+
+        # ---- packer -------------------------------------------------------------------
+        m.submodules.rr = rr = RoundRobin(c.vcs)
+        credit = []
+        for v in range(c.vcs):
+            cc = m.submodules[f"credit{v}"] = CreditCounter(depth=c.rx_depth, width=c.credit_width)
+            credit.append(cc)
+            m.d.comb += [
+                rr.requests[v].eq(self.i[v].valid & cc.available),
+                cc.update.eq(self.peer_valid & (self.peer.credit_vc == v)),
+                cc.freed.eq(self.peer.credit),
+            ]
+
+        pack_vc = Signal(c.vc_width)
+        pack_count = Signal(range(c.max_payload + 1))
+        packing = Signal()
+        slot_free = Signal()
+        m.d.comb += slot_free.eq(in_flight < c.replay_slots)
+
+        taken = Signal()        # a word moves from the selected VC this cycle
+        for v in range(c.vcs):
+            sel = packing & (pack_vc == v)
+            m.d.comb += [
+                self.i[v].ready.eq(sel & credit[v].available),
+                credit[v].consume.eq(sel & credit[v].available & self.i[v].valid),
+            ]
+            with m.If(sel):
+                m.d.comb += taken.eq(self.i[v].valid & credit[v].available)
+        src = Signal(W)
+        with m.Switch(pack_vc):
+            for v in range(c.vcs):
+                with m.Case(v):
+                    m.d.comb += src.eq(self.i[v].payload)
+        m.d.comb += [
+            replay_w.addr.eq(Cat(pack_count[:word_bits], slot_of(next_seq))),
+            replay_w.data.eq(src),
+            replay_w.en.eq(taken),
+        ]
+        with m.If(~packing):
+            m.d.comb += rr.take.eq(slot_free)
+            with m.If(slot_free & rr.valid):
+                m.d.sync += [packing.eq(1), pack_vc.eq(rr.grant), pack_count.eq(0)]
+        with m.Else():
+            length = pack_count + taken
+            with m.If(taken):
+                m.d.sync += pack_count.eq(length)
+            # Close the frame when the stream pauses, credits run out, or it is full.
+            with m.If(~taken | (pack_count == c.max_payload - 1)):
+                m.d.sync += packing.eq(0)
+                with m.If(length != 0):
+                    m.d.comb += [
+                        meta_w.addr.eq(slot_of(next_seq)),
+                        meta_w.data.vc.eq(pack_vc),
+                        meta_w.data.length.eq(length),
+                        meta_w.en.eq(1),
+                    ]
+                    m.d.sync += next_seq.eq(next_seq + 1)
+
+        # ---- link-state bookkeeping for the reverse direction -------------------------
+        last_ack = Signal(S)
+        ack_now = Signal()
+        nak_pending = Signal()
+        last_freed = Signal(data.ArrayLayout(c.credit_width, c.vcs))
+        credit_rr = Signal(c.vc_width)
+        dirty = Signal(c.vcs)
+        for v in range(c.vcs):
+            m.d.comb += dirty[v].eq(self.rx_freed[v] != last_freed[v])
+        # Credit field: the first VC with news at or after credit_rr, else credit_rr itself.
+        credit_vc = Signal(c.vc_width)
+        m.d.comb += credit_vc.eq(credit_rr)
+        with m.Switch(credit_rr):
+            for first in range(c.vcs):
+                with m.Case(first):
+                    for step in reversed(range(c.vcs)):
+                        v = (first + step) % c.vcs
+                        with m.If(dirty[v]):
+                            m.d.comb += credit_vc.eq(v)
+        silence = Signal(range(c.refresh_interval + 1))
+        ctrl_needed = Signal()
+        m.d.comb += ctrl_needed.eq(nak_pending | ack_now | (self.rx_ack != last_ack) |
+                                   dirty.any() | (silence == c.refresh_interval))
+        with m.If(silence != c.refresh_interval):
+            m.d.sync += silence.eq(silence + 1)
+
+        # ---- framer -------------------------------------------------------------------
+        class State(enum.Enum):
+            GAP = 0
+            HDR = 1
+            PAY = 2
+            TRL = 3
+
+        state = Signal(State)
+        idx = Signal(range(max(c.header_symbols, c.max_payload, c.trailer_symbols) + 1))
+        header = Signal(c.header_layout)
+        tx_slot = Signal(max(1, slot_bits))
+        replay_req = Signal()
+
+        hdr_bits = Signal(c.header_symbols * W)
+        m.d.comb += hdr_bits.eq(header.as_value())
+        m.submodules.crc = crc_gen = crc.Processor(c.crc(W))
+        crc_bits = Signal(c.trailer_symbols * W)
+        m.d.comb += crc_bits.eq(crc_gen.crc)
+
+        with m.Switch(state):
+            with m.Case(State.HDR):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(hdr_bits.word_select(idx, W))]
+            with m.Case(State.PAY):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(replay_r.data)]
+            with m.Case(State.TRL):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(crc_bits.word_select(idx, W))]
+        m.d.comb += [
+            crc_gen.data.eq(self.o.payload),
+            crc_gen.valid.eq((state == State.HDR) | (state == State.PAY)),
+            crc_gen.start.eq((state == State.HDR) & (idx == 0)),
+            # Sync read: present the address one cycle ahead of the symbol.
+            replay_r.addr.eq(Cat(Mux(state == State.PAY, idx + 1, 0)[:word_bits],
+                                 tx_slot[:slot_bits])),
+        ]
+
+        # Where the next DATA frame comes from: after a NAK/timeout, or if ACKs overtook
+        # a replay in progress, restart at the oldest unacknowledged frame.
+        start_seq = Signal(S)
+        m.d.comb += start_seq.eq(tx_ptr)
+        with m.If(replay_req | ((tx_ptr - ack_ptr)[:S] > in_flight)):
+            m.d.comb += start_seq.eq(ack_ptr)
+        m.d.comb += meta_r.addr.eq(slot_of(start_seq))
+
+        send_data = Signal()
+        send_ctrl = Signal()
+        with m.Switch(state):
+            with m.Case(State.GAP):
+                m.d.comb += [
+                    send_data.eq(start_seq != next_seq),
+                    send_ctrl.eq((start_seq == next_seq) & ctrl_needed),
+                ]
+                with m.If(send_data | send_ctrl):
+                    m.d.sync += [
+                        state.eq(State.HDR), idx.eq(0), silence.eq(0),
+                        header.kind.eq(Mux(send_data, FrameKind.DATA, FrameKind.CTRL)),
+                        header.vc.eq(Mux(send_data, meta_r.data.vc, 0)),
+                        header.seq.eq(Mux(send_data, start_seq, 0)),
+                        header.length.eq(Mux(send_data, meta_r.data.length, 0)),
+                        header.ack.eq(self.rx_ack),
+                        header.nak.eq(nak_pending),
+                        header.credit_vc.eq(credit_vc),
+                        header.credit.eq(self.rx_freed[credit_vc]),
+                        last_ack.eq(self.rx_ack),
+                        ack_now.eq(0),
+                        nak_pending.eq(0),
+                        last_freed[credit_vc].eq(self.rx_freed[credit_vc]),
+                        credit_rr.eq(Mux(credit_vc == c.vcs - 1, 0, credit_vc + 1)),
+                    ]
+                with m.If(send_data):
+                    m.d.sync += [
+                        tx_ptr.eq(start_seq + 1),
+                        tx_slot.eq(slot_of(start_seq)),
+                        replay_req.eq(0),
+                    ]
+            with m.Case(State.HDR):
+                with m.If(idx == c.header_symbols - 1):
+                    m.d.sync += [idx.eq(0), state.eq(Mux(header.length == 0, State.TRL, State.PAY))]
+                with m.Else():
+                    m.d.sync += idx.eq(idx + 1)
+            with m.Case(State.PAY):
+                with m.If(idx == header.length - 1):
+                    m.d.sync += [idx.eq(0), state.eq(State.TRL)]
+                with m.Else():
+                    m.d.sync += idx.eq(idx + 1)
+            with m.Case(State.TRL):
+                with m.If(idx == c.trailer_symbols - 1):
+                    m.d.sync += [idx.eq(0), state.eq(State.GAP)]
+                with m.Else():
+                    m.d.sync += idx.eq(idx + 1)
+
+        # Requests from the local receiver (after the GAP clears, so a new one is kept).
+        with m.If(self.rx_nak):
+            m.d.sync += nak_pending.eq(1)
+        with m.If(self.rx_ack_now):
+            m.d.sync += ack_now.eq(1)
+
+        # ---- ACK / NAK / timeout ------------------------------------------------------
+        timer = Signal(range(c.replay_timeout + 1))
+        progress = Signal()
+        ack_ok = Signal()
+        m.d.comb += ack_ok.eq((self.peer.ack - ack_ptr)[:S] <= in_flight)
+        with m.If(self.peer_valid & ack_ok):
+            m.d.sync += ack_ptr.eq(self.peer.ack)
+            m.d.comb += progress.eq(self.peer.ack != ack_ptr)
+        start_replay = Signal()
+        with m.If(progress | (in_flight == 0)):
+            m.d.sync += timer.eq(0)
+        with m.Elif(timer == c.replay_timeout - 1):
+            m.d.sync += [timer.eq(0), self.timeouts.eq(self.timeouts + 1)]
+            m.d.comb += start_replay.eq(1)
+        with m.Else():
+            m.d.sync += timer.eq(timer + 1)
+        with m.If(self.peer_valid & ack_ok & self.peer.nak):
+            m.d.comb += start_replay.eq(1)
+        with m.If(start_replay):
+            m.d.sync += [replay_req.eq(1), timer.eq(0), self.replays.eq(self.replays + 1)]
+        return m
