@@ -190,10 +190,13 @@ DEFAULT_NUMERICS = Numerics()
 def check_accumulator(terms, operand_width, acc_width, *, what):
     """Raise unless a sum of ``terms`` worst-case products fits the accumulator exactly.
 
-    The largest product of two ``n``-bit operands is ``2**(2n-2)``; a sum of
-    ``terms`` of them needs ``2n - 1 + ceil(log2(terms))`` bits with the sign.
+    The largest product of two ``n``-bit operands is ``(-2**(n-1))**2 = 2**(2n-2)``;
+    a sum of ``terms`` of them is at most ``terms * 2**(2n-2)``, which needs
+    ``2n - 1 + bit_length(terms)`` bits with the sign (one more than
+    ``ceil(log2(terms))`` would give when ``terms`` is a power of two, e.g. 32 bits
+    for a single product of two 16-bit values).
     """
-    need = 2 * operand_width - 1 + max(0, int(terms - 1).bit_length())
+    need = 2 * operand_width - 1 + int(terms).bit_length()
     if need > acc_width:
         raise FpdeepError(f"{what}: a sum of {terms} products needs a {need}-bit accumulator, "
                           f"more than acc_width {acc_width}")
