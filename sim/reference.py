@@ -164,18 +164,18 @@ class Reference:
         self.saturations = {"fp": 0, "bp": 0, "update": 0}
         self.samples = self.correct = self.batches = 0
         self.loss_sum = 0.0
-        self._refresh_weights()
+        self._refresh_weights(count=False)    # the gateware's initial copies are elaborated
 
     # -- weights -------------------------------------------------------------------------
 
-    def _refresh_weights(self):
+    def _refresh_weights(self, count=True):
         """The weights FP and BP read: 16-bit copies of the masters (int), or the masters."""
         self.weights = {}
         for name, (w, b) in self.params.items():
             if self.mode == "int":
                 (wq, sw), (bq, sb) = (master_to_weight_np(w, self.numerics),
                                       master_to_weight_np(b, self.numerics))
-                self.saturations["update"] += sw + sb
+                self.saturations["update"] += (sw + sb) if count else 0
                 self.weights[name] = (wq, bq)
             else:
                 self.weights[name] = (w, b)

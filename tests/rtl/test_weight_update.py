@@ -82,3 +82,129 @@ def test_gradients_match_reference(case):
     sim.run()
     np.testing.assert_array_equal(got_w, gw)
     np.testing.assert_array_equal(got_b, gb)
+
+
+from fpdeep.rtl.numerics import sgd_step_np, master_to_weight_np
+from fpdeep.rtl.weight_update import WeightUpdateUnit
+from fpdeep.rtl.conv import pack_conv_weights
+
+
+class UpdateBench(Elaboratable):
+    def __init__(self, unit, g, rows):
+        self.unit = unit
+        self.e_mem = memory.Memory(shape=unit.e_rd.data.shape(), depth=unit.engine.e_layout.depth,
+                                   init=[])
+        self.x_mem = memory.Memory(shape=unit.x_rd.data.shape(), depth=g.cin * g.h, init=[])
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = self.unit
+        m.submodules.e_mem = self.e_mem
+        m.submodules.x_mem = self.x_mem
+        wiring.connect(m, self.unit.e_rd, self.e_mem.read_port())
+        wiring.connect(m, self.unit.x_rd, self.x_mem.read_port())
+        return m
+
+
+UPDATE_CASES = [
+    # cin, cout, h, w, kh, kw, ph, pw, wu_rows, fp_rows, bp_rows, momentum
+    (1, 4, 8, 8, 3, 3, 1, 1, 4, 4, None, 0.9),
+    (3, 2, 4, 5, 3, 1, 1, 0, 2, 1, 2, 0.0),
+    (4, 10, 4, 4, 4, 4, 0, 0, 10, 10, 4, 0.9),
+]
+
+
+@pytest.mark.parametrize("case", UPDATE_CASES)
+def test_two_batches_match_sgd_reference(case):
+    cin, cout, h, w, kh, kw, ph, pw, wu_rows, fp_rows, bp_rows, momentum = case
+    rng = np.random.default_rng(sum(case[:8]))
+    g = ConvGeometry(cin=cin, cout=cout, h=h, w=w, kh=kh, kw=kw, ph=ph, pw=pw)
+    batch = 2
+    master_w = N.master.from_float(rng.normal(0, 0.5, size=(cout, cin, kh, kw)))
+    master_w[0, 0, 0, 0] = N.master.max - 5          # pushed into saturation below
+    master_b = N.master.from_float(rng.normal(0, 0.5, size=cout))
+    rate_q = N.rate_from_float(0.5 / batch)
+    momentum_q = N.rate_from_float(momentum) if momentum else 0
+    unit = WeightUpdateUnit(geometry=g, wu_rows=wu_rows, fp_rows=fp_rows, bp_rows=bp_rows,
+                            numerics=N, masters=(master_w, master_b), rate_q=rate_q,
+                            momentum_q=momentum_q, batch_size=batch)
+    bench = UpdateBench(unit, g, wu_rows)
+    batches = []
+    for _ in range(2):
+        samples = []
+        for s in range(batch):
+            x = rng.integers(-2000, 2000, size=(cin, h, w))
+            e = rng.integers(-3000, 3000, size=(cout, g.ho, g.wo))
+            e[0] = -8000                                  # drives master_w[0,0,0,0] up
+            x[0] = 1500
+            samples.append((x, e))
+        batches.append(samples)
+
+    # Reference.
+    ref_w, ref_b = master_w.copy(), master_b.copy()
+    vel_w, vel_b = np.zeros_like(ref_w), np.zeros_like(ref_b)
+    ref_sat = 0
+    for samples in batches:
+        gw = sum(conv_weight_grad_acc(x, e, kh, kw, ph, pw, N.act.one)[0] for x, e in samples)
+        gb = sum(conv_weight_grad_acc(x, e, kh, kw, ph, pw, N.act.one)[1] for x, e in samples)
+        ref_w, vel_w, sw = sgd_step_np(ref_w, vel_w, gw, N, rate_q, momentum_q)
+        ref_b, vel_b, sb = sgd_step_np(ref_b, vel_b, gb, N, rate_q, momentum_q)
+        ref_sat += sw + sb + master_to_weight_np(ref_w, N)[1] + master_to_weight_np(ref_b, N)[1]
+    assert ref_sat > 0
+
+    async def wait_idle(ctx):
+        await ctx.tick()
+        while ctx.get(unit.busy):
+            await ctx.tick()
+
+    async def tb(ctx):
+        for samples in batches:
+            for x, e in samples:
+                for a, word in enumerate(pack_lanes(e, wu_rows)):
+                    ctx.set(bench.e_mem.data[a], word)
+                for a, word in enumerate(pack_rows(x)):
+                    ctx.set(bench.x_mem.data[a], word)
+                ctx.set(unit.start_sample, 1)
+                await ctx.tick()
+                ctx.set(unit.start_sample, 0)
+                await wait_idle(ctx)
+            ctx.set(unit.start_update, 1)
+            await ctx.tick()
+            ctx.set(unit.start_update, 0)
+            await wait_idle(ctx)
+        # Masters, through the host port.
+        got_w = np.zeros_like(ref_w)
+        got_b = np.zeros_like(ref_b)
+        for o in range(cout):
+            for j in range(cin * kh + 1):
+                for k in range(kw if j < cin * kh else 1):
+                    word = o * (cin * kh + 1) + j
+                    ctx.set(unit.host_addr, (word << unit.kx_bits) | k)
+                    ctx.set(unit.host_read, 1)
+                    await ctx.tick()
+                    ctx.set(unit.host_read, 0)
+                    assert ctx.get(unit.host_rvalid)
+                    value = ctx.get(unit.host_rdata)
+                    if j < cin * kh:
+                        got_w[o, j // kh, j % kh, k] = value
+                    else:
+                        got_b[o] = value
+        np.testing.assert_array_equal(got_w, ref_w)
+        np.testing.assert_array_equal(got_b, ref_b)
+        # Copies.
+        wq, bq = master_to_weight_np(ref_w, N)[0], master_to_weight_np(ref_b, N)[0]
+        fp_words = pack_conv_weights(wq, bq, fp_rows)
+        for a, word in enumerate(fp_words):
+            assert list(ctx.get(unit.fp_weights.data[a])) == word, a
+        if bp_rows:
+            flipped = wq[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+            for a, word in enumerate(pack_conv_weights(flipped, None, bp_rows)):
+                assert list(ctx.get(unit.bp_weights.data[a])) == word, a
+        for a in range(unit.words):
+            assert all(v == 0 for v in ctx.get(unit.grads.data[a])), "gradients cleared"
+        assert ctx.get(unit.saturations) == ref_sat
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
