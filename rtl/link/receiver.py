@@ -23,7 +23,9 @@ class LinkReceiver(wiring.Component):
     ring's commit pointer moves past it and the words drain to ``o`` in order. A good
     frame with an older sequence number is a duplicate from a replay and is dropped
     (and the ACK repeated); a bad frame or one from the future is dropped and one NAK is
-    requested until an in-order frame arrives again (PCIe's NAK_SCHEDULED).
+    requested until an in-order frame arrives again (PCIe's NAK_SCHEDULED), or until
+    ``replay_timeout // 2`` cycles pass with frames still bad or ahead, which means the
+    replay was hit too.
 
     The ACK/NAK/credit fields of every good frame, DATA or CTRL, duplicate or not, go to
     the local transmitter through ``peer``.
@@ -239,7 +241,12 @@ class LinkReceiver(wiring.Component):
         with m.If(bad):
             m.d.sync += self.bad_frames.eq(self.bad_frames + 1)
             m.d.comb += schedule_nak.eq(1)
-        with m.If(schedule_nak & ~nak_scheduled):
+        # One NAK per loss, as in PCIe; but if the replay itself is hit (frames still
+        # bad or ahead half a replay timeout later) NAK again rather than wait it out.
+        nak_age = Signal(range(c.replay_timeout // 2 + 1))
+        with m.If(nak_scheduled & (nak_age != c.replay_timeout // 2)):
+            m.d.sync += nak_age.eq(nak_age + 1)
+        with m.If(schedule_nak & (~nak_scheduled | (nak_age == c.replay_timeout // 2))):
             m.d.comb += self.nak.eq(1)
-            m.d.sync += nak_scheduled.eq(1)
+            m.d.sync += [nak_scheduled.eq(1), nak_age.eq(0)]
         return m
