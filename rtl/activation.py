@@ -1,0 +1,101 @@
+"""FP post-ops of a conv engine: ReLU and 2x2 max-pool on output rows as they stream out."""
+
+from amaranth import *
+from amaranth.lib import wiring, stream, data, memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .conv import RowLayout
+
+__all__ = ["ActivationWriter"]
+
+
+class ActivationWriter(wiring.Component):
+    """Stores a layer's output rows, applying ReLU and 2x2 max-pool on the way.
+
+    Every row is written to the ``full`` map (post-ReLU), which BP later reads for
+    the ReLU derivative and the max-pool routing. With ``pool``, an odd row ``y`` is
+    paired with row ``y - 1`` read back from ``full`` and the pooled row
+    ``y // 2`` is written to ``pooled``: the next layer's input. Without ``pool``,
+    ``full`` itself is the next layer's input.
+
+    Throughput one row per cycle; a pooled row is written one cycle after its odd row.
+
+    Parameters
+    ----------
+    channels, h, w : int
+        The layer's output map.
+    fmt : FixedFormat
+    relu, pool : bool
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(fmt, w)})))
+    full_wr : In(memory.WritePort.Signature(...))
+        Row-layout ``(channels, h, w)``.
+    full_rd : In(memory.ReadPort.Signature(...))
+        Same memory, to pair rows for pooling (unused without ``pool``).
+    pooled_wr : In(memory.WritePort.Signature(...))
+        Row-layout ``(channels, h/2, w/2)``; only with ``pool``.
+    """
+
+    def __init__(self, *, channels, h, w, fmt, relu, pool):
+        self._c, self._h, self._w, self._fmt = channels, h, w, fmt
+        self._relu, self._pool = relu, pool
+        self.full_layout = RowLayout(channels, h, w, fmt)
+        members = {
+            "i": In(stream.Signature(data.StructLayout({
+                "channel": range(channels),
+                "row": range(h),
+                "values": data.ArrayLayout(fmt.shape, w),
+            }))),
+            "full_wr": In(memory.WritePort.Signature(
+                addr_width=ceil_log2(self.full_layout.depth), shape=self.full_layout.shape)),
+        }
+        if pool:
+            if h % 2 or w % 2:
+                raise ValueError(f"2x2 max-pool needs an even map, not {h}x{w}")
+            self.pooled_layout = RowLayout(channels, h // 2, w // 2, fmt)
+            members["full_rd"] = In(memory.ReadPort.Signature(
+                addr_width=ceil_log2(self.full_layout.depth), shape=self.full_layout.shape))
+            members["pooled_wr"] = In(memory.WritePort.Signature(
+                addr_width=ceil_log2(self.pooled_layout.depth), shape=self.pooled_layout.shape))
+        else:
+            self.pooled_layout = None
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self._w
+        m.d.comb += self.i.ready.eq(1)
+        take = self.i.valid
+        values = [Mux((self.i.payload.values[x] < 0) if self._relu else 0, 0,
+                      self.i.payload.values[x]) for x in range(w)]
+        m.d.comb += [
+            self.full_wr.addr.eq(self.i.payload.channel * self._h + self.i.payload.row),
+            self.full_wr.en.eq(take),
+        ]
+        for x in range(w):
+            m.d.comb += self.full_wr.data[x].eq(values[x])
+        if not self._pool:
+            return m
+
+        # Pair an odd row with the even row above it, read back from `full`.
+        m.d.comb += self.full_rd.addr.eq(self.i.payload.channel * self._h + self.i.payload.row - 1)
+        pending = Signal()
+        below = Signal(data.ArrayLayout(self._fmt.shape, w))
+        pooled_addr = Signal.like(self.pooled_wr.addr)
+        m.d.sync += [pending.eq(take & self.i.payload.row[0]),
+                     pooled_addr.eq(self.i.payload.channel * (self._h // 2)
+                                    + (self.i.payload.row >> 1))]
+        for x in range(w):
+            m.d.sync += below[x].eq(values[x])
+        above = self.full_rd.data
+        m.d.comb += [self.pooled_wr.addr.eq(pooled_addr), self.pooled_wr.en.eq(pending)]
+        for x in range(w // 2):
+            candidates = [above[2 * x], above[2 * x + 1], below[2 * x], below[2 * x + 1]]
+            best = candidates[0]
+            for value in candidates[1:]:
+                best = Mux(value > best, value, best)
+            m.d.comb += self.pooled_wr.data[x].eq(best)
+        return m

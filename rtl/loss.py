@@ -1,0 +1,180 @@
+"""The softmax cross-entropy loss unit: logits in, errors ``p - onehot(label)`` out."""
+
+from amaranth import *
+from amaranth.lib import wiring, stream, data, memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .numerics import (EXP2_LUT, EXP2_LUT_BITS, EXP2_LUT_FRAC, LOG2E_FRAC, LOG2E_Q,
+                       shift_round_hw)
+
+__all__ = ["LossUnit"]
+
+
+class LossUnit(wiring.Component):
+    """Computes :func:`fpdeep.rtl.numerics.softmax_error_np` over the stored logits.
+
+    Three passes over the ``classes`` logits, one class per cycle for the first
+    two: find the first largest logit; compute the base-2 exponentials of
+    ``z - max`` from a 256-entry table and sum them; then divide each by the sum
+    with a restoring divider (one quotient bit per cycle) and emit the error.
+    About ``classes * (quotient_bits + 4)`` cycles in all.
+
+    Parameters
+    ----------
+    classes : int
+    numerics : Numerics
+
+    Members
+    -------
+    start : In(1)
+    label : In(range(classes))
+        Held from ``start`` until ``busy`` falls.
+    busy : Out(1)
+    z_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(act, 1)))
+        The logits, one per word (the last layer's row-layout output, ``1x1`` maps).
+    o : Out(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(error, 1)})))
+        The error of each class, as 1x1 rows.
+    correct : Out(1)
+        Pulses when the first largest logit is the label's.
+    """
+
+    def __init__(self, *, classes, numerics):
+        if classes < 2:
+            raise ValueError(f"classes must be at least 2, not {classes}")
+        self._classes, self._n = classes, numerics
+        if numerics.act.frac < EXP2_LUT_BITS:
+            raise ValueError(f"the loss needs at least {EXP2_LUT_BITS} activation fraction bits")
+        super().__init__({
+            "start": In(1),
+            "label": In(range(classes)),
+            "busy": Out(1),
+            "z_rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(classes),
+                                                 shape=data.ArrayLayout(numerics.act.shape, 1))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "channel": range(classes),
+                "row": range(1),
+                "values": data.ArrayLayout(numerics.error.shape, 1),
+            }))),
+            "correct": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, classes = self._n, self._classes
+        frac = n.act.frac
+        one = n.error.one
+        m.submodules.lut = lut = memory.Memory(shape=unsigned(EXP2_LUT_FRAC + 1),
+                                               depth=len(EXP2_LUT), init=EXP2_LUT)
+        lut_rd = lut.read_port()
+        m.submodules.exps = exps = memory.Memory(shape=unsigned(EXP2_LUT_FRAC + 1),
+                                                 depth=classes, init=[])
+        exps_rd = exps.read_port()
+        exps_wr = exps.write_port()
+
+        index = Signal(range(classes + 1))
+        z_max = Signal(n.act.shape)
+        arg_max = Signal(range(classes))
+        total_bits = EXP2_LUT_FRAC + 1 + ceil_log2(classes)
+        total = Signal(total_bits)
+        # The quotient is at most one (2**error.frac), so error.frac + 1 bits suffice and
+        # the division starts from the numerator's top bits.
+        q_bits = n.error.frac + 2
+        numerator = Signal(EXP2_LUT_FRAC + 1 + n.error.frac + 1 + 1)
+        remainder = Signal(total_bits + 2)
+        quotient = Signal(q_bits)
+        bit = Signal(range(q_bits + 1))
+        z = self.z_rd.data[0]
+        m.d.comb += self.z_rd.addr.eq(index)
+
+        # Pipeline registers of the exponential pass.
+        t_shift = Signal(range(64))
+        t_valid = Signal()
+        t_index = Signal(range(classes))
+        e_valid = Signal()
+
+        m.d.sync += self.correct.eq(0)      # a one-cycle pulse, set below
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [index.eq(0), arg_max.eq(0)]
+                    m.next = "MAX_READ"
+            with m.State("MAX_READ"):           # z_rd data appears one cycle after its address
+                m.d.sync += index.eq(1)
+                m.next = "MAX"
+            with m.State("MAX"):
+                # `z` is the logit at index - 1.
+                with m.If((index == 1) | (z > z_max)):
+                    m.d.sync += [z_max.eq(z), arg_max.eq(index - 1)]
+                with m.If(index == classes):
+                    m.d.sync += [index.eq(0), total.eq(0), t_valid.eq(0), e_valid.eq(0)]
+                    m.next = "EXP_READ"
+                with m.Else():
+                    m.d.sync += index.eq(index + 1)
+            with m.State("EXP_READ"):
+                m.d.sync += [self.correct.eq(arg_max == self.label), index.eq(1)]
+                m.next = "EXP"
+            with m.State("EXP"):
+                # Stage 1 (class index-1): t = round((z - max) * log2 e), table index and shift.
+                d = z - z_max
+                t = Signal(signed(n.act.width + 2))
+                m.d.comb += t.eq(shift_round_hw(d * LOG2E_Q, LOG2E_FRAC))
+                m.d.comb += lut_rd.addr.eq((t[:frac]) >> (frac - EXP2_LUT_BITS))
+                neg_int = Signal(signed(n.act.width + 2))
+                m.d.comb += neg_int.eq(-(t >> frac))
+                m.d.sync += [
+                    t_valid.eq(index <= classes),
+                    t_index.eq(index - 1),
+                    t_shift.eq(Mux(neg_int > EXP2_LUT_FRAC + 1, 63, neg_int)),
+                ]
+                # Stage 2: the table value, shifted down.
+                e = Signal(EXP2_LUT_FRAC + 1)
+                m.d.comb += e.eq(Mux(t_shift > EXP2_LUT_FRAC + 1, 0, lut_rd.data >> t_shift))
+                with m.If(t_valid):
+                    m.d.comb += [exps_wr.addr.eq(t_index), exps_wr.en.eq(1),
+                                 exps_wr.data.eq(e)]
+                    m.d.sync += total.eq(total + e)
+                m.d.sync += index.eq(index + 1)
+                with m.If(t_valid & (t_index == classes - 1)):
+                    m.d.sync += index.eq(0)
+                    m.next = "DIV_READ"
+            with m.State("DIV_READ"):
+                m.d.comb += exps_rd.addr.eq(index)
+                m.next = "DIV_LOAD"
+            with m.State("DIV_LOAD"):
+                # numerator = e * 2**(frac+1) + total; divide by 2 * total.
+                m.d.comb += exps_rd.addr.eq(index)
+                full = (exps_rd.data << (n.error.frac + 1)) + total
+                m.d.sync += [
+                    numerator.eq(full),
+                    remainder.eq(full >> q_bits),
+                    quotient.eq(0),
+                    bit.eq(q_bits),
+                ]
+                m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                divisor = total << 1
+                shifted = Cat(numerator.bit_select((bit - 1).as_unsigned(), 1), remainder)
+                with m.If(bit == 0):
+                    m.next = "EMIT"
+                with m.Elif(shifted >= divisor):
+                    m.d.sync += [remainder.eq(shifted - divisor),
+                                 quotient.eq(Cat(1, quotient)), bit.eq(bit - 1)]
+                with m.Else():
+                    m.d.sync += [remainder.eq(shifted), quotient.eq(Cat(0, quotient)),
+                                 bit.eq(bit - 1)]
+            with m.State("EMIT"):
+                m.d.comb += [
+                    self.o.valid.eq(1),
+                    self.o.payload.channel.eq(index),
+                    self.o.payload.values[0].eq(
+                        quotient - Mux(index == self.label, one, 0)),
+                ]
+                with m.If(self.o.ready):
+                    m.d.sync += index.eq(index + 1)
+                    with m.If(index == classes - 1):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "DIV_READ"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
