@@ -18,7 +18,8 @@ Weights stored elsewhere (weight balancing)
     (``REMOTE_CONV_BITS``). A linear weight is used once per sample, so its slice
     runs batch-wise: copies stream once per mini-batch for FP and BP and the
     48-bit batch gradient goes back once (``REMOTE_LINEAR_BITS``), at the price of
-    buffering the batch's input and error vectors.
+    buffering the batch's input and error vectors (in DRAM where the board has
+    some, else on chip).
 Links
     Per direction, a link carries ``LINK_EFFICIENCY`` of its raw rate as payload
     (64b/66b coding, framing, CRC, ACK/credits).

@@ -1,0 +1,450 @@
+"""The Plan: the one artefact between the planner and everything downstream.
+
+:func:`plan_network` partitions a network over a cluster (:mod:`.partition`),
+places weights that do not fit (weight balancing), and predicts performance
+(:mod:`.perf`). :class:`Plan` saves and loads it as JSON.
+
+Schema (``version`` 1; keys are stable)::
+
+    {"version": 1,
+     "network": Network.to_dict(),
+     "cluster": Cluster.to_dict(),           # boards, link Gb/s, latency
+     "batch_size": B,
+     "chips": [{
+        "index": i, "board": name,
+        "slices": [{
+            "layer": name, "kind": "conv" | "linear",
+            "split": "channels" | "rows", "reason": str,
+            "out_channels": [lo, hi], "rows": [lo, hi],   # output rows; both always
+            "post_ops": [names of ReLU / max-pool / loss run by this slice],
+            "engines": {"fp"|"bp"|"wu": {"rows": R, "cols": C, "pes": R*C,
+                                          "macs": m, "cycles_per_sample": c}},
+                                          # no "bp" in the first layer
+        }],
+        "weights": {"local": [{"layer": name, "count": n}],   # held by this chip
+                    "stored_for": [{"chip": j, "layer": name, "count": n}],
+                    "stored_at": [{"chip": j | "dram", "layer": name, "count": n}]},
+        "buffers": {"feature_cache_bits", "line_buffer_bits", "batch_buffer_bits"},
+        "predicted": {"cycles_per_sample", "pes", "macs_per_sample", "memory_bits",
+                      "memory_capacity_bits", "weight_bits", "dram_bits_per_sample",
+                      "link_bits_per_sample": {          # on the link to chip i + 1
+                          "fwd": {"act", "weights"}, "bwd": {"err", "weights"},
+                          "weights": fwd + bwd weights}}
+     }],
+     "summary": {"balance", "images_per_s", "images_per_s_steady", "gops",
+                 "limiting_factor": "compute" | "link" | "memory",
+                 "latency_cycles", "latency_s", "bubble_cycles_per_batch",
+                 "bounds_images_per_s": {"compute", "link", "memory"},
+                 "link_utilisation", "pe_utilisation", "macs_per_sample", ...}}
+
+``out_channels`` and ``rows`` are half-open ranges of the layer's output map
+(before its post-ops). Cycle counts are in the chip's own clock.
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+from .errors import FpdeepError
+from .network import Network, atomic_write_text
+from .partition import partition, ACT_BITS
+from . import perf
+from ..platforms.resources import Cluster
+
+__all__ = ["Plan", "plan_network", "PLAN_VERSION"]
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """A saved plan: a JSON-compatible dict with accessors (see module docstring)."""
+    data: dict
+
+    @property
+    def summary(self):
+        return self.data["summary"]
+
+    @property
+    def chips(self):
+        return self.data["chips"]
+
+    @property
+    def network(self):
+        return Network.from_dict(self.data["network"])
+
+    def to_dict(self):
+        return self.data
+
+    def save(self, path):
+        """Write the plan as JSON through a temporary file and a rename."""
+        atomic_write_text(os.fspath(path), json.dumps(self.data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path):
+        path = os.fspath(path)
+        try:
+            with open(path) as file:
+                data = json.load(file)
+        except OSError as error:
+            raise FpdeepError(f"cannot read plan {path!r}: {error.strerror}") from None
+        except json.JSONDecodeError as error:
+            raise FpdeepError(f"malformed plan {path!r}: {error}") from None
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            raise FpdeepError(f"plan {path!r}: not a version {PLAN_VERSION} plan")
+        for key in ("network", "cluster", "chips", "summary"):
+            if key not in data:
+                raise FpdeepError(f"plan {path!r}: missing {key!r}")
+        return cls(data)
+
+
+def _weights_of(tile):
+    w = tile.layer.work
+    per_channel = w.weights // w.out_channels
+    if tile.layer.mode == "rows":
+        return w.weights, None
+    return tile.n_channels * per_channel, tile.channels
+
+
+def _chip_weights(chip):
+    """Weights per layer held by a chip (row-split layers: all of them, once)."""
+    held = {}
+    for tile in chip.tiles:
+        w = tile.layer.work
+        if tile.layer.mode == "rows":
+            held[w.name] = w.weights
+        else:
+            channels = held.setdefault(("ch", w.name), set())
+            channels.update(range(*tile.channels))
+    out = {}
+    for key, value in held.items():
+        if isinstance(key, tuple):
+            lu = next(t.layer for t in chip.tiles if t.layer.work.name == key[1])
+            out[key[1]] = len(value) * (lu.work.weights // lu.work.out_channels)
+        else:
+            out[key] = value
+    return out
+
+
+def _input_rows(w, r0, r1):
+    """Input rows [lo, hi) a conv needs for output rows [r0, r1)."""
+    ph = w.padding[0]
+    lo = max(0, r0 * w.stride - ph)
+    hi = min(w.in_shape[1], (r1 - 1) * w.stride - ph + w.kernel[0])
+    return lo, hi
+
+
+def _buffers(chip):
+    """Feature cache and line-buffer bits of one chip."""
+    cache = line = 0
+    seen = set()
+    for tile in chip.tiles:
+        w = tile.layer.work
+        cin, h, width = w.in_shape
+        if w.kind == "linear":
+            if w.name not in seen:
+                cache += w.activations_in * ACT_BITS * perf.CACHE_SAMPLES
+                seen.add(w.name)
+            cache += tile.n_channels * perf.ERR_BITS
+            continue
+        if tile.layer.mode == "rows":
+            lo, hi = _input_rows(w, *tile.rows)
+            cache += cin * (hi - lo) * width * ACT_BITS * perf.CACHE_SAMPLES
+        elif w.name not in seen:
+            cache += w.activations_in * ACT_BITS * perf.CACHE_SAMPLES
+        if w.name not in seen:
+            line += w.kernel[0] * width * cin * ACT_BITS         # FP input line buffer
+            seen.add(w.name)
+        # Errors stream into BP and WU as they arrive; BP keeps kh rows of them.
+        line += w.kernel[0] * w.out_cols * tile.n_channels * perf.ERR_BITS
+    return cache, line
+
+
+def _fractions(layers, chips):
+    """Per layer, per chip: fraction of its output produced, and of its input needed."""
+    produced = {lu.work.name: [0.0] * len(chips) for lu in layers}
+    needed = {lu.work.name: [0.0] * len(chips) for lu in layers}
+    for chip in chips:
+        for tile in chip.tiles:
+            lu, w = tile.layer, tile.layer.work
+            produced[w.name][chip.index] += tile.lines / lu.count
+            if lu.mode == "rows" and w.kind == "conv":
+                lo, hi = _input_rows(w, *tile.rows)
+                needed[w.name][chip.index] = min(1.0, needed[w.name][chip.index]
+                                                 + (hi - lo) / w.in_shape[1])
+            else:
+                needed[w.name][chip.index] = 1.0
+    return produced, needed
+
+
+def _link_traffic(layers, chips, batch):
+    """Bits per sample crossing each cut (i, i+1): list of dicts."""
+    n = len(chips)
+    cuts = [{"act": 0.0, "err": 0.0, "w_fwd": 0.0, "w_bwd": 0.0} for _ in range(n - 1)]
+    produced, needed = _fractions(layers, chips)
+    for index, lu in enumerate(layers):
+        w = lu.work
+        size = w.activations_in
+        prev = produced[layers[index - 1].work.name] if index else None
+        need = needed[w.name]
+        prod_here = produced[w.name]
+        for c in range(n - 1):
+            left = 1.0 if prev is None else sum(prev[:c + 1])
+            right_need = min(1.0, sum(need[c + 1:]))
+            cuts[c]["act"] += size * ACT_BITS * min(left, 1.0) * right_need
+            if index:
+                right_prod = sum(prod_here[c + 1:])
+                if right_prod > 0:
+                    factor = 1.0 if lu.mode == "channels" else right_prod
+                    cuts[c]["err"] += size * perf.ERR_BITS * min(left, 1.0) * min(factor, 1.0)
+        # Row-split layers, and channels shared by two chips: sum gradients per batch.
+        holders = [c.index for c in chips if any(t.layer is lu for t in c.tiles)]
+        if lu.mode == "rows" and len(holders) > 1:
+            for c in range(holders[0], holders[-1]):
+                cuts[c]["w_bwd"] += w.weights * perf.ROW_REDUCE_BITS["bwd"] / batch
+                cuts[c]["w_fwd"] += w.weights * perf.ROW_REDUCE_BITS["fwd"] / batch
+        elif lu.mode == "channels":
+            per_channel = w.weights // w.out_channels
+            for a, b in zip(chips, chips[1:]):
+                ta = [t for t in a.tiles if t.layer is lu]
+                tb = [t for t in b.tiles if t.layer is lu]
+                if ta and tb and ta[-1].channels[1] > tb[0].channels[0]:
+                    cuts[a.index]["w_bwd"] += per_channel * perf.ROW_REDUCE_BITS["bwd"] / batch
+                    cuts[a.index]["w_fwd"] += per_channel * perf.ROW_REDUCE_BITS["fwd"] / batch
+    return cuts
+
+
+def _place_weights(layers, chips, boards, needs, batch, cuts):
+    """Weight balancing: move each chip's excess weights into neighbours' spare memory.
+
+    Linear-layer weights move first (they stream once per mini-batch), then conv
+    weights (per sample); nearest neighbours first. Weights that fit nowhere on chip
+    go to the owner's DRAM if its board has some (streamed at the same rates, over
+    the DRAM bandwidth); that makes DRAM bandwidth the "memory" limit.
+
+    Returns per-chip placement records and DRAM bits per sample.
+    """
+    n = len(chips)
+    kinds = {lu.work.name: lu.work.kind for lu in layers}
+    capacity = [b.bram_bits for b in boards]
+    used = [needs[i]["buffers"] + needs[i]["weight_bits"] for i in range(n)]
+    local = [dict(needs[i]["weights"]) for i in range(n)]
+    stored_for = [[] for _ in range(n)]
+    stored_at = [[] for _ in range(n)]
+    dram_used = [0] * n
+    dram_bps = [0.0] * n
+    bits = perf.LOCAL_WEIGHT_BITS
+    for i in range(n):
+        if needs[i]["buffers"] > capacity[i]:
+            raise FpdeepError(f"does not fit: chip {i} ({boards[i].name}) needs "
+                              f"{needs[i]['buffers'] / 1e6:.1f} Mb of feature and line "
+                              f"buffers, it has {capacity[i] / 1e6:.1f} Mb")
+    for i in range(n):
+        excess = used[i] - capacity[i]
+        if excess <= 0:
+            continue
+        order = sorted(local[i], key=lambda name: kinds[name] != "linear")
+        for name in order:
+            if excess <= 0:
+                break
+            for distance in range(1, n):
+                for j in (i - distance, i + distance):
+                    if excess <= 0 or not 0 <= j < n:
+                        continue
+                    spare = capacity[j] - used[j]
+                    count = min(local[i][name], math.ceil(excess / bits), spare // bits)
+                    if count <= 0:
+                        continue
+                    local[i][name] -= count
+                    used[i] -= count * bits
+                    used[j] += count * bits
+                    excess -= count * bits
+                    stored_for[j].append({"chip": i, "layer": name, "count": count})
+                    stored_at[i].append({"chip": j, "layer": name, "count": count})
+                    if kinds[name] == "linear":
+                        to_user = count * perf.REMOTE_LINEAR_BITS["to_user"] / batch
+                        to_store = count * perf.REMOTE_LINEAR_BITS["to_store"] / batch
+                    else:
+                        to_user = count * perf.REMOTE_CONV_BITS["to_user"]
+                        to_store = count * perf.REMOTE_CONV_BITS["to_store"]
+                    lo, hi = min(i, j), max(i, j)
+                    for c in range(lo, hi):
+                        # The store is at j: towards the user is fwd when j < i.
+                        if j < i:
+                            cuts[c]["w_fwd"] += to_user
+                            cuts[c]["w_bwd"] += to_store
+                        else:
+                            cuts[c]["w_bwd"] += to_user
+                            cuts[c]["w_fwd"] += to_store
+                if excess <= 0 or local[i][name] == 0:
+                    break
+        if excess > 0:
+            board = boards[i]
+            for name in order:
+                if excess <= 0:
+                    break
+                if not board.dram_bits:
+                    continue
+                count = min(local[i][name], math.ceil(excess / bits),
+                            (board.dram_bits - dram_used[i]) // bits)
+                if count <= 0:
+                    continue
+                local[i][name] -= count
+                used[i] -= count * bits
+                excess -= count * bits
+                dram_used[i] += count * bits
+                stored_at[i].append({"chip": "dram", "layer": name, "count": count})
+                if kinds[name] == "linear":
+                    dram_bps[i] += count * (perf.REMOTE_LINEAR_BITS["to_user"]
+                                            + perf.REMOTE_LINEAR_BITS["to_store"]) / batch
+                else:
+                    dram_bps[i] += count * (perf.REMOTE_CONV_BITS["to_user"]
+                                            + perf.REMOTE_CONV_BITS["to_store"])
+        if excess > 0:
+            total_need = sum(needs[k]["buffers"] + needs[k]["weight_bits"] for k in range(n))
+            raise FpdeepError(
+                f"does not fit: chip {i} ({boards[i].name}) is {excess / 1e6:.1f} Mb over its "
+                f"{capacity[i] / 1e6:.1f} Mb and no neighbour has room (the network needs "
+                f"{total_need / 1e6:.1f} Mb on chip in all, the cluster has "
+                f"{sum(capacity) / 1e6:.1f} Mb); use more chips or a larger board")
+    # Linear slices with remote weights run batch-wise: buffer the batch's vectors.
+    batch_buffers = [0] * n
+    for i in range(n):
+        remote = {rec["layer"] for rec in stored_at[i]}
+        for tile in chips[i].tiles:
+            w = tile.layer.work
+            if w.name in remote and w.kind == "linear":
+                vectors = (w.activations_in + tile.n_channels) * ACT_BITS
+                if boards[i].dram_bits:
+                    # Parked in DRAM: written once and read once per sample.
+                    dram_bps[i] += 2 * vectors
+                else:
+                    batch_buffers[i] += batch * vectors
+    return local, stored_for, stored_at, used, dram_bps, batch_buffers
+
+
+def plan_network(network, cluster, batch_size=64, *, efficiency=None):
+    """Plan training of ``network`` on ``cluster`` with mini-batches of ``batch_size``.
+
+    Raises
+    ------
+    FpdeepError
+        If the batch size is not positive, the network has fewer work units than
+        chips, a chip cannot hold its engines, or the weights do not fit.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise FpdeepError(f"batch size must be a positive integer, not {batch_size!r}")
+    if not isinstance(cluster, Cluster):
+        raise FpdeepError("plan_network needs a Cluster")
+    efficiency = dict(efficiency or perf.ENGINE_EFFICIENCY)
+    n = len(cluster)
+    boards = [cluster.board(i) for i in range(n)]
+    layers, chips = partition(network, boards, efficiency=efficiency)
+
+    needs = []
+    for chip in chips:
+        weights = _chip_weights(chip)
+        cache, line = _buffers(chip)
+        needs.append({"weights": weights, "buffers": cache + line, "cache": cache,
+                      "line": line,
+                      "weight_bits": sum(weights.values()) * perf.LOCAL_WEIGHT_BITS})
+    cuts = _link_traffic(layers, chips, batch_size)
+    local, stored_for, stored_at, used, dram_bps, batch_buffers = _place_weights(
+        layers, chips, boards, needs, batch_size, cuts)
+    for i in range(n):
+        used[i] += batch_buffers[i]
+        if used[i] > boards[i].bram_bits:
+            raise FpdeepError(f"does not fit: chip {i} ({boards[i].name}) needs "
+                              f"{used[i] / 1e6:.1f} Mb with its batch buffers, it has "
+                              f"{boards[i].bram_bits / 1e6:.1f} Mb")
+
+    # Bounds on images/s.
+    times = [chip.cycles / b.clock_hz for chip, b in zip(chips, boards)]
+    compute = 1 / max(times)
+    link = math.inf
+    link_use = []
+    for c, cut in enumerate(cuts):
+        fwd = cut["act"] + cut["w_fwd"]
+        bwd = cut["err"] + cut["w_bwd"]
+        bps = cluster.link_bps(c) * perf.LINK_EFFICIENCY
+        if max(fwd, bwd) > 0:
+            link = min(link, bps / max(fwd, bwd))
+        link_use.append((fwd, bwd, bps))
+    dram = math.inf
+    for i, b in enumerate(boards):
+        if dram_bps[i]:
+            dram = min(dram, b.dram_gbps * 1e9 / dram_bps[i])
+    steady, factor = perf.throughput(compute, link, dram)
+    clock0 = boards[0].clock_hz
+    latency_s = perf.latency(chips, boards, cluster.link_latency_ns * 1e-9)
+    bubble_s = latency_s
+    images = batch_size / (batch_size / steady + bubble_s)
+    macs = sum(lu.count * lu.line_macs for lu in layers)
+    mean_t = sum(times) / n
+    pe_total = sum(b.multipliers for b in boards)
+    link_utilisation = [max(f, b_) * steady / bps if bps else 0.0 for f, b_, bps in link_use]
+
+    chip_dicts = []
+    for i, chip in enumerate(chips):
+        slices = []
+        for tile in chip.tiles:
+            lu, w = tile.layer, tile.layer.work
+            slices.append({
+                "layer": w.name, "kind": w.kind, "split": lu.mode, "reason": lu.reason,
+                "out_channels": list(tile.channels), "rows": list(tile.rows),
+                "post_ops": list(w.post_ops),
+                "engines": {e.kind: {"rows": e.rows, "cols": e.cols, "pes": e.pes,
+                                     "macs": e.macs, "cycles_per_sample": e.cycles}
+                            for e in tile.engines.values()},
+            })
+        cut = cuts[i] if i < n - 1 else {"act": 0.0, "err": 0.0, "w_fwd": 0.0, "w_bwd": 0.0}
+        chip_dicts.append({
+            "index": i, "board": boards[i].name, "slices": slices,
+            "weights": {"local": [{"layer": k, "count": v} for k, v in local[i].items()],
+                        "stored_for": stored_for[i], "stored_at": stored_at[i]},
+            "buffers": {"feature_cache_bits": needs[i]["cache"],
+                        "line_buffer_bits": needs[i]["line"],
+                        "batch_buffer_bits": batch_buffers[i]},
+            "predicted": {
+                "cycles_per_sample": chip.cycles, "pes": chip.pes,
+                "macs_per_sample": chip.macs,
+                "pe_utilisation": chip.macs / (boards[i].multipliers * chip.cycles)
+                if chip.cycles else 0.0,
+                "memory_bits": used[i], "memory_capacity_bits": boards[i].bram_bits,
+                "weight_bits": sum(local[i].values()) * perf.LOCAL_WEIGHT_BITS,
+                "dram_bits_per_sample": dram_bps[i],
+                "link_bits_per_sample": {
+                    "fwd": {"act": cut["act"], "weights": cut["w_fwd"]},
+                    "bwd": {"err": cut["err"], "weights": cut["w_bwd"]},
+                    "weights": cut["w_fwd"] + cut["w_bwd"]},
+                "link_utilisation": link_utilisation[i] if i < n - 1 else 0.0,
+            },
+        })
+    summary = {
+        "chips": n,
+        "balance": max(times) / mean_t,
+        "images_per_s": images,
+        "images_per_s_steady": steady,
+        "gops": images * macs * perf.OPS_PER_MAC / 1e9,
+        "limiting_factor": factor,
+        "bounds_images_per_s": {"compute": compute, "link": link if math.isfinite(link)
+                                else None, "memory": dram if math.isfinite(dram) else None},
+        "cycles_per_sample": max(times) * clock0,
+        "latency_cycles": latency_s * clock0,
+        "latency_s": latency_s,
+        "bubble_cycles_per_batch": bubble_s * clock0,
+        "macs_per_sample": macs,
+        "pe_utilisation": macs * steady / sum(b.multipliers * b.clock_hz for b in boards),
+        "link_utilisation_max": max(link_utilisation, default=0.0),
+        "link_bits_per_sample_max": max((max(f, b_) for f, b_, _ in link_use), default=0.0),
+        "memory_bits_max": max(used),
+        "row_split_layers": {lu.work.name: lu.reason for lu in layers if lu.mode == "rows"},
+        "efficiency": efficiency,
+        "assumptions": {"link_efficiency": perf.LINK_EFFICIENCY,
+                        "local_weight_bits": perf.LOCAL_WEIGHT_BITS,
+                        "cache_samples": perf.CACHE_SAMPLES},
+    }
+    return Plan({"version": PLAN_VERSION, "network": network.to_dict(),
+                 "cluster": cluster.to_dict(), "batch_size": batch_size,
+                 "chips": chip_dicts, "summary": summary})
