@@ -194,3 +194,13 @@ def test_build_mac_array_ulx3s_85f(tmp_path):
     # A second build replaces the first (it is marked as ours).
     again = build(MacArrayDemo(rows=2, cols=2, depth=16), "ulx3s-85f", out)
     assert again.mults[0] < report.mults[0]
+
+
+@pytest.mark.build
+def test_build_mac_array_icebreaker(tmp_path):
+    report = build(MacArrayDemo(rows=2, cols=2, depth=256), "icebreaker", tmp_path / "ice")
+    print(f"\n{report.format()}")
+    assert report.fmax_mhz > 0 and report.target_mhz == 12.0
+    assert report.mults == (4, 8)           # SB_MAC16, with synth_ice40 -dsp
+    assert report.luts[0] > 0 and report.brams[0] > 0
+    assert report.bitstream.endswith("top.bin") and os.path.getsize(report.bitstream) > 0
