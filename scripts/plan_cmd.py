@@ -1,0 +1,154 @@
+"""``fpdeep plan``: partition a network over a chain of FPGAs and write the plan.
+
+Examples::
+
+    fpdeep plan --net vgg16 --board vc709 --chips 16 --link-gbps 250 -o plan.json
+    fpdeep plan --net lenet5 --board ulx3s-85f --chips 4 --compare
+    fpdeep plan --sweep --out-dir docs/scaling
+"""
+
+import os
+
+from ..plan.errors import FpdeepError
+
+__all__ = ["register"]
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("plan", help="partition a network over N FPGAs",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--net", default="digits",
+                        help="built-in network (digits, lenet5, alexnet, vgg16, vgg19) or a "
+                             ".json/.yaml/.onnx file")
+    parser.add_argument("--board", default="ulx3s-85f",
+                        help="board kind, or a comma-separated list of one per chip")
+    parser.add_argument("--chips", type=int, default=1, help="number of chips in the chain")
+    parser.add_argument("--link-gbps", type=float, default=None,
+                        help="total link bandwidth per FPGA, per direction (overrides board)")
+    parser.add_argument("--link-latency-ns", type=float, default=500.0)
+    parser.add_argument("--batch", type=int, default=64, help="mini-batch size")
+    parser.add_argument("-o", "--output", help="write the plan JSON here")
+    parser.add_argument("--compare", action="store_true",
+                        help="also print the baselines' balance and throughput")
+    parser.add_argument("--sweep", action="store_true",
+                        help="run the scaling study and write a table and a PNG plot")
+    parser.add_argument("--max-chips", type=int, default=128, help="largest N of the sweep")
+    parser.add_argument("--out-dir", default="docs/scaling", help="where --sweep writes")
+    parser.set_defaults(handler=run)
+
+
+def load_net(spec):
+    from ..plan import zoo
+    from ..plan.network import load_network
+    if spec.endswith(".onnx"):
+        from ..plan.onnx_import import import_onnx
+        return import_onnx(spec)
+    if spec.endswith((".json", ".yaml", ".yml")):
+        return load_network(spec)
+    return zoo.get(spec)
+
+
+def make_cluster(args):
+    from ..platforms.resources import Cluster, get_board
+    if args.chips is None or args.chips < 1:
+        raise FpdeepError(f"--chips must be a positive integer, not {args.chips}")
+    names = [name.strip() for name in args.board.split(",")]
+    boards = [get_board(name) for name in names]
+    if len(boards) == 1:
+        boards = boards * args.chips
+    elif len(boards) != args.chips:
+        raise FpdeepError(f"--board lists {len(boards)} boards for {args.chips} chips")
+    return Cluster(boards, link_latency_ns=args.link_latency_ns, link_gbps=args.link_gbps)
+
+
+def _fmt(x):
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def print_plan(plan):
+    print(f"{'chip':>4} {'board':<10} {'cycles/sample':>13} {'PEs':>5} {'util':>5} "
+          f"{'mem Mb':>7} {'fwd kb':>8} {'bwd kb':>8}  slices")
+    for chip in plan.chips:
+        p = chip["predicted"]
+        link = p["link_bits_per_sample"]
+        fwd = link["fwd"]["act"] + link["fwd"]["weights"]
+        bwd = link["bwd"]["err"] + link["bwd"]["weights"]
+        slices = ", ".join(f"{s['layer']}[c{s['out_channels'][0]}:{s['out_channels'][1]},"
+                           f"r{s['rows'][0]}:{s['rows'][1]}]" for s in chip["slices"])
+        print(f"{chip['index']:>4} {chip['board']:<10} {p['cycles_per_sample']:>13.0f} "
+              f"{p['pes']:>5} {p['pe_utilisation']:>5.2f} {p['memory_bits'] / 1e6:>7.2f} "
+              f"{fwd / 1e3:>8.1f} {bwd / 1e3:>8.1f}  {slices}")
+    s = plan.summary
+    print(f"balance {s['balance']:.3f}  images/s {s['images_per_s']:.4g} "
+          f"(steady {s['images_per_s_steady']:.4g})  GOPS {s['gops']:.4g}  "
+          f"limit {s['limiting_factor']}  latency {s['latency_cycles']:.0f} cycles  "
+          f"bubble {s['bubble_cycles_per_batch']:.0f} cycles/batch")
+    for layer, reason in s["row_split_layers"].items():
+        print(f"row split {layer}: {reason}")
+
+
+def run_sweep(args):
+    from ..plan.scaling import sweep, summarise
+    os.makedirs(args.out_dir, exist_ok=True)
+    rows = sweep(chips=range(1, args.max_chips + 1), batch_size=args.batch)
+    table = os.path.join(args.out_dir, "scaling.md")
+    lines = ["| net | link | N | images/s | speedup | efficiency | balance | limit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["fits"] and (r["chips"] in (1, 2, 4, 8, 16, 24, 32, 48, 64, 83, 96, 100, 128)
+                          or r["chips"] == args.max_chips):
+            lines.append(f"| {r['net']} | {r['link']} | {r['chips']} | {r['images_per_s']:.0f} "
+                         f"| {r['speedup']:.1f} | {r['efficiency']:.2f} | {r['balance']:.3f} "
+                         f"| {r['limit']} |")
+    lines += ["", "| net | link | fits from N | linear (eff >= 0.9) to N | ends at N | because "
+              "| best speedup (at N) |", "|---|---|---|---|---|---|---|"]
+    for s in summarise(rows):
+        lines.append(f"| {s['net']} | {s['link']} | {s['first_fit']} | {s['linear_to']} | "
+                     f"{s['ends_at']} | {s['ends_because']} | {s['best_speedup']:.1f} "
+                     f"({s['best_at']}) |")
+    from ..plan.network import atomic_write_text
+    atomic_write_text(table, "\n".join(lines) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for net in ("alexnet", "vgg16", "vgg19"):
+        for link, style in (("6x10G", "--"), ("250G", "-")):
+            series = [r for r in rows if r["net"] == net and r["link"] == link and r["fits"]]
+            ax.plot([r["chips"] for r in series], [r["speedup"] for r in series], style,
+                    label=f"{net}, {link}")
+    ax.plot([1, args.max_chips], [1, args.max_chips], ":", color="grey", label="linear")
+    ax.set_xlabel("FPGAs (VC709 class)")
+    ax.set_ylabel("speedup over one chip (compute bound)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    png = os.path.join(args.out_dir, "scaling.png")
+    temp = png + ".tmp.png"
+    fig.savefig(temp, dpi=110, bbox_inches="tight")
+    os.replace(temp, png)
+    print("\n".join(lines))
+    print(f"wrote {table} and {png}")
+    return 0
+
+
+def run(args):
+    if args.sweep:
+        return run_sweep(args)
+    from ..plan.plan import plan_network
+    if args.chips < 1:
+        raise FpdeepError(f"--chips must be a positive integer, not {args.chips}")
+    network = load_net(args.net)
+    cluster = make_cluster(args)
+    plan = plan_network(network, cluster, batch_size=args.batch)
+    print_plan(plan)
+    if args.compare:
+        from ..plan.baselines import compare
+        boards = [cluster.board(i) for i in range(len(cluster))]
+        print(f"\n{'method':<38} {'balance':>8} {'images/s':>10} {'chips used':>10}")
+        for row in compare(network, boards, plan):
+            print(f"{row['method']:<38} {row['balance']:>8.3f} {row['images_per_s']:>10.4g} "
+                  f"{row['chips_used']:>10}")
+    if args.output:
+        plan.save(args.output)
+        print(f"wrote {args.output}")
+    return 0
