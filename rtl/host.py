@@ -255,6 +255,12 @@ class HostBridge(wiring.Component):
     The counters in a COUNTERS reply are sampled in one cycle, so they are
     consistent with one another.
 
+    Throughput is the UART's, one byte per ``10 * divisor`` cycles each way (a
+    sample word takes 20 bit times); the bridge itself adds two cycles per
+    command plus one per sample word, and the reply's first byte starts one
+    cycle after the command's last byte leaves the FIFO (or after
+    ``weight_rvalid``, or after the core takes the last sample word).
+
     Parameters
     ----------
     clk_hz : int
