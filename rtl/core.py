@@ -1,0 +1,509 @@
+"""The single-chip training core: FP, loss, BP and WU of a whole network on one FPGA."""
+
+from dataclasses import dataclass
+
+from amaranth import *
+from amaranth.lib import wiring, data, memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from ..plan.errors import FpdeepError
+from ..plan.network import Conv2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy
+from .activation import ActivationWriter
+from .backprop import ErrorDerivative, ErrorStore
+from .conv import ConvEngine, ConvGeometry, RowLayout
+from .host import HostSignature
+from .loss import LossUnit
+from .numerics import DEFAULT_NUMERICS
+from .weight_update import WeightUpdateUnit
+
+__all__ = ["LayerSpec", "EngineSizes", "TrainingCore", "network_layers"]
+
+
+@dataclass(frozen=True)
+class EngineSizes:
+    """Rows of the FP, BP and WU arrays of one layer (columns follow from the layer)."""
+    fp: int
+    bp: int
+    wu: int
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A weighted layer with the post-ops that follow it."""
+    name: str
+    geometry: ConvGeometry
+    relu: bool
+    pool: bool
+
+    @property
+    def out_shape(self):
+        g = self.geometry
+        return (g.cout, g.ho // 2, g.wo // 2) if self.pool else (g.cout, g.ho, g.wo)
+
+
+def network_layers(network):
+    """Group a network into weighted layers and their post-ops; refuse what the core lacks."""
+    specs = []
+    layers = network.layers
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        if isinstance(layer, SoftmaxCrossEntropy):
+            break
+        if not isinstance(layer, (Conv2d, Linear)):
+            raise FpdeepError(f"network {network.name!r}: layer {layer.name!r} "
+                              f"({type(layer).__name__}) must follow a Conv2d or Linear layer")
+        cin, h, w = network.input_shape_of(index)
+        if isinstance(layer, Conv2d):
+            (kh, kw), (ph, pw) = layer.kernel_hw, layer.padding_hw
+            g = ConvGeometry(cin=cin, cout=layer.out_channels, h=h, w=w, kh=kh, kw=kw,
+                             ph=ph, pw=pw)
+        else:
+            g = ConvGeometry(cin=cin, cout=layer.out_features, h=h, w=w, kh=h, kw=w)
+        index += 1
+        relu = pool = False
+        if index < len(layers) and isinstance(layers[index], ReLU):
+            relu, index = True, index + 1
+        if index < len(layers) and isinstance(layers[index], MaxPool2d):
+            pool, index = True, index + 1
+        if index < len(layers) and isinstance(layers[index], (ReLU, MaxPool2d)):
+            raise FpdeepError(f"network {network.name!r}: layer {layers[index].name!r} "
+                              f"cannot follow the post-ops of {layer.name!r} (ReLU then "
+                              f"max-pool is the supported order)")
+        specs.append(LayerSpec(layer.name, g, relu, pool))
+    if specs[-1].relu or specs[-1].pool:
+        raise FpdeepError(f"network {network.name!r}: the last weighted layer "
+                          f"{specs[-1].name!r} feeds the loss and cannot have post-ops")
+    return specs
+
+
+def default_engine_sizes(spec, first):
+    g = spec.geometry
+    return EngineSizes(fp=min(g.cout, 16), bp=0 if first else min(g.cin, 16),
+                       wu=min(g.cout, 16))
+
+
+class TrainingCore(wiring.Component):
+    """Trains a network with synchronous mini-batch SGD on one chip.
+
+    Per sample, in order: load the sample from the host; FP of every layer
+    (:class:`~fpdeep.rtl.conv.ConvEngine` with :class:`~fpdeep.rtl.activation.ActivationWriter`);
+    the loss (:class:`~fpdeep.rtl.loss.LossUnit`); then from the last layer back,
+    BP of layer ``l`` (a transposed :class:`ConvEngine`, :class:`ErrorDerivative`,
+    :class:`ErrorStore`) while the WU engine of layer ``l`` (inside its
+    :class:`~fpdeep.rtl.weight_update.WeightUpdateUnit`) sums that layer's gradients.
+    After every ``batch_size`` samples, all layers step SGD at once. The results
+    equal :class:`fpdeep.sim.reference.Reference` in int mode bit for bit.
+
+    Every engine has its own array, so this core runs its layers' engines one
+    after another on one sample; overlapping samples is the cluster's job.
+
+    Parameters
+    ----------
+    network : Network
+    numerics : Numerics
+    batch_size : int
+    lr, momentum : float
+    masters : dict, optional
+        Initial masters ``{layer: (W, b)}``; by default
+        :func:`fpdeep.sim.reference.init_masters` with ``seed``.
+    engines : dict, optional
+        ``{layer: EngineSizes}``; by default one tile of up to 16 channels each.
+
+    Members
+    -------
+    host : Out(HostSignature())
+        Samples in, counters and weights out. Weight address of layer ``l``'s
+        weight ``(o, i, ky, kx)``: ``base[l] + ((o * (cin*kh + 1) + i*kh + ky) << kx_bits) + kx``;
+        bias ``o``: the word ``o * (cin*kh + 1) + cin*kh``, ``kx = 0`` (:meth:`weight_address`).
+    perf_cycles : Out(32)
+        Cycles spent on samples and updates.
+    perf_busy, perf_steps : Out(ArrayLayout(32, engine count))
+        Per engine (:attr:`engine_names`), cycles busy and steps through its array.
+    """
+
+    def __init__(self, network, *, masters=None, numerics=DEFAULT_NUMERICS, batch_size=8,
+                 lr=0.02, momentum=0.9, engines=None, seed=0):
+        self.network, self.numerics = network, numerics
+        if masters is None:
+            from ..sim.reference import init_masters
+            masters = init_masters(network, numerics, seed)
+        self.specs = network_layers(network)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise FpdeepError(f"batch size must be a positive int, not {batch_size!r}")
+        self.batch_size = batch_size
+        self.rate_q = numerics.rate_from_float(lr / batch_size)
+        self.momentum_q = numerics.rate_from_float(momentum, name="momentum") if momentum else 0
+        engines = dict(engines or {})
+        self.sizes = []
+        for index, spec in enumerate(self.specs):
+            size = engines.pop(spec.name, None) or default_engine_sizes(spec, index == 0)
+            for kind in ("fp", "wu") + (("bp",) if index else ()):
+                rows = getattr(size, kind)
+                if not isinstance(rows, int) or rows < 1:
+                    raise FpdeepError(f"layer {spec.name!r}: {kind} engine rows must be a "
+                                      f"positive int, not {rows!r}")
+            self.sizes.append(size)
+        if engines:
+            raise FpdeepError(f"engine sizes given for unknown layers: {sorted(engines)}")
+
+        n = numerics
+        self.units = []
+        for index, (spec, size) in enumerate(zip(self.specs, self.sizes)):
+            if spec.name not in masters:
+                raise FpdeepError(f"no initial weights for layer {spec.name!r}")
+            self.units.append(WeightUpdateUnit(
+                geometry=spec.geometry, wu_rows=size.wu, fp_rows=size.fp,
+                bp_rows=size.bp if index else None, numerics=n, masters=masters[spec.name],
+                rate_q=self.rate_q, momentum_q=self.momentum_q, batch_size=batch_size))
+        self.bases = []
+        base = 0
+        for unit in self.units:
+            self.bases.append(base)
+            base += unit.host_span
+        self.weight_space = base
+        if base > 1 << 20:
+            raise FpdeepError(f"{base} weight addresses exceed the host's 20-bit space")
+
+        self.engine_names = []
+        for index, spec in enumerate(self.specs):
+            self.engine_names += [f"{spec.name}.fp", f"{spec.name}.wu"]
+            if index:
+                self.engine_names.append(f"{spec.name}.bp")
+        super().__init__({
+            "host": Out(HostSignature()),
+            "perf_cycles": Out(32),
+            "perf_busy": Out(data.ArrayLayout(32, len(self.engine_names))),
+            "perf_steps": Out(data.ArrayLayout(32, len(self.engine_names))),
+        })
+
+    def weight_address(self, layer, o, i=None, ky=0, kx=0):
+        """Host address of weight ``(o, i, ky, kx)`` of ``layer``, or of bias ``o`` if ``i`` is None."""
+        index = [s.name for s in self.specs].index(layer)
+        g, unit = self.specs[index].geometry, self.units[index]
+        row = g.cin * g.kh if i is None else i * g.kh + ky
+        word = o * unit.words_per_channel + row
+        return self.bases[index] + (word << unit.kx_bits) + (0 if i is None else kx)
+
+    def engine_array_shapes(self):
+        """``{engine name: (rows, cols)}``: the PEs of each engine."""
+        shapes = {}
+        for index, (spec, size) in enumerate(zip(self.specs, self.sizes)):
+            g = spec.geometry
+            shapes[f"{spec.name}.fp"] = (size.fp, g.wo)
+            shapes[f"{spec.name}.wu"] = (size.wu, g.kw)
+            if index:
+                shapes[f"{spec.name}.bp"] = (size.bp, g.w)
+        return shapes
+
+    def engine_macs(self):
+        """``{engine name: useful MACs per sample}`` (biases count as MACs)."""
+        macs = {}
+        for index, spec in enumerate(self.specs):
+            g = spec.geometry
+            macs[f"{spec.name}.fp"] = g.macs + g.cout * g.ho * g.wo
+            macs[f"{spec.name}.wu"] = g.macs + g.cout * g.ho * g.wo
+            if index:
+                macs[f"{spec.name}.bp"] = g.macs
+        return macs
+
+    def elaborate(self, platform):
+        m = Module()
+        n, specs = self.numerics, self.specs
+        host = self.host
+        count = len(specs)
+
+        # ---- memories between the engines.
+        c0, h0, w0 = self.network.input_shape
+        sample_layout = RowLayout(c0, h0, w0, n.act)
+        m.submodules.sample = sample_mem = memory.Memory(
+            shape=sample_layout.shape, depth=sample_layout.depth, init=[])
+        act_full, act_out, err_lane, err_row = [], [], [], []
+        for index, spec in enumerate(specs):
+            g = spec.geometry
+            full = memory.Memory(shape=RowLayout(g.cout, g.ho, g.wo, n.act).shape,
+                                 depth=g.cout * g.ho, init=[])
+            m.submodules[f"{spec.name}_act"] = full
+            act_full.append(full)
+            if spec.pool:
+                pooled = memory.Memory(shape=RowLayout(g.cout, g.ho // 2, g.wo // 2, n.act).shape,
+                                       depth=g.cout * (g.ho // 2), init=[])
+                m.submodules[f"{spec.name}_pooled"] = pooled
+                act_out.append(pooled)
+            else:
+                act_out.append(full)
+            unit = self.units[index]
+            lanes = unit.engine.e_layout
+            lane_mem = memory.Memory(shape=lanes.shape, depth=lanes.depth, init=[])
+            m.submodules[f"{spec.name}_err_lanes"] = lane_mem
+            err_lane.append(lane_mem)
+            if index:
+                row_mem = memory.Memory(shape=RowLayout(g.cout, g.ho, g.wo, n.error).shape,
+                                        depth=g.cout * g.ho, init=[])
+                m.submodules[f"{spec.name}_err_rows"] = row_mem
+                err_row.append(row_mem)
+            else:
+                err_row.append(None)
+        inputs = [sample_mem] + act_out[:-1]
+
+        # ---- engines.
+        fp_engines, bp_engines, writers, stores, derivs = [], [], [], [], []
+        sat_events = []
+        for index, spec in enumerate(specs):
+            g, size, unit = spec.geometry, self.sizes[index], self.units[index]
+            m.submodules[f"{spec.name}_wu"] = unit
+            fp = ConvEngine(geometry=g, rows=size.fp, in_fmt=n.act, weight_fmt=n.weight,
+                            out_fmt=n.act, acc_width=n.acc_width, bias=True)
+            m.submodules[f"{spec.name}_fp"] = fp
+            fp_engines.append(fp)
+            wiring.connect(m, fp.w_rd, unit.fp_weights.read_port())
+            wiring.connect(m, fp.x_rd, inputs[index].read_port())
+            wiring.connect(m, unit.x_rd, inputs[index].read_port())
+            wiring.connect(m, unit.e_rd, err_lane[index].read_port())
+
+            writer = ActivationWriter(channels=g.cout, h=g.ho, w=g.wo, fmt=n.act,
+                                      relu=spec.relu, pool=spec.pool)
+            m.submodules[f"{spec.name}_post"] = writer
+            writers.append(writer)
+            m.d.comb += [
+                writer.i.valid.eq(fp.o.valid),
+                writer.i.payload.channel.eq(fp.o.payload.channel),
+                writer.i.payload.row.eq(fp.o.payload.row),
+                writer.i.payload.values.eq(fp.o.payload.values),
+                fp.o.ready.eq(writer.i.ready),
+            ]
+            sat_events.append(Mux(fp.o.valid & fp.o.ready, fp.o.payload.saturated, 0))
+            wiring.connect(m, writer.full_wr, act_full[index].write_port())
+            if spec.pool:
+                wiring.connect(m, writer.full_rd, act_full[index].read_port())
+                wiring.connect(m, writer.pooled_wr, act_out[index].write_port())
+
+            store = ErrorStore(channels=g.cout, h=g.ho, w=g.wo, fmt=n.error, lanes=size.wu,
+                               rows=index > 0)
+            m.submodules[f"{spec.name}_err_store"] = store
+            stores.append(store)
+            wiring.connect(m, store.lane_wr, err_lane[index].write_port(granularity=1))
+            if index:
+                wiring.connect(m, store.row_wr, err_row[index].write_port())
+
+        for index, spec in enumerate(specs):
+            if index == 0:
+                bp_engines.append(None)
+                derivs.append(None)
+                continue
+            g, size, unit = spec.geometry, self.sizes[index], self.units[index]
+            bp = ConvEngine(geometry=g.transposed(), rows=size.bp, in_fmt=n.error,
+                            weight_fmt=n.weight, out_fmt=n.error, acc_width=n.acc_width,
+                            bias=False)
+            m.submodules[f"{spec.name}_bp"] = bp
+            bp_engines.append(bp)
+            wiring.connect(m, bp.w_rd, unit.bp_weights.read_port())
+            wiring.connect(m, bp.x_rd, err_row[index].read_port())
+            before = specs[index - 1]
+            pg = before.geometry
+            deriv = ErrorDerivative(channels=pg.cout, h=pg.ho, w=pg.wo, act_fmt=n.act,
+                                    error_fmt=n.error, relu=before.relu, pool=before.pool)
+            m.submodules[f"{spec.name}_deriv"] = deriv
+            derivs.append(deriv)
+            m.d.comb += [
+                deriv.i.valid.eq(bp.o.valid),
+                deriv.i.payload.channel.eq(bp.o.payload.channel),
+                deriv.i.payload.row.eq(bp.o.payload.row),
+                deriv.i.payload.values.eq(bp.o.payload.values),
+                bp.o.ready.eq(deriv.i.ready),
+            ]
+            sat_events.append(Mux(bp.o.valid & bp.o.ready, bp.o.payload.saturated, 0))
+            if before.relu or before.pool:
+                wiring.connect(m, deriv.full_rd0, act_full[index - 1].read_port())
+            if before.pool:
+                wiring.connect(m, deriv.full_rd1, act_full[index - 1].read_port())
+            wiring.connect(m, deriv.o, stores[index - 1].i)
+
+        loss = LossUnit(classes=self.network.num_classes, numerics=n)
+        m.submodules.loss = loss
+        wiring.connect(m, loss.z_rd, act_full[-1].read_port())
+        last_store = stores[-1]
+        m.d.comb += [
+            last_store.i.valid.eq(loss.o.valid),
+            last_store.i.payload.channel.eq(loss.o.payload.channel),
+            last_store.i.payload.row.eq(0),
+            last_store.i.payload.values.eq(loss.o.payload.values),
+            loss.o.ready.eq(last_store.i.ready),
+        ]
+
+        # ---- sample loader: a label word, then pixels row-major, assembled into rows.
+        sample_wr = sample_mem.write_port()
+        label = Signal(range(self.network.num_classes))
+        have_label = Signal()
+        pixel_x = Signal(range(w0))
+        pixel_row = Signal(range(c0 * h0 + 1))
+        row_buffer = Signal(sample_layout.shape)
+        loading = Signal()
+        m.d.comb += host.sample.ready.eq(loading)
+        with m.If(host.sample.valid & host.sample.ready):
+            with m.If(~have_label):
+                m.d.sync += [label.eq(host.sample.payload), have_label.eq(1)]
+            with m.Else():
+                with m.Switch(pixel_x):
+                    for x in range(w0):
+                        with m.Case(x):
+                            m.d.sync += row_buffer[x].eq(host.sample.payload)
+                m.d.sync += pixel_x.eq(Mux(pixel_x == w0 - 1, 0, pixel_x + 1))
+                with m.If(pixel_x == w0 - 1):
+                    m.d.comb += [sample_wr.addr.eq(pixel_row), sample_wr.en.eq(1)]
+                    for x in range(w0 - 1):
+                        m.d.comb += sample_wr.data[x].eq(row_buffer[x])
+                    m.d.comb += sample_wr.data[w0 - 1].eq(host.sample.payload)
+                    m.d.sync += pixel_row.eq(pixel_row + 1)
+
+        # ---- host weight access, routed by address to the layers' update units.
+        host_layer = Signal(range(max(2, count)))
+        for index, unit in enumerate(self.units):
+            base, span = self.bases[index], unit.host_span
+            selected = (host.weight_addr >= base) & (host.weight_addr < base + span)
+            m.d.comb += [
+                unit.host_addr.eq(host.weight_addr - base),
+                unit.host_read.eq(host.weight_read & selected),
+                unit.host_write.eq(host.weight_write & selected),
+                unit.host_wdata.eq(host.weight_wdata),
+            ]
+            with m.If(host.weight_read & selected):
+                m.d.sync += host_layer.eq(index)
+        with m.Switch(host_layer):
+            for index, unit in enumerate(self.units):
+                with m.Case(index):
+                    m.d.comb += [host.weight_rdata.eq(unit.host_rdata),
+                                 host.weight_rvalid.eq(unit.host_rvalid)]
+        m.d.comb += host.weight_count.eq(self.weight_space)
+        dirty = Signal()        # the host wrote masters; the 16-bit copies need a refresh
+        with m.If(host.weight_write):
+            m.d.sync += dirty.eq(1)
+
+        # ---- the sequencer.
+        sample_in_batch = Signal(range(self.batch_size + 1))
+        layer = Signal(range(max(2, count)))
+        settle = Signal(2)
+
+        def fp_idle(i):
+            return ~fp_engines[i].busy
+
+        def bp_idle(i):
+            return ~bp_engines[i].busy & derivs[i].i.ready & stores[i - 1].i.ready
+
+        all_wu_idle = Cat(*[~unit.busy for unit in self.units]).all()
+        busy = Signal()
+        with m.FSM() as fsm:
+            with m.State("LOAD"):
+                m.d.comb += loading.eq(~dirty)
+                with m.If(dirty & all_wu_idle):
+                    for unit in self.units:
+                        m.d.comb += unit.start_refresh.eq(1)
+                    m.d.sync += dirty.eq(0)
+                    m.next = "REFRESH"
+                with m.Elif(host.sample.valid & host.sample.ready & have_label &
+                            (pixel_x == w0 - 1) & (pixel_row == c0 * h0 - 1)):
+                    m.d.sync += [pixel_row.eq(0), have_label.eq(0), layer.eq(0)]
+                    m.next = "FP_START"
+            with m.State("REFRESH"):
+                with m.If(all_wu_idle & (settle == 1)):
+                    m.d.sync += settle.eq(0)
+                    m.next = "LOAD"
+                with m.Else():
+                    m.d.sync += settle.eq(1)
+            with m.State("FP_START"):
+                with m.Switch(layer):
+                    for index in range(count):
+                        with m.Case(index):
+                            m.d.comb += fp_engines[index].start.eq(1)
+                m.d.sync += settle.eq(0)
+                m.next = "FP_WAIT"
+            with m.State("FP_WAIT"):
+                done = Signal()
+                with m.Switch(layer):
+                    for index in range(count):
+                        with m.Case(index):
+                            m.d.comb += done.eq(fp_idle(index))
+                # Two idle cycles: the writer's pooled row lands one cycle after the engine.
+                with m.If(done & (settle == 2)):
+                    with m.If(layer == count - 1):
+                        m.next = "LOSS_START"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "FP_START"
+                with m.Elif(done):
+                    m.d.sync += settle.eq(settle + 1)
+            with m.State("LOSS_START"):
+                m.d.comb += [loss.start.eq(1), loss.label.eq(label)]
+                m.next = "LOSS_WAIT"
+            with m.State("LOSS_WAIT"):
+                m.d.comb += loss.label.eq(label)
+                with m.If(~loss.busy & last_store.i.ready):
+                    m.d.sync += layer.eq(count - 1)
+                    m.next = "BACK_START"
+            with m.State("BACK_START"):
+                # WU of this layer and BP into the layer in front run side by side.
+                with m.Switch(layer):
+                    for index in range(count):
+                        with m.Case(index):
+                            m.d.comb += self.units[index].start_sample.eq(1)
+                            if index:
+                                m.d.comb += bp_engines[index].start.eq(1)
+                m.d.sync += settle.eq(0)
+                m.next = "BACK_WAIT"
+            with m.State("BACK_WAIT"):
+                done = Signal()
+                with m.Switch(layer):
+                    for index in range(count):
+                        with m.Case(index):
+                            m.d.comb += done.eq(bp_idle(index) if index else 1)
+                with m.If(done & (settle == 2)):
+                    with m.If(layer == 0):
+                        m.next = "WU_WAIT"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer - 1)
+                        m.next = "BACK_START"
+                with m.Elif(done):
+                    m.d.sync += settle.eq(settle + 1)
+            with m.State("WU_WAIT"):
+                with m.If(all_wu_idle):
+                    m.d.sync += host.samples.eq(host.samples + 1)
+                    with m.If(sample_in_batch == self.batch_size - 1):
+                        m.d.sync += sample_in_batch.eq(0)
+                        for unit in self.units:
+                            m.d.comb += unit.start_update.eq(1)
+                        m.d.sync += settle.eq(0)
+                        m.next = "UPDATE_WAIT"
+                    with m.Else():
+                        m.d.sync += sample_in_batch.eq(sample_in_batch + 1)
+                        m.next = "LOAD"
+            with m.State("UPDATE_WAIT"):
+                with m.If(all_wu_idle & (settle == 1)):
+                    m.d.sync += host.batches.eq(host.batches + 1)
+                    m.next = "LOAD"
+                with m.Else():
+                    m.d.sync += settle.eq(1)
+            m.d.comb += busy.eq(~fsm.ongoing("LOAD") | have_label)
+
+        # ---- counters.
+        with m.If(loss.correct):
+            m.d.sync += host.correct.eq(host.correct + 1)
+        wu_sats = sum(unit.saturations for unit in self.units)
+        engine_sats = Signal(32)
+        m.d.sync += engine_sats.eq(engine_sats + sum(sat_events))
+        m.d.comb += [host.saturations.eq(engine_sats + wu_sats), host.busy.eq(busy)]
+
+        with m.If(busy):
+            m.d.sync += self.perf_cycles.eq(self.perf_cycles + 1)
+        engines = []
+        for index in range(count):
+            engines.append(fp_engines[index])
+            engines.append(self.units[index].engine)
+            if index:
+                engines.append(bp_engines[index])
+        for k, engine in enumerate(engines):
+            with m.If(engine.busy):
+                m.d.sync += self.perf_busy[k].eq(self.perf_busy[k] + 1)
+            with m.If(engine.step):
+                m.d.sync += self.perf_steps[k].eq(self.perf_steps[k] + 1)
+        return m
