@@ -78,7 +78,9 @@ class LinkConfig:
         Frame check sequence. Default CRC-32 (Ethernet), like PCIe's LCRC.
     replay_timeout : int
         Cycles without ACK progress, while frames are unacknowledged, before the
-        transmitter replays everything not yet acknowledged.
+        transmitter replays everything not yet acknowledged. It must exceed the ACK
+        round trip (about two frame times plus twice the PHY latency) or replays fire
+        needlessly; the receiver re-sends a NAK after half of it if a replay was hit.
     refresh_interval : int
         Cycles of silence after which a transmitter sends a CTRL frame anyway, so that
         a lost ACK or credit update is repeated. Must be below ``replay_timeout``.
