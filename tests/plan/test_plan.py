@@ -1,0 +1,71 @@
+import json
+import time
+
+import pytest
+
+from fpdeep.plan import zoo
+from fpdeep.plan.errors import FpdeepError
+from fpdeep.plan.plan import Plan, plan_network
+from fpdeep.plan.baselines import whole_layers, contiguous_dp
+from fpdeep.platforms.resources import Cluster, get_board
+
+
+def test_schema_and_round_trip(tmp_path):
+    plan = plan_network(zoo.get("vgg16"), Cluster.uniform("vc709", 16, link_gbps=250))
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    data = json.loads(path.read_text())
+    assert data["version"] == 1 and data["batch_size"] == 64
+    s = data["summary"]
+    assert s["balance"] <= 1.05 and s["images_per_s"] > 0
+    assert s["limiting_factor"] in ("compute", "link", "memory")
+    for key in ("gops", "latency_cycles", "bubble_cycles_per_batch"):
+        assert s[key] > 0
+    chip = data["chips"][0]
+    assert set(chip) >= {"index", "board", "slices", "weights", "buffers", "predicted"}
+    sl = chip["slices"][0]
+    assert set(sl["engines"]) == {"fp", "wu"}      # first layer: no BP
+    assert set(chip["predicted"]["link_bits_per_sample"]) == {"fwd", "bwd", "weights"}
+    assert Plan.load(path).to_dict() == data
+
+
+def test_weights_all_placed():
+    net = zoo.get("alexnet")
+    plan = plan_network(net, Cluster.uniform("vc709", 8, link_gbps=60))
+    held = sum(r["count"] for c in plan.chips for r in c["weights"]["local"])
+    held += sum(r["count"] for c in plan.chips for r in c["weights"]["stored_at"])
+    assert held >= sum(l.weight_count for l in net.layers)
+    for c in plan.chips:
+        assert c["predicted"]["memory_bits"] <= c["predicted"]["memory_capacity_bits"]
+
+
+def test_does_not_fit():
+    with pytest.raises(FpdeepError, match="does not fit"):
+        plan_network(zoo.get("vgg16"), Cluster.uniform("ulx3s-25f", 20))
+
+
+def test_bad_batch():
+    with pytest.raises(FpdeepError, match="batch size"):
+        plan_network(zoo.get("digits"), Cluster.uniform("ulx3s-85f", 1), batch_size=0)
+
+
+def test_load_bad(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"version": 7}')
+    with pytest.raises(FpdeepError, match="version 1"):
+        Plan.load(path)
+
+
+def test_vgg19_128_fast():
+    start = time.perf_counter()
+    plan_network(zoo.get("vgg19"), Cluster.uniform("vc709", 128, link_gbps=250))
+    assert time.perf_counter() - start < 2.0
+
+
+def test_beats_baselines():
+    boards = [get_board("vc709")] * 16
+    plan = plan_network(zoo.get("vgg16"), Cluster(boards, link_gbps=250))
+    for baseline in (whole_layers, contiguous_dp):
+        row = baseline(zoo.get("vgg16"), boards)
+        assert row["balance"] > plan.summary["balance"]
+        assert row["images_per_s"] < plan.summary["bounds_images_per_s"]["compute"]

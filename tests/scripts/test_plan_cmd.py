@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from fpdeep.scripts.cli import main
+
+
+def test_plan_writes_json(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--net", "vgg16", "--board", "vc709", "--chips", "16",
+                 "--link-gbps", "250", "-o", str(out), "--compare"]) == 0
+    text = capsys.readouterr().out
+    assert "balance" in text and "contiguous-layer DP" in text and "whole layers" in text
+    assert {"balance", "images_per_s", "limiting_factor"} <= set(
+        json.loads(out.read_text())["summary"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--net", "nope"], "unknown network"),
+    (["--board", "nope"], "unknown board"),
+    (["--chips", "0"], "positive integer"),
+    (["--chips", "-3"], "positive integer"),
+    (["--net", "vgg16", "--board", "icebreaker", "--chips", "2"], ""),
+    (["--net", "MISSING.json"], "cannot read"),
+])
+def test_bad_input(tmp_path, capsys, args, message):
+    out = tmp_path / "plan.json"
+    assert main(["plan", *args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fpdeep: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_malformed_file(tmp_path, capsys):
+    bad = tmp_path / "net.yaml"
+    bad.write_text("name: [unclosed")
+    assert main(["plan", "--net", str(bad)]) == 2
+    assert "malformed" in capsys.readouterr().err
