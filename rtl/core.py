@@ -501,6 +501,8 @@ class TrainingCore(wiring.Component):
             engines.append(self.units[index].engine)
             if index:
                 engines.append(bp_engines[index])
+        self.engines_by_name = dict(zip(self.engine_names, engines))
+        self.loss_unit = loss
         for k, engine in enumerate(engines):
             with m.If(engine.busy):
                 m.d.sync += self.perf_busy[k].eq(self.perf_busy[k] + 1)

@@ -1,0 +1,184 @@
+"""Simulate a training core against the NumPy reference.
+
+:class:`CoreRun` builds a :class:`~fpdeep.rtl.core.TrainingCore`, feeds it samples
+through its host port in Amaranth's simulator, and returns what it measured:
+the master weights after training, the host counters, and the per-engine
+performance counters. :func:`compare_weights` checks them against
+:class:`~fpdeep.sim.reference.Reference` in int mode, bit for bit.
+"""
+
+from dataclasses import dataclass, field
+import time
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from ..plan.errors import FpdeepError
+from ..rtl.core import TrainingCore
+from ..rtl.numerics import DEFAULT_NUMERICS
+from .reference import Reference, init_masters
+
+__all__ = ["CoreRun", "RunResult", "EngineFigures", "compare_weights", "digits_samples"]
+
+
+def digits_samples(count, *, seed=0):
+    """``count`` samples of ``sklearn``'s 8x8 digits as float (1, 8, 8) maps in [0, 1]."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.target))[:count]
+    return digits.images[order][:, None] / 16.0, digits.target[order]
+
+
+@dataclass
+class EngineFigures:
+    name: str
+    pes: int
+    busy_cycles: int
+    steps: int
+    macs_per_sample: int
+
+
+@dataclass
+class RunResult:
+    masters: dict
+    samples: int
+    correct: int
+    batches: int
+    saturations: int
+    sample_cycles: list
+    total_cycles: int
+    engines: list = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def cycles_per_sample(self):
+        """Busy cycles per sample, SGD steps included (amortized over their batch)."""
+        return self.total_cycles / max(1, self.samples)
+
+    def utilization_table(self):
+        """Rows of ``(engine, PEs, active, step fraction, useful-MAC fraction)`` per sample."""
+        period = self.cycles_per_sample
+        rows = []
+        for e in self.engines:
+            rows.append((e.name, e.pes, e.busy_cycles / self.samples / period,
+                         e.steps / self.samples / period,
+                         e.macs_per_sample / (e.pes * period)))
+        return rows
+
+
+class CoreRun:
+    """One single-chip training run in Amaranth's simulator.
+
+    Parameters
+    ----------
+    network : Network
+    batch_size, lr, momentum, seed :
+        As :class:`~fpdeep.rtl.core.TrainingCore`; ``seed`` picks the initial weights.
+    engines : dict, optional
+        Engine sizes per layer.
+    """
+
+    def __init__(self, network, *, batch_size=8, lr=0.02, momentum=0.9, seed=0, engines=None,
+                 numerics=DEFAULT_NUMERICS):
+        self.network, self.numerics = network, numerics
+        self.batch_size, self.lr, self.momentum = batch_size, lr, momentum
+        self.masters = init_masters(network, numerics, seed)
+        self.core = TrainingCore(network, masters=self.masters, numerics=numerics,
+                                 batch_size=batch_size, lr=lr, momentum=momentum,
+                                 engines=engines)
+
+    def reference(self):
+        return Reference(self.network, mode="int", numerics=self.numerics, lr=self.lr,
+                         momentum=self.momentum, batch_size=self.batch_size,
+                         masters=self.masters)
+
+    def run(self, samples, labels, *, progress=None, vcd=None, max_cycles_per_sample=10**6):
+        """Train on quantized ``samples`` (int arrays) with ``labels``; returns a :class:`RunResult`."""
+        core = self.core
+        result = {}
+        start = time.perf_counter()
+
+        async def testbench(ctx):
+            sample_cycles = []
+            for index, (x, label) in enumerate(zip(samples, labels)):
+                words = [int(label)] + [int(v) for v in np.asarray(x).reshape(-1)]
+                ctx.set(core.host.sample.valid, 1)
+                for word in words:
+                    ctx.set(core.host.sample.payload, word)
+                    await ctx.tick().until(core.host.sample.ready)
+                ctx.set(core.host.sample.valid, 0)
+                cycles = 0
+                await ctx.tick()
+                while ctx.get(core.host.busy):
+                    await ctx.tick()
+                    cycles += 1
+                    if cycles > max_cycles_per_sample:
+                        raise FpdeepError(f"the core did not finish sample {index} within "
+                                          f"{max_cycles_per_sample} cycles")
+                sample_cycles.append(cycles)
+                if progress:
+                    progress(index + 1, len(labels), cycles)
+            result["sample_cycles"] = sample_cycles
+            result["counters"] = {name: ctx.get(getattr(core.host, name))
+                                  for name in ("samples", "correct", "batches", "saturations")}
+            result["total_cycles"] = ctx.get(core.perf_cycles)
+            result["busy"] = [ctx.get(core.perf_busy[k]) for k in range(len(core.engine_names))]
+            result["steps"] = [ctx.get(core.perf_steps[k]) for k in range(len(core.engine_names))]
+            result["masters"] = read_masters(ctx, core)
+
+        sim = Simulator(core)
+        sim.add_clock(1e-8)
+        sim.add_testbench(testbench)
+        if vcd:
+            from .waves import write_waves
+            with write_waves(sim, core, vcd):
+                sim.run()
+        else:
+            sim.run()
+
+        shapes = core.engine_array_shapes()
+        macs = core.engine_macs()
+        engines = [EngineFigures(name, shapes[name][0] * shapes[name][1], busy, steps,
+                                 macs[name])
+                   for name, busy, steps in zip(core.engine_names, result["busy"],
+                                                result["steps"])]
+        counters = result["counters"]
+        return RunResult(masters=result["masters"], samples=counters["samples"],
+                         correct=counters["correct"], batches=counters["batches"],
+                         saturations=counters["saturations"],
+                         sample_cycles=result["sample_cycles"],
+                         total_cycles=result["total_cycles"], engines=engines,
+                         wall_seconds=time.perf_counter() - start)
+
+
+def read_masters(ctx, core):
+    """The master weights of every layer, read from the simulated memories."""
+    masters = {}
+    for spec, unit in zip(core.specs, core.units):
+        g = spec.geometry
+        w = np.zeros((g.cout, g.cin, g.kh, g.kw), dtype=np.int64)
+        b = np.zeros(g.cout, dtype=np.int64)
+        for o in range(g.cout):
+            base = o * unit.words_per_channel
+            for i in range(g.cin):
+                for ky in range(g.kh):
+                    w[o, i, ky] = list(ctx.get(unit.master.data[base + i * g.kh + ky]))
+            b[o] = ctx.get(unit.master.data[base + g.cin * g.kh])[0]
+        masters[spec.name] = (w, b)
+    return masters
+
+
+def compare_weights(masters, reference):
+    """``(equal, total, first_mismatch)`` of gateware masters against the reference's."""
+    equal = total = 0
+    first = None
+    for name, (w, b) in masters.items():
+        rw, rb = reference.params[name]
+        for got, want, kind in ((w, rw.reshape(w.shape), "W"), (b, rb, "b")):
+            same = got == want
+            equal += int(same.sum())
+            total += same.size
+            if first is None and not same.all():
+                index = tuple(int(v) for v in np.argwhere(~same)[0])
+                first = f"{name}.{kind}{list(index)}: {int(got[index])} != {int(want[index])}"
+    return equal, total, first
