@@ -27,6 +27,24 @@ Each layer orders its lines in one of two ways, its *split mode*:
   The price is that every chip of the layer holds all its weights and the
   weight gradients are summed along the chain once per mini-batch.
 
+* ``"inputs"`` (linear layers only): the unit is one *input channel* of the
+  flattened input (``H·W`` inputs of the layer's input map), so a chip holds a
+  contiguous run of whole input channels, i.e. a slice of the K = Cin·H·W
+  reduction. Reason: *the output-channel split cannot go below the K-step
+  floor*. A linear engine is ``R×1`` (C = 1) and walks K + 1 steps per tile of
+  R outputs (the extra step adds the bias or the incoming partial sum), so an
+  output-channel slice takes at least K + 1 cycles per sample however few
+  outputs it holds. Split by inputs, a chip computes partial sums of *all*
+  outputs over its K-slice in ``ceil(out/R)·(K_slice + 1)`` cycles and adds the
+  partial sums arriving from the chip before it; the last chip of the layer
+  holds the full sums and runs the post-ops. BP of the slice (the transposed
+  layer) needs only the full output error, which flows back through the
+  layer's chips anyway, and yields the errors of the slice's own inputs; WU
+  needs the slice's inputs and the output error. Weights and their updates stay
+  local (each chip owns the columns of its K-slice; the first one owns the
+  biases). The price is ``out`` partial-sum words per sample forward and
+  ``out`` error words back across each cut inside the layer.
+
 A chip's run of lines in one layer falls into at most three rectangles
 (channels × rows), its *tiles*; each tile becomes one layer slice with its own
 FP, BP and WU engines.
@@ -40,7 +58,12 @@ same time per sample. The time of a chip is modelled during the search as
 finds the smallest feasible maximum time τ with a greedy fill; a second search
 then lowers the fill threshold λ so that work spreads over all chips with each
 chip between λ and τ. The final plan allocates integer R×C arrays exactly
-(:func:`allocate_engines`) and reports the real cycles.
+(:func:`allocate_engines`) and reports the real cycles; a hill-climb then
+moves cuts next to the slowest chip while that lowers the exact maximum.
+
+A linear layer's floor includes its bias (or partial-sum) step: ``K + 1`` per
+output-channel tile, ``K_slice + 1`` for an input slice. Conv engines keep the
+ideal ``rows·Cin·kh·kw`` floor.
 """
 
 import bisect
@@ -51,9 +74,22 @@ from .errors import FpdeepError
 from .workload import workload
 
 __all__ = ["LayerUnits", "Tile", "Engine", "ChipPart", "split_modes", "partition",
-           "allocate_engines", "ENGINE_KINDS", "ROW_SPLIT_MEMORY_FRACTION"]
+           "allocate_engines", "ENGINE_KINDS", "ROW_SPLIT_MEMORY_FRACTION",
+           "INPUT_SPLIT_REASON", "BALANCE_TARGET"]
 
 ENGINE_KINDS = ("fp", "bp", "wu")
+
+#: The balance (max/mean chip cycles per sample) the partitioner aims to meet.
+BALANCE_TARGET = 1.05
+
+#: How many candidate plans the exact re-cut starts from, and its relative precision.
+EXACT_CANDIDATES = 1
+EXACT_TOLERANCE = 2e-3
+#: At most this many exact chip builds per re-cut (each is one R×C allocation).
+EXACT_BUILDS = 1500
+
+#: Why a linear layer is split by input channels (see the module docstring).
+INPUT_SPLIT_REASON = "the output-channel split cannot go below the K-step floor"
 
 #: A layer is split by rows when its input map exceeds this fraction of a chip's memory.
 ROW_SPLIT_MEMORY_FRACTION = 0.25
@@ -65,23 +101,41 @@ ACT_BITS = 16
 class LayerUnits:
     """One layer's lines in their split order."""
     work: object        # LayerWork
-    mode: str           # "channels" | "rows"
+    mode: str           # "channels" | "rows" | "inputs"
     reason: str
     offset: int         # global index of the first line
-    count: int          # Cout·Ho
-    line_macs: int      # FP + BP + WU MACs of one line
-    floor_per_row: int  # Cin·kh·kw: cycles of one row of a tile on a full-width array
+    count: int          # Cout·Ho; for "inputs": Cin
+    line_macs: int      # FP + BP + WU MACs of one line (or one input channel)
+    floor_per_row: int  # Cin·kh·kw: cycles of one row of a tile on a full-width array;
+                        # for "inputs": H·W, the K-steps of one input channel
+    floor_extra: int = 0    # 1 for linear layers: the bias / partial-sum step
 
     @property
     def minor(self):
+        if self.mode == "inputs":
+            return 1
         return self.work.out_rows if self.mode == "channels" else self.work.out_channels
 
+    def tile_floor(self, n):
+        """Least cycles per sample of a tile of ``n`` rows (``"inputs"``: input channels)."""
+        return n * self.floor_per_row + self.floor_extra
+
+    @property
+    def max_floor(self):
+        """The floor of the whole layer as one tile."""
+        return self.tile_floor(self.count if self.mode == "inputs" else self.work.out_rows)
+
     def rects(self, a, b):
-        """The tiles of local lines ``[a, b)``: list of ((c0, c1), (r0, r1))."""
+        """The tiles of local lines ``[a, b)``: list of ((c0, c1), (r0, r1)).
+
+        For ``"inputs"`` the one tile is ``((0, Cout), (0, 1))``: see :meth:`inputs`.
+        """
         m = self.minor
         out = []
         if a >= b:
             return out
+        if self.mode == "inputs":
+            return [((0, self.work.out_channels), (0, 1))]
         ma, ra = divmod(a, m)
         mb, rb = divmod(b, m)
         if ma == mb:
@@ -102,10 +156,22 @@ class LayerUnits:
                 out.append(((minor0, minor1), (major0, major1)))
         return out
 
+    def inputs(self, a, b):
+        """Input channels ``[lo, hi)`` read by the tile of local lines ``[a, b)``."""
+        if self.mode == "inputs":
+            return (a, b)
+        return (0, self.work.in_channels)
+
 
 @dataclass
 class Engine:
-    """One FP, BP or WU engine: an R×C PE array."""
+    """One FP, BP or WU engine: an R×C PE array.
+
+    By default it takes ``ceil(macs / (R·C))`` cycles per sample (an ideal array).
+    A linear layer's FP engine is modelled step by step, as the gateware runs it:
+    with ``units`` outputs and ``steps`` = K + 1 steps per tile of R of them
+    (C = 1), it takes ``ceil(units / R) · steps`` cycles.
+    """
     kind: str
     macs: int
     max_rows: int
@@ -113,19 +179,32 @@ class Engine:
     rows: int = 0
     cols: int = 0
     efficiency: float = 1.0
+    units: int = 0
+    steps: int = 0
 
     @property
     def pes(self):
         return self.rows * self.cols
 
-    @property
-    def cycles(self):
+    def cycles_at(self, rows, cols):
         if self.macs == 0:
             return 0.0
-        return math.ceil(self.macs / self.pes) / self.efficiency
+        if self.steps:
+            return -(-self.units // rows) * self.steps / self.efficiency
+        return math.ceil(self.macs / (rows * cols)) / self.efficiency
+
+    @property
+    def cycles(self):
+        return self.cycles_at(self.rows, self.cols)
 
     def pes_for(self, target):
         """Smallest (R, C) meeting ``target`` cycles per sample, or None."""
+        if self.steps:
+            tiles = int(target * self.efficiency * (1 + 1e-12) // self.steps)
+            if tiles < 1:
+                return None
+            rows = -(-self.units // tiles)
+            return (rows, 1) if rows <= self.max_rows else None
         need = math.ceil(self.macs / (target * self.efficiency))
         best = None
         for cols in self.col_options:
@@ -137,11 +216,20 @@ class Engine:
 
 @dataclass
 class Tile:
-    """One layer slice on one chip."""
+    """One layer slice on one chip.
+
+    ``channels`` and ``rows`` are its output channels and rows; ``inputs`` the
+    input channels it reads (all of them, except for an ``"inputs"`` split).
+    """
     layer: object               # LayerUnits
     channels: tuple             # [c0, c1)
     rows: tuple                 # [r0, r1)
+    inputs: tuple = None        # [i0, i1); None: all input channels
     engines: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.inputs is None:
+            self.inputs = (0, self.layer.work.in_channels)
 
     @property
     def n_channels(self):
@@ -152,13 +240,32 @@ class Tile:
         return self.rows[1] - self.rows[0]
 
     @property
+    def n_inputs(self):
+        return self.inputs[1] - self.inputs[0]
+
+    @property
     def lines(self):
         return self.n_channels * self.n_rows
 
     @property
+    def k(self):
+        """The reduction length of one output: Cin·kh·kw over the inputs it reads."""
+        w = self.layer.work
+        return self.n_inputs * w.kernel[0] * w.kernel[1]
+
+    @property
     def fp_macs(self):
         w = self.layer.work
-        return self.lines * w.macs_per_output * w.out_cols
+        return self.lines * self.k * w.out_cols
+
+    @property
+    def weights(self):
+        """Weights held: the slice's kernel columns, and biases of its outputs.
+
+        An input split gives the biases to the chip holding input channel 0.
+        """
+        bias = self.n_channels if self.inputs[0] == 0 else 0
+        return self.n_channels * self.k + bias
 
     def make_engines(self, efficiency):
         w = self.layer.work
@@ -169,6 +276,9 @@ class Tile:
         self.engines = {kind: Engine(kind, macs[kind], self.n_channels, cols,
                                      efficiency=efficiency[kind])
                         for kind in ENGINE_KINDS if macs[kind]}
+        if w.kind == "linear":
+            fp = self.engines["fp"]
+            fp.units, fp.steps = self.n_channels, self.k + 1
 
 
 @dataclass
@@ -206,7 +316,13 @@ def split_modes(works, boards, efficiency=1.0):
     modes = []
     for w in works:
         if w.kind == "linear":
-            modes.append(("channels", "linear layer: output features"))
+            k_floor = w.macs_per_output + 1
+            if len(boards) > 1 and k_floor > ideal_cycles and w.in_channels > 1:
+                modes.append(("inputs", INPUT_SPLIT_REASON + f": one output takes K + 1 = "
+                              f"{k_floor} cycles, more than the balanced {ideal_cycles:.0f} "
+                              f"cycles per chip"))
+            else:
+                modes.append(("channels", "linear layer: output features"))
             continue
         whole_channel = w.out_rows * w.macs_per_output
         input_bits = w.activations_in * ACT_BITS
@@ -252,9 +368,11 @@ class _Lines:
         while li < len(self.layers) and self.layers[li].offset < e:
             lu = self.layers[li]
             a, b = max(s - lu.offset, 0), min(e - lu.offset, lu.count)
-            if a < b:
+            if a < b and lu.mode == "inputs":
+                result = max(result, lu.tile_floor(b - a))
+            elif a < b:
                 for _, (r0, r1) in lu.rects(a, b):
-                    result = max(result, (r1 - r0) * lu.floor_per_row)
+                    result = max(result, lu.tile_floor(r1 - r0))
             li += 1
         return result
 
@@ -279,10 +397,13 @@ class _Lines:
         while li < len(self.layers) and e < e_work:
             lu = self.layers[li]
             a = e - lu.offset
-            r_max = int(tau_cycles // lu.floor_per_row)
-            if r_max == 0:
+            r_max = int((tau_cycles - lu.floor_extra) // lu.floor_per_row)
+            if r_max <= 0:
                 return min(e, e_work)
-            if lu.mode == "channels":
+            if lu.mode == "inputs":
+                if a + r_max < lu.count:
+                    return min(lu.offset + a + r_max, e_work)
+            elif lu.mode == "channels":
                 ho = lu.minor
                 if r_max < ho:
                     if ho - a % ho <= r_max:
@@ -325,10 +446,12 @@ class _Lines:
             lu = self.layers[li]
             if lu.offset >= e_work:
                 break
-            r_need = math.ceil(lam_cycles / lu.floor_per_row)
+            r_need = math.ceil((lam_cycles - lu.floor_extra) / lu.floor_per_row)
             end = None
             if r_need <= 1:
                 end = a + 1
+            elif lu.mode == "inputs":
+                end = a + r_need
             elif lu.mode == "channels":
                 ho = lu.minor
                 if r_need <= ho:
@@ -345,10 +468,18 @@ class _Lines:
 def _layers(works, modes):
     layers, offset = [], 0
     for w, (mode, reason) in zip(works, modes):
-        count = w.out_channels * w.out_rows
-        line_fp = w.macs_per_output * w.out_cols
+        extra = 1 if w.kind == "linear" else 0
+        if mode == "inputs":
+            count = w.in_channels
+            per_input = w.kernel[0] * w.kernel[1]       # H·W steps per input channel
+            line_fp = w.out_channels * per_input
+            floor = per_input
+        else:
+            count = w.out_channels * w.out_rows
+            line_fp = w.macs_per_output * w.out_cols
+            floor = w.macs_per_output
         line_macs = line_fp * (2 if w.index == 0 else 3)
-        layers.append(LayerUnits(w, mode, reason, offset, count, line_macs, w.macs_per_output))
+        layers.append(LayerUnits(w, mode, reason, offset, count, line_macs, floor, extra))
         offset += count
     return layers
 
@@ -370,19 +501,209 @@ def partition(network, boards, *, efficiency=None, modes=None):
     if modes is not None:
         candidates = [modes]
     else:
-        # The reasoned modes, and the all-channel split: where engines are shape-bound
-        # (small networks, many chips) whole-channel tiles can balance better.
-        candidates = [split_modes(works, boards, eff)]
-        plain = [("channels", "default: weights and updates stay local")] * len(works)
-        if plain != candidates[0]:
-            candidates.append(plain)
-    results = [_search(network, works, modes, boards, eff) for modes in candidates]
-    best_time = min(r[2][1] for r in results)
-    layers, best, _ = min((r for r in results if r[2][1] <= best_time * 1.01),
-                          key=lambda r: r[2][0])
-    chips = _build(layers, best, boards, efficiency)
-    _refine(layers, chips, boards, efficiency)
+        # The reasoned modes, and variants: the default split for the conv layers
+        # (where engines are shape-bound, in small networks on many chips,
+        # whole-channel tiles can balance better), and for the linear layers the
+        # output-channel split or the input split throughout. An output-channel
+        # slice of a linear layer takes a multiple of K + 1 cycles, so the input
+        # split can serve better even where K + 1 is below the balanced time. The
+        # partitioner keeps whichever balances and runs best.
+        reasoned = split_modes(works, boards, eff)
+        conv_plain = [("channels", "default: weights and updates stay local")
+                      if w.kind == "conv" else r for w, r in zip(works, reasoned)]
+        linear_options = [lambda w, r: r,
+                          lambda w, r: ("channels", "linear layer: output features")]
+        if len(boards) > 1:
+            linear_options.append(lambda w, r: r if r[0] == "inputs" or w.in_channels < 2
+                                  else ("inputs", INPUT_SPLIT_REASON + f": an output-channel "
+                                        f"slice takes a multiple of K + 1 = "
+                                        f"{w.macs_per_output + 1} cycles"))
+        candidates = []
+        for conv_modes in (reasoned, conv_plain):
+            for option in linear_options:
+                modes_ = [option(w, r) if w.kind == "linear" else r
+                          for w, r in zip(works, conv_modes)]
+                if modes_ not in candidates:
+                    candidates.append(modes_)
+    results = []
+    for modes_ in candidates:
+        layers, ends, _ = _search(network, works, modes_, boards, eff)
+        chips = _build(layers, ends, boards, efficiency)
+        _refine(layers, chips, boards, efficiency)
+        results.append(_quality(chips, boards) + (layers, chips))
+    if min(r[0] for r in results) > BALANCE_TARGET:
+        # Integer R×C arrays round some chips up by more than the continuous search
+        # can see: cut again on the exact cycles, starting from the best candidates.
+        for r in sorted(results, key=lambda r: r[0])[:EXACT_CANDIDATES]:
+            chips = _exact_cuts(r[2], r[3], boards, efficiency)
+            if chips is not None:
+                results.append(_quality(chips, boards) + (r[2], chips))
+    # Meet the balance target if any candidate does; then the fastest, and among
+    # those within 1% of it the best balanced.
+    meeting = [r for r in results if r[0] <= BALANCE_TARGET] or results
+    best_time = min(r[1] for r in meeting)
+    _, _, layers, chips = min((r for r in meeting if r[1] <= best_time * 1.01),
+                              key=lambda r: r[0])
     return layers, chips
+
+
+def _quality(chips, boards):
+    """(balance, slowest time in s) on the exact cycles."""
+    times = [c.cycles / boards[c.index].clock_hz for c in chips]
+    return max(times) / (sum(times) / len(times)), max(times)
+
+
+def _exact_cuts(layers, chips, boards, efficiency):
+    """Cut the chain again on the exact (integer-array) chip cycles.
+
+    The continuous search cannot see how R×C rounding (R at most the slice's
+    channels, C dividing Wo) favours some cut points over others, and the
+    hill-climb of :func:`_refine` only moves one cut at a time. This repeats the
+    search on exact costs: a bisection on the slowest time T with a greedy fill
+    (each chip takes the most lines that stay within T, found by bisection on
+    the cut), then a bisection on a lower threshold λ that spreads the work
+    (each chip takes the fewest lines that reach λ). Chip costs are memoised.
+    Returns new chips if they are better balanced, else None.
+    """
+    n, total = len(chips), chips[-1].end
+    if n < 2:
+        return None
+    cache = {}
+
+    def build(i, s, e):
+        key = (boards[i].name, s, e)
+        chip = cache.get(key)
+        if chip is None:
+            if len(cache) >= EXACT_BUILDS:
+                raise _OutOfBudget
+            chip = cache[key] = _build_chip(layers, i, s, e, boards[i], efficiency)
+        return chip
+
+    def cost(i, s, e):
+        return build(i, s, e).cycles / boards[i].clock_hz if e > s else 0.0
+
+    def last_within(i, s, limit, hint):
+        """Largest e in (s, total] with cost <= limit (cost taken as rising in e)."""
+        if cost(i, s, s + 1) > limit:
+            return s
+        lo, hi = s + 1, total + 1           # cost(lo) <= limit; hi: assumed above
+        step = max(1, hint - s)
+        probe = min(total, s + step)
+        while probe < total and cost(i, s, probe) <= limit:
+            lo, step = probe, step * 2
+            probe = min(total, s + step)
+        if cost(i, s, probe) <= limit:
+            return probe
+        hi = probe
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if cost(i, s, mid) <= limit:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def first_reaching(i, s, limit, e_max):
+        """Smallest e in (s, e_max] with cost >= limit, or e_max."""
+        lo, hi = s, e_max                   # cost(hi) is the candidate
+        if cost(i, s, hi) < limit:
+            return e_max
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if cost(i, s, mid) >= limit:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    hints = [c.end for c in chips]
+    hints_ref = {"hints": hints, "best": None}
+    lines = _Lines(layers)
+    power = [b.multipliers * b.clock_hz for b in boards]
+
+    def fill(limit, lam):
+        ends, s = [], 0
+        for i in range(n - 1):
+            if s >= total:                  # feasible, but with idle chips
+                ends.append(s)
+                continue
+            e = last_within(i, s, limit, hints[i])
+            if e <= s:
+                return None
+            if lam > 0:
+                # The fewest lines reaching lam, but never less than a fair share
+                # of the remaining work.
+                share = (lines.cum[-1] - lines.prefix(s)) * power[i] / sum(power[i:])
+                e = min(e, max(first_reaching(i, s, lam, e), lines.min_end_work(s, share)))
+            ends.append(e)
+            s = e
+        if s < total and cost(n - 1, s, total) > limit:
+            return None
+        ends.append(total)
+        return ends
+
+    def quality(ends):
+        times, s = [], 0
+        for i, e in enumerate(ends):
+            times.append(cost(i, s, e))
+            s = e
+        return max(times) / (sum(times) / n), max(times)
+
+    best, best_q = None, _quality(chips, boards)
+    try:
+        best = _exact_search(chips, best_q, fill, quality, cost, hints_ref)
+    except _OutOfBudget:
+        best = hints_ref["best"]
+    if best is None:
+        return None
+    out, s = [], 0
+    for i, e in enumerate(best):
+        out.append(cache.get((boards[i].name, s, e))
+                   or _build_chip(layers, i, s, e, boards[i], efficiency))
+        s = e
+    return out
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+def _exact_search(chips, best_q, fill, quality, cost, state):
+    """The two bisections of :func:`_exact_cuts`; the best cuts so far in ``state``."""
+    n, total = len(chips), chips[-1].end
+    best = None
+    hi = best_q[1]
+    # The slowest chip can hardly fall below the present mean.
+    lo = hi / max(best_q[0], 1 + 4 * EXACT_TOLERANCE)
+    while hi / lo > 1 + EXACT_TOLERANCE:
+        mid = math.sqrt(lo * hi)
+        ends = fill(mid, 0.0)
+        if ends is None:
+            lo = mid
+        else:
+            hi = mid
+            state["hints"][:] = ends
+            q = quality(ends)
+            if q < best_q:
+                best, best_q = ends, q
+                state["best"] = best
+    limit = hi
+    lam_lo, lam_hi = 0.0, limit
+    while lam_hi - lam_lo > limit * EXACT_TOLERANCE:
+        lam = (lam_lo + lam_hi) / 2
+        ends = fill(limit, lam)
+        if ends is None:
+            lam_lo = lam                    # the last chip overflows: take more earlier
+            continue
+        q = quality(ends)
+        if q < best_q:
+            best, best_q = ends, q
+            state["best"] = best
+        if cost(n - 1, ends[-2], total) < lam:
+            lam_hi = lam                    # the last chip is left short: take less
+        else:
+            lam_lo = lam
+    return best
 
 
 def _build_chip(layers, index, s, e, board, efficiency):
@@ -390,7 +711,7 @@ def _build_chip(layers, index, s, e, board, efficiency):
     for lu in layers:
         a, b = max(s - lu.offset, 0), min(e - lu.offset, lu.count)
         for channels, rows in lu.rects(a, b):
-            tile = Tile(lu, channels, rows)
+            tile = Tile(lu, channels, rows, lu.inputs(a, b))
             tile.make_engines(efficiency)
             tiles.append(tile)
     chip = ChipPart(index, s, e, tiles)
@@ -498,9 +819,8 @@ def _search(network, works, modes, boards, eff):
 
     # Smallest feasible maximum time, by bisection on tau.
     lo = max(lines.cum[-1] / sum(p * c for p, c in zip(peff, clock)),
-             max(lu.floor_per_row for lu in layers) / max(clock))
-    hi = max(lines.cum[-1] / min(peff), max(lu.floor_per_row * lu.work.out_rows
-                                             for lu in layers)) / min(clock)
+             max(lu.tile_floor(1) for lu in layers) / max(clock))
+    hi = max(lines.cum[-1] / min(peff), max(lu.max_floor for lu in layers)) / min(clock)
     if greedy_fill(hi) is None:
         raise FpdeepError(f"network {network.name!r} cannot be spread over {n} chips")
     while hi / lo > 1 + 1e-5:
@@ -574,7 +894,7 @@ def allocate_engines(chip, board):
         return shapes
 
     lo = max(1, math.floor(sum(e.macs / (budget * e.efficiency) for e in engines)))
-    hi = max(math.ceil(e.macs / e.efficiency) for e in engines)
+    hi = math.ceil(max(e.cycles_at(1, 1) for e in engines))
     shapes = plan_for(hi)
     if shapes is None:
         raise FpdeepError(f"chip {chip.index} ({board.name}): its engines do not fit in "

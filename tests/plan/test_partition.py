@@ -8,10 +8,6 @@ from fpdeep.platforms.resources import get_board
 
 BOARD = {"digits": "ulx3s-85f", "lenet5": "ulx3s-85f", "alexnet": "vc709", "vgg16": "vc709",
          "vgg19": "vc709"}
-# Known misses of the 1.05 target (see plan/README_SECTION.md): LeNet-5's linear
-# engines are shape-bound (C = 1, so at least in_features cycles), and VGG-16 at 54
-# chips lands at 1.063 after integer R x C rounding.
-KNOWN_MISSES = {("vgg16", 54)}
 
 
 def _balance(chips):
@@ -33,7 +29,7 @@ def test_balance_target(name, limit):
         _, chips = partition(net, [board] * n)
         # Every line of work is placed exactly once, in order.
         assert chips[0].start == 0 and all(a.end == b.start for a, b in zip(chips, chips[1:]))
-        if _balance(chips) > 1.05 and (name, n) not in KNOWN_MISSES:
+        if _balance(chips) > 1.05:
             misses.append((n, round(_balance(chips), 3)))
     assert misses == []
 
