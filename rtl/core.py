@@ -396,7 +396,9 @@ class TrainingCore(wiring.Component):
         with m.FSM() as fsm:
             with m.State("LOAD"):
                 m.d.comb += loading.eq(~dirty)
-                with m.If(dirty & all_wu_idle):
+                # Refresh the 16-bit copies only when a sample arrives, so that host
+                # weight accesses between samples are never refused for being busy.
+                with m.If(dirty & host.sample.valid & all_wu_idle):
                     for unit in self.units:
                         m.d.comb += unit.start_refresh.eq(1)
                     m.d.sync += dirty.eq(0)
