@@ -109,6 +109,8 @@ class ConvEngine(wiring.Component):
     start : In(1)
         Pulse to compute one whole output map.
     busy : Out(1)
+    step : Out(1)
+        A step enters the array this cycle (a performance counter input).
     w_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(weight, rows)))
     x_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(in, w)))
     o : Out(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(out, wo), "saturated"})))
@@ -128,6 +130,7 @@ class ConvEngine(wiring.Component):
         super().__init__({
             "start": In(1),
             "busy": Out(1),
+            "step": Out(1),
             "w_rd": In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(self.tiles * self.taps),
                 shape=data.ArrayLayout(weight_fmt.shape, rows))),
@@ -267,7 +270,10 @@ class ConvEngine(wiring.Component):
             array.o.ready.eq(self.o.ready | ~lane_used),
         ]
 
-        m.d.comb += self.busy.eq(running | s1_valid | array.busy)
+        m.d.comb += [
+            self.busy.eq(running | s1_valid | array.busy),
+            self.step.eq(array.i.valid & array.i.ready),
+        ]
         return m
 
 

@@ -80,6 +80,8 @@ class WeightGradientEngine(wiring.Component):
     -------
     start : In(1)
     busy : Out(1)
+    step : Out(1)
+        A step enters the array this cycle (a performance counter input).
     e_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(error, rows)))
         Errors at the layer's output, :class:`LaneLayout`.
     x_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(act, w)))
@@ -101,6 +103,7 @@ class WeightGradientEngine(wiring.Component):
         super().__init__({
             "start": In(1),
             "busy": Out(1),
+            "step": Out(1),
             "e_rd": In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(self.e_layout.depth), shape=self.e_layout.shape)),
             "x_rd": In(memory.ReadPort.Signature(
@@ -229,7 +232,10 @@ class WeightGradientEngine(wiring.Component):
             self.o.valid.eq(array.o.valid & lane_used),
             array.o.ready.eq(self.o.ready | ~lane_used),
         ]
-        m.d.comb += self.busy.eq(running | s1_valid | array.busy)
+        m.d.comb += [
+            self.busy.eq(running | s1_valid | array.busy),
+            self.step.eq(array.i.valid & array.i.ready),
+        ]
         return m
 
 
