@@ -525,12 +525,17 @@ def partition(network, boards, *, efficiency=None, modes=None):
                           for w, r in zip(works, conv_modes)]
                 if modes_ not in candidates:
                     candidates.append(modes_)
+    # Build the candidates fastest first (by the search's estimate) and stop at the
+    # first that meets the balance target.
+    searched = sorted((_search(network, works, modes_, boards, eff) for modes_ in candidates),
+                      key=lambda r: (r[2][1], r[2][0]))
     results = []
-    for modes_ in candidates:
-        layers, ends, _ = _search(network, works, modes_, boards, eff)
+    for layers, ends, _ in searched:
         chips = _build(layers, ends, boards, efficiency)
         _refine(layers, chips, boards, efficiency)
         results.append(_quality(chips, boards) + (layers, chips))
+        if results[-1][0] <= BALANCE_TARGET:
+            break
     if min(r[0] for r in results) > BALANCE_TARGET:
         # Integer R×C arrays round some chips up by more than the continuous search
         # can see: cut again on the exact cycles, starting from the best candidates.

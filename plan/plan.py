@@ -14,8 +14,9 @@ Schema (``version`` 1; keys are stable)::
         "index": i, "board": name,
         "slices": [{
             "layer": name, "kind": "conv" | "linear",
-            "split": "channels" | "rows", "reason": str,
+            "split": "channels" | "rows" | "inputs", "reason": str,
             "out_channels": [lo, hi], "rows": [lo, hi],   # output rows; both always
+            "in_channels": [lo, hi],     # input channels read; all but for "inputs"
             "post_ops": [names of ReLU / max-pool / loss run by this slice],
             "engines": {"fp"|"bp"|"wu": {"rows": R, "cols": C, "pes": R*C,
                                           "macs": m, "cycles_per_sample": c}},
@@ -38,7 +39,18 @@ Schema (``version`` 1; keys are stable)::
                  "link_utilisation", "pe_utilisation", "macs_per_sample", ...}}
 
 ``out_channels`` and ``rows`` are half-open ranges of the layer's output map
-(before its post-ops). Cycle counts are in the chip's own clock.
+(before its post-ops); ``in_channels`` the input channels the slice reads. Cycle
+counts are in the chip's own clock.
+
+An ``"inputs"`` slice (linear layers only, see :mod:`.partition`) covers all
+output channels over its ``in_channels`` slice of the K = Cin·H·W reduction: it
+adds its partial sums to those arriving from the previous chip and passes them
+on; the layer's last chip holds the full sums and runs the post-ops. Its weights
+are the columns of its K-slice (plus the biases on the chip with input channel
+0). Link traffic counts the partial sums (``out`` words per sample per cut
+inside the layer) as activations and the output error sent back to every chip
+of the layer as errors. Its buffers hold its slice of the input for WU, the
+output error and the partial sums.
 """
 
 import json
@@ -99,14 +111,6 @@ class Plan:
         return cls(data)
 
 
-def _weights_of(tile):
-    w = tile.layer.work
-    per_channel = w.weights // w.out_channels
-    if tile.layer.mode == "rows":
-        return w.weights, None
-    return tile.n_channels * per_channel, tile.channels
-
-
 def _chip_weights(chip):
     """Weights per layer held by a chip (row-split layers: all of them, once)."""
     held = {}
@@ -114,6 +118,8 @@ def _chip_weights(chip):
         w = tile.layer.work
         if tile.layer.mode == "rows":
             held[w.name] = w.weights
+        elif tile.layer.mode == "inputs":
+            held[w.name] = held.get(w.name, 0) + tile.weights
         else:
             channels = held.setdefault(("ch", w.name), set())
             channels.update(range(*tile.channels))
@@ -142,6 +148,11 @@ def _buffers(chip):
     for tile in chip.tiles:
         w = tile.layer.work
         cin, h, width = w.in_shape
+        if tile.layer.mode == "inputs":
+            # The slice's inputs for WU, the output error, the partial sums.
+            cache += tile.n_inputs * h * width * ACT_BITS * perf.CACHE_SAMPLES
+            cache += w.out_channels * (perf.ERR_BITS + ACT_BITS)
+            continue
         if w.kind == "linear":
             if w.name not in seen:
                 cache += w.activations_in * ACT_BITS * perf.CACHE_SAMPLES
@@ -168,6 +179,12 @@ def _fractions(layers, chips):
     for chip in chips:
         for tile in chip.tiles:
             lu, w = tile.layer, tile.layer.work
+            if lu.mode == "inputs":
+                # Only the layer's last chip holds the full sums.
+                produced[w.name] = [0.0] * len(chips)
+                produced[w.name][chip.index] = 1.0
+                needed[w.name][chip.index] += tile.n_inputs / w.in_channels
+                continue
             produced[w.name][chip.index] += tile.lines / lu.count
             if lu.mode == "rows" and w.kind == "conv":
                 lo, hi = _input_rows(w, *tile.rows)
@@ -193,14 +210,22 @@ def _link_traffic(layers, chips, batch):
             left = 1.0 if prev is None else sum(prev[:c + 1])
             right_need = min(1.0, sum(need[c + 1:]))
             cuts[c]["act"] += size * ACT_BITS * min(left, 1.0) * right_need
-            if index:
+            if index and lu.mode == "inputs":
+                # Each chip sends back the errors of its own input slice.
+                cuts[c]["err"] += size * perf.ERR_BITS * min(left, 1.0) * right_need
+            elif index:
                 right_prod = sum(prod_here[c + 1:])
                 if right_prod > 0:
                     factor = 1.0 if lu.mode == "channels" else right_prod
                     cuts[c]["err"] += size * perf.ERR_BITS * min(left, 1.0) * min(factor, 1.0)
         # Row-split layers, and channels shared by two chips: sum gradients per batch.
         holders = [c.index for c in chips if any(t.layer is lu for t in c.tiles)]
-        if lu.mode == "rows" and len(holders) > 1:
+        if lu.mode == "inputs":
+            # Partial sums flow forward, the output error back, inside the layer.
+            for c in range(holders[0], holders[-1]):
+                cuts[c]["act"] += w.out_channels * ACT_BITS
+                cuts[c]["err"] += w.out_channels * perf.ERR_BITS
+        elif lu.mode == "rows" and len(holders) > 1:
             for c in range(holders[0], holders[-1]):
                 cuts[c]["w_bwd"] += w.weights * perf.ROW_REDUCE_BITS["bwd"] / batch
                 cuts[c]["w_fwd"] += w.weights * perf.ROW_REDUCE_BITS["fwd"] / batch
@@ -315,7 +340,8 @@ def _place_weights(layers, chips, boards, needs, batch, cuts):
         for tile in chips[i].tiles:
             w = tile.layer.work
             if w.name in remote and w.kind == "linear":
-                vectors = (w.activations_in + tile.n_channels) * ACT_BITS
+                inputs = w.activations_in * tile.n_inputs // w.in_channels
+                vectors = (inputs + tile.n_channels) * ACT_BITS
                 if boards[i].dram_bits:
                     # Parked in DRAM: written once and read once per sample.
                     dram_bps[i] += 2 * vectors
@@ -393,6 +419,7 @@ def plan_network(network, cluster, batch_size=64, *, efficiency=None):
             slices.append({
                 "layer": w.name, "kind": w.kind, "split": lu.mode, "reason": lu.reason,
                 "out_channels": list(tile.channels), "rows": list(tile.rows),
+                "in_channels": list(tile.inputs),
                 "post_ops": list(w.post_ops),
                 "engines": {e.kind: {"rows": e.rows, "cols": e.cols, "pes": e.pes,
                                      "macs": e.macs, "cycles_per_sample": e.cycles}
@@ -440,6 +467,8 @@ def plan_network(network, cluster, batch_size=64, *, efficiency=None):
         "link_bits_per_sample_max": max((max(f, b_) for f, b_, _ in link_use), default=0.0),
         "memory_bits_max": max(used),
         "row_split_layers": {lu.work.name: lu.reason for lu in layers if lu.mode == "rows"},
+        "input_split_layers": {lu.work.name: lu.reason for lu in layers
+                               if lu.mode == "inputs"},
         "efficiency": efficiency,
         "assumptions": {"link_efficiency": perf.LINK_EFFICIENCY,
                         "local_weight_bits": perf.LOCAL_WEIGHT_BITS,

@@ -73,7 +73,9 @@ def print_plan(plan):
         link = p["link_bits_per_sample"]
         fwd = link["fwd"]["act"] + link["fwd"]["weights"]
         bwd = link["bwd"]["err"] + link["bwd"]["weights"]
-        slices = ", ".join(f"{s['layer']}[c{s['out_channels'][0]}:{s['out_channels'][1]},"
+        slices = ", ".join(f"{s['layer']}[i{s['in_channels'][0]}:{s['in_channels'][1]}]"
+                           if s["split"] == "inputs" else
+                           f"{s['layer']}[c{s['out_channels'][0]}:{s['out_channels'][1]},"
                            f"r{s['rows'][0]}:{s['rows'][1]}]" for s in chip["slices"])
         print(f"{chip['index']:>4} {chip['board']:<10} {p['cycles_per_sample']:>13.0f} "
               f"{p['pes']:>5} {p['pe_utilisation']:>5.2f} {p['memory_bits'] / 1e6:>7.2f} "
@@ -85,6 +87,8 @@ def print_plan(plan):
           f"bubble {s['bubble_cycles_per_batch']:.0f} cycles/batch")
     for layer, reason in s["row_split_layers"].items():
         print(f"row split {layer}: {reason}")
+    for layer, reason in s.get("input_split_layers", {}).items():
+        print(f"input split {layer}: {reason}")
 
 
 def run_sweep(args):

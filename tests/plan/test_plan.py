@@ -69,3 +69,27 @@ def test_beats_baselines():
         row = baseline(zoo.get("vgg16"), boards)
         assert row["balance"] > plan.summary["balance"]
         assert row["images_per_s"] < plan.summary["bounds_images_per_s"]["compute"]
+
+
+def test_input_split_slices():
+    # LeNet-5's fc1 (K = 400) cannot go below 401 cycles by output channels.
+    plan = plan_network(zoo.get("lenet5"), Cluster.uniform("ulx3s-85f", 30))
+    fc1 = [(c["index"], s) for c in plan.chips for s in c["slices"] if s["layer"] == "fc1"]
+    assert fc1 and all(s["split"] == "inputs" for _, s in fc1)
+    assert fc1[0][1]["reason"].startswith("the output-channel split cannot go below")
+    # The input slices tile the 16 input channels in order; every slice has all outputs.
+    spans = [s["in_channels"] for _, s in fc1]
+    assert spans[0][0] == 0 and spans[-1][1] == 16
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(s["out_channels"] == [0, 120] for _, s in fc1)
+    # K-slice weights plus the biases once: the whole layer, nowhere twice.
+    held = sum(r["count"] for c in plan.chips for r in c["weights"]["local"]
+               if r["layer"] == "fc1")
+    held += sum(r["count"] for c in plan.chips for r in c["weights"]["stored_at"]
+                if r["layer"] == "fc1")
+    assert held == 400 * 120 + 120
+    # Partial sums (120 words) cross every cut inside the layer.
+    first, last = fc1[0][0], fc1[-1][0]
+    for c in plan.chips[first:last]:
+        assert c["predicted"]["link_bits_per_sample"]["fwd"]["act"] >= 120 * 16
+    assert "fc1" in plan.summary["input_split_layers"]
