@@ -1,0 +1,62 @@
+"""``fpdeep bench``: measured performance of the gateware in simulation.
+
+``fpdeep bench core`` trains the single-chip core on digits for a few mini-batches
+and reports cycles per sample, where each engine's cycles go, and the simulator's
+speed, as medians over ``--repeats`` runs taken side by side.
+``fpdeep bench link`` runs the link bandwidth benchmark
+(:mod:`fpdeep.scripts.bench_link`).
+"""
+
+import statistics
+
+from ..plan.errors import FpdeepError
+
+__all__ = ["register"]
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "bench", help="measure cycles per sample, PE utilization and link bandwidth",
+        description="Benchmarks run in Amaranth's simulator; figures are medians over repeats.")
+    parser.add_argument("what", choices=("core", "link"), help="what to measure")
+    parser.add_argument("--net", default="digits", metavar="NAME|FILE")
+    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    parser.set_defaults(handler=run)
+
+
+def run(args):
+    if args.what == "link":
+        from .bench_link import bench
+        bench(seeds=args.repeats)
+        return 0
+    from ..sim.harness import CoreRun, digits_samples
+    from .sim_cmd import format_utilization, network_from_arg
+    if args.repeats < 1 or args.batches < 1 or args.batch_size < 1:
+        raise FpdeepError("--repeats, --batches and --batch-size must be at least 1")
+    network = network_from_arg(args.net)
+    count = args.batches * args.batch_size
+    floats, labels = digits_samples(count, seed=0)
+    results = []
+    for repeat in range(args.repeats):
+        core_run = CoreRun(network, batch_size=args.batch_size, seed=repeat)
+        reference = core_run.reference()
+        samples = [reference.quantize_input(x) for x in floats]
+        results.append(core_run.run(samples, labels))
+    cps = statistics.median(r.cycles_per_sample for r in results)
+    speed = statistics.median(r.total_cycles / r.wall_seconds for r in results)
+    middle = sorted(results, key=lambda r: r.cycles_per_sample)[len(results) // 2]
+    train = [c for r in results for c in r.sample_cycles]
+    print(f"fpdeep bench core: {network.name}, {args.batches} batches of {args.batch_size}, "
+          f"{args.repeats} runs")
+    print(f"cycles per sample (SGD amortized): {cps:.1f}")
+    print(f"cycles of a sample without / with the SGD step: {min(train)} / {max(train)}")
+    pes = sum(e.pes for e in middle.engines)
+    macs = sum(e.macs_per_sample for e in middle.engines)
+    print(f"PEs: {pes}; useful MACs per sample: {macs}; "
+          f"chip-wide PE utilization: {macs / (pes * cps):.1%}")
+    print(f"simulation speed: {speed:.0f} cycles/s (median)")
+    print()
+    print(format_utilization(middle))
+    return 0
