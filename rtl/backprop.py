@@ -147,9 +147,9 @@ class ErrorDerivative(wiring.Component):
 class ErrorStore(wiring.Component):
     """Writes error rows in a row layout (for BP) and a lane layout (for WU).
 
-    Each row is written to the :class:`RowLayout` memory at once (if there is one)
-    and to the :class:`LaneLayout` memory one pixel per cycle, so a row of ``w``
-    pixels takes ``w`` cycles.
+    Each row goes to both memories in the cycle it arrives: the :class:`RowLayout`
+    word of its channel and row (if there is one), and its lane of the
+    :class:`LaneLayout` word of its row. Throughput one row per cycle, never stalls.
 
     Parameters
     ----------
@@ -163,7 +163,7 @@ class ErrorStore(wiring.Component):
     Members
     -------
     i : In(stream) error rows.
-    lane_wr : In(memory.WritePort.Signature(..., granularity=1))
+    lane_wr : In(memory.WritePort.Signature(..., granularity=w))
     row_wr : In(memory.WritePort.Signature(...)), only with ``rows``.
     """
 
@@ -175,7 +175,7 @@ class ErrorStore(wiring.Component):
             "i": In(_row_stream(channels, h, w, fmt)),
             "lane_wr": In(memory.WritePort.Signature(
                 addr_width=ceil_log2(self.lane_layout.depth), shape=self.lane_layout.shape,
-                granularity=1)),
+                granularity=w)),
         }
         if rows:
             members["row_wr"] = In(memory.WritePort.Signature(
@@ -186,34 +186,20 @@ class ErrorStore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w, h, lanes = self._w, self._h, self._lanes
-        x = Signal(range(w + 1))
-        busy = Signal()
-        channel = Signal(range(self._c))
-        row = Signal(range(h))
-        values = Signal(self.i.payload.values.shape())
-        m.d.comb += self.i.ready.eq(~busy)
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [busy.eq(1), x.eq(0), channel.eq(self.i.payload.channel),
-                         row.eq(self.i.payload.row), values.eq(self.i.payload.values)]
+        take = self.i.valid
+        channel, row = self.i.payload.channel, self.i.payload.row
+        m.d.comb += self.i.ready.eq(1)
         if self._rows:
             m.d.comb += [
-                self.row_wr.addr.eq(self.i.payload.channel * h + self.i.payload.row),
-                self.row_wr.en.eq(self.i.valid & self.i.ready),
+                self.row_wr.addr.eq(channel * h + row),
+                self.row_wr.en.eq(take),
                 self.row_wr.data.eq(self.i.payload.values),
             ]
-        tile = channel // lanes
-        lane = channel % lanes
-        with m.If(busy):
-            m.d.comb += [
-                self.lane_wr.addr.eq((tile * h + row) * w + x),
-                self.lane_wr.en.eq(1 << lane),
-            ]
-            with m.Switch(x):
-                for xv in range(w):
-                    with m.Case(xv):
-                        for r in range(lanes):
-                            m.d.comb += self.lane_wr.data[r].eq(values[xv])
-            m.d.sync += x.eq(x + 1)
-            with m.If(x == w - 1):
-                m.d.sync += busy.eq(0)
+        m.d.comb += [
+            self.lane_wr.addr.eq((channel // lanes) * h + row),
+            self.lane_wr.en.eq(Mux(take, 1 << (channel % lanes), 0)),
+        ]
+        for r in range(lanes):
+            for x in range(w):
+                m.d.comb += self.lane_wr.data[r * w + x].eq(self.i.payload.values[x])
         return m

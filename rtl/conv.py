@@ -154,9 +154,10 @@ class ConvEngine(wiring.Component):
         check_accumulator(g.cin * g.kh * g.kw + 1,
                           max(self._in_fmt.width, self._weight_fmt.width), self._acc_width,
                           what=f"conv engine {g}")
+        tag = data.StructLayout({"t": range(max(2, self.tiles)), "y": range(max(2, g.ho))})
         m.submodules.array = array = SystolicArray(
             rows=rows, cols=g.wo, a_shape=self._weight_fmt.shape, b_shape=self._in_fmt.shape,
-            acc_width=self._acc_width)
+            acc_width=self._acc_width, tag_shape=tag)
 
         # Loop counters: tile t, output row y, input channel i, kernel row ky, column kx;
         # the bias step follows the last tap of a tile-row.
@@ -191,10 +192,6 @@ class ConvEngine(wiring.Component):
             self.w_rd.addr.eq(t * self.taps + tap),
             self.x_rd.addr.eq(i * g.h + y + ky - g.ph),
         ]
-
-        # Tag of the tile in flight in the array (one at most: see SystolicArray).
-        drain_t = Signal.like(t)
-        drain_y = Signal.like(y)
 
         with m.If(advance):
             m.d.sync += [
@@ -246,15 +243,12 @@ class ConvEngine(wiring.Component):
             array.i.payload.last.eq(s1_last),
             array.i.valid.eq(s1_valid),
         ]
-        issue_t = Signal.like(t)
-        issue_y = Signal.like(y)
+        # The tile's (t, y) travels through the array with it.
         with m.If(advance):
-            m.d.sync += [issue_t.eq(t), issue_y.eq(y)]
-        with m.If(array.i.valid & array.i.ready & s1_last):
-            m.d.sync += [drain_t.eq(issue_t), drain_y.eq(issue_y)]
+            m.d.sync += [array.i.payload.tag.t.eq(t), array.i.payload.tag.y.eq(y)]
 
         # Array -> output: requantize one row per beat; lanes past cout are dropped.
-        channel = drain_t * rows + array.o.payload.row
+        channel = array.o.payload.tag.t * rows + array.o.payload.row
         lane_used = channel < g.cout
         saturated = []
         for c in range(g.wo):
@@ -264,7 +258,7 @@ class ConvEngine(wiring.Component):
             saturated.append(sat)
         m.d.comb += [
             self.o.payload.channel.eq(channel),
-            self.o.payload.row.eq(drain_y),
+            self.o.payload.row.eq(array.o.payload.tag.y),
             self.o.payload.saturated.eq(sum(saturated)),
             self.o.valid.eq(array.o.valid & lane_used),
             array.o.ready.eq(self.o.ready | ~lane_used),

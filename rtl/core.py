@@ -283,7 +283,7 @@ class TrainingCore(wiring.Component):
                                rows=index > 0)
             m.submodules[f"{spec.name}_err_store"] = store
             stores.append(store)
-            wiring.connect(m, store.lane_wr, err_lane[index].write_port(granularity=1))
+            wiring.connect(m, store.lane_wr, err_lane[index].write_port(granularity=g.wo))
             if index:
                 wiring.connect(m, store.row_wr, err_row[index].write_port())
 

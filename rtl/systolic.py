@@ -19,20 +19,21 @@ class SystolicArray(wiring.Component):
     ``k + r + c``. No operand is broadcast, so the fan-out of every register is one
     PE and the array's Fmax does not fall as it grows.
 
-    A step with ``last`` set closes a tile: every PE copies its sum into a result
-    register and starts the next tile from zero. The tile then leaves on ``o`` as
-    ``rows`` beats, one row of ``cols`` exact sums each, while the next tile
-    accumulates.
+    A step with ``last`` set closes a tile: every PE copies its sum into one of two
+    result banks and starts the next tile from zero. The tile then leaves on ``o``
+    as ``rows`` beats, one row of ``cols`` exact sums each, with the ``tag`` given on
+    its last step, while the next tile accumulates and lands in the other bank.
 
     Sums are exact: the caller chooses ``acc_width`` so that no tile can overflow
     it (:func:`fpdeep.rtl.numerics.check_accumulator`).
 
     Throughput and latency
     ----------------------
-    One step per cycle. A ``last`` step is held back until the previous tile has
-    left the result registers, so a tile of ``K`` steps occupies
-    ``max(K, rows + cols + 1 + rows)`` cycles when ``o`` is always ready; the first
-    row of a tile appears ``rows + cols + 1`` cycles after its ``last`` step.
+    One step per cycle. A ``last`` step is held back only while both result banks
+    hold tiles not yet drained, so with ``o`` always ready a stream of tiles of
+    ``K`` steps each runs at ``max(K, rows)`` cycles per tile once
+    ``2K >= rows + cols + 1 + rows``; the first row of a tile appears
+    ``rows + cols + 1`` cycles after its ``last`` step.
 
     Parameters
     ----------
@@ -42,35 +43,40 @@ class SystolicArray(wiring.Component):
         Operand shapes (signed).
     acc_width : int
         Accumulator width in bits.
+    tag_shape : shape-castable
+        What the caller attaches to each tile (say, which output it is).
 
     Members
     -------
-    i : In(stream.Signature(StructLayout({"a": ArrayLayout(a_shape, rows), "b": ArrayLayout(b_shape, cols), "last": 1})))
-        Operand steps.
-    o : Out(stream.Signature(StructLayout({"sums": ArrayLayout(signed(acc_width), cols), "row": range(rows), "last": 1})))
+    i : In(stream.Signature(StructLayout({"a": ArrayLayout(a_shape, rows), "b": ArrayLayout(b_shape, cols), "last": 1, "tag": tag_shape})))
+        Operand steps; ``tag`` is sampled on ``last`` steps only.
+    o : Out(stream.Signature(StructLayout({"sums": ArrayLayout(signed(acc_width), cols), "row": range(rows), "last": 1, "tag": tag_shape})))
         Finished tiles, one row per beat; ``last`` marks the tile's final row.
     busy : Out(1)
         A tile is accumulating, in flight or draining.
     """
 
-    def __init__(self, *, rows, cols, a_shape=signed(16), b_shape=signed(16), acc_width=48):
+    def __init__(self, *, rows, cols, a_shape=signed(16), b_shape=signed(16), acc_width=48,
+                 tag_shape=unsigned(1)):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
         if not isinstance(acc_width, int) or acc_width < 2:
             raise ValueError(f"acc_width must be an int of at least 2, not {acc_width!r}")
         self._rows, self._cols, self._acc_width = rows, cols, acc_width
-        self._a_shape, self._b_shape = a_shape, b_shape
+        self._a_shape, self._b_shape, self._tag_shape = a_shape, b_shape, tag_shape
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "a": data.ArrayLayout(a_shape, rows),
                 "b": data.ArrayLayout(b_shape, cols),
                 "last": 1,
+                "tag": tag_shape,
             }))),
             "o": Out(stream.Signature(data.StructLayout({
                 "sums": data.ArrayLayout(signed(acc_width), cols),
                 "row": range(rows),
                 "last": 1,
+                "tag": tag_shape,
             }))),
             "busy": Out(1),
         })
@@ -91,22 +97,27 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rows, cols = self._rows, self._cols
-        flags = data.StructLayout({"valid": 1, "first": 1, "last": 1})
+        flags = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": 1})
 
-        # A tile is "open" from its first step to its last; a new last may enter only
-        # once the previous tile's results have left (see the class docstring).
-        tile_pending = Signal()
-        m.d.comb += self.i.ready.eq(~(self.i.payload.last & tile_pending))
+        # Tiles between their last step and the end of their drain: at most two, one
+        # per result bank. A new last step waits while both banks are taken.
+        tiles_held = Signal(range(3))
+        m.d.comb += self.i.ready.eq(~(self.i.payload.last & (tiles_held == 2)))
         take = self.i.valid & self.i.ready
+        closing = take & self.i.payload.last
         starting = Signal(init=1)
+        fill_bank = Signal()
         with m.If(take):
             m.d.sync += starting.eq(self.i.payload.last)
+        with m.If(closing):
+            m.d.sync += fill_bank.eq(~fill_bank)
 
         entry = Signal(flags)
         m.d.comb += [
             entry.valid.eq(take),
             entry.first.eq(starting),
             entry.last.eq(self.i.payload.last),
+            entry.bank.eq(fill_bank),
         ]
 
         # Skew the edges: row r and column c enter r and c cycles late.
@@ -121,8 +132,8 @@ class SystolicArray(wiring.Component):
         f_edge = [delayed(entry, r, f"f{r}") for r in range(rows)]
         b_edge = [delayed(self.i.payload.b[c], c, f"b{c}") for c in range(cols)]
 
-        results = [[Signal(signed(self._acc_width), name=f"result_{r}_{c}")
-                    for c in range(cols)] for r in range(rows)]
+        results = [[[Signal(signed(self._acc_width), name=f"result{bank}_{r}_{c}")
+                     for c in range(cols)] for r in range(rows)] for bank in range(2)]
         a_regs = [[None] * cols for _ in range(rows)]
         f_regs = [[None] * cols for _ in range(rows)]
         b_regs = [[None] * cols for _ in range(rows)]
@@ -147,35 +158,48 @@ class SystolicArray(wiring.Component):
                 with m.If(product_f.valid):
                     m.d.sync += acc.eq(total)
                     with m.If(product_f.last):
-                        m.d.sync += results[r][c].eq(total)
+                        with m.If(product_f.bank):
+                            m.d.sync += results[1][r][c].eq(total)
+                        with m.Else():
+                            m.d.sync += results[0][r][c].eq(total)
 
-        # The last PE to finish a tile is (rows-1, cols-1): a last step transferred at
-        # cycle t reaches its product stage at t + rows + cols - 1 and its result at +1.
-        flight = Signal(range(self.tile_latency + 1))
-        draining = Signal()
+        # A tile is complete when its last step's result lands in PE (rows-1, cols-1):
+        # a shift register of the latency marks that cycle; its tag rides alongside.
+        tags = [Signal(self._tag_shape, name=f"tag{bank}") for bank in range(2)]
+        with m.If(closing):
+            with m.If(fill_bank):
+                m.d.sync += tags[1].eq(self.i.payload.tag)
+            with m.Else():
+                m.d.sync += tags[0].eq(self.i.payload.tag)
+        in_flight = Signal(self.tile_latency)
+        m.d.sync += in_flight.eq(Cat(closing, in_flight[:-1]))
+        landed = in_flight[-1]
+
+        ready_tiles = Signal(range(3))
+        drain_bank = Signal()
         row = Signal(range(rows))
-        m.d.comb += tile_pending.eq((flight != 0) | draining)
-        with m.If(take & self.i.payload.last):
-            m.d.sync += flight.eq(self.tile_latency)
-        with m.Elif(flight != 0):
-            m.d.sync += flight.eq(flight - 1)
-            with m.If(flight == 1):
-                m.d.sync += draining.eq(1)
-
-        with m.Switch(row):
-            for r in range(rows):
-                with m.Case(r):
-                    for c in range(cols):
-                        m.d.comb += self.o.payload.sums[c].eq(results[r][c])
+        drained = self.o.valid & self.o.ready & (row == rows - 1)
+        m.d.sync += [
+            ready_tiles.eq(ready_tiles + landed - drained),
+            tiles_held.eq(tiles_held + closing - drained),
+        ]
+        for bank in range(2):
+            with m.If(drain_bank == bank):
+                with m.Switch(row):
+                    for r in range(rows):
+                        with m.Case(r):
+                            for c in range(cols):
+                                m.d.comb += self.o.payload.sums[c].eq(results[bank][r][c])
+                m.d.comb += self.o.payload.tag.eq(tags[bank])
         m.d.comb += [
-            self.o.valid.eq(draining),
+            self.o.valid.eq(ready_tiles != 0),
             self.o.payload.row.eq(row),
             self.o.payload.last.eq(row == rows - 1),
         ]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += row.eq(Mux(row == rows - 1, 0, row + 1))
             with m.If(row == rows - 1):
-                m.d.sync += draining.eq(0)
+                m.d.sync += drain_bank.eq(~drain_bank)
 
-        m.d.comb += self.busy.eq(tile_pending | ~starting)
+        m.d.comb += self.busy.eq((tiles_held != 0) | ~starting)
         return m

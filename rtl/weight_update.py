@@ -17,10 +17,12 @@ __all__ = ["LaneLayout", "WeightGradientEngine", "WeightUpdateUnit", "pack_lanes
 
 @dataclass(frozen=True)
 class LaneLayout:
-    """A feature map stored pixel-major, ``lanes`` channels per word.
+    """A feature map stored as rows of ``lanes`` channels side by side.
 
-    Word ``(t * h + y) * w + x`` holds channels ``t*lanes ... t*lanes + lanes - 1``
-    of pixel ``(y, x)``: one word is one step's row operand of the WU array.
+    Word ``t * h + y`` holds row ``y`` of channels ``t*lanes ... t*lanes + lanes - 1``:
+    element ``r * w + x`` is channel ``t*lanes + r`` at pixel ``(y, x)``. A writer
+    stores one channel's row per cycle (write-enable granularity ``w``), and the WU
+    engine reads one word per step and picks pixel ``x`` of every lane.
     """
     channels: int
     h: int
@@ -34,14 +36,14 @@ class LaneLayout:
 
     @property
     def depth(self):
-        return self.tiles * self.h * self.w
+        return self.tiles * self.h
 
     @property
     def shape(self):
-        return data.ArrayLayout(self.fmt.shape, self.lanes)
+        return data.ArrayLayout(self.fmt.shape, self.lanes * self.w)
 
-    def address(self, tile, y, x):
-        return (tile * self.h + y) * self.w + x
+    def address(self, tile, y):
+        return tile * self.h + y
 
 
 def pack_lanes(feature_map, lanes):
@@ -51,9 +53,8 @@ def pack_lanes(feature_map, lanes):
     words = []
     for t in range(tiles):
         for y in range(h):
-            for x in range(w):
-                words.append([int(feature_map[t * lanes + r, y, x]) if t * lanes + r < c else 0
-                              for r in range(lanes)])
+            words.append([int(feature_map[t * lanes + r, y, x]) if t * lanes + r < c else 0
+                          for r in range(lanes) for x in range(w)])
     return words
 
 
@@ -72,8 +73,8 @@ class WeightGradientEngine(wiring.Component):
     output channels, columns are the kernel columns ``kx``. A tile is one
     ``(i, ky)`` (or the bias) for ``rows`` output channels; its steps walk the
     output pixels ``(y, x)`` whose input row is in range. Each step feeds the
-    errors of ``rows`` channels at one pixel (one word of a :class:`LaneLayout`
-    memory) down the rows and ``kw`` neighbouring input pixels across the columns.
+    errors of ``rows`` channels at one pixel (picked from one word of a
+    :class:`LaneLayout` memory) down the rows and ``kw`` neighbouring input pixels across the columns.
     A tile of ``valid_rows * wo`` steps thus yields ``rows * kw`` gradient sums.
 
     Members
@@ -124,11 +125,12 @@ class WeightGradientEngine(wiring.Component):
         g, rows = self._g, self._rows
         check_accumulator(g.ho * g.wo, max(self._act_fmt.width, self._error_fmt.width),
                           self._acc_width, what=f"weight-gradient engine {g}")
+        bias_index = g.cin * g.kh
+        tag = data.StructLayout({"t": range(max(2, self.tiles)), "index": range(bias_index + 1)})
         m.submodules.array = array = SystolicArray(
             rows=rows, cols=g.kw, a_shape=self._error_fmt.shape, b_shape=self._act_fmt.shape,
-            acc_width=self._acc_width)
+            acc_width=self._acc_width, tag_shape=tag)
 
-        bias_index = g.cin * g.kh
         t = Signal(range(max(2, self.tiles)))
         i = Signal(range(max(2, g.cin + 1)))
         ky = Signal(range(max(2, g.kh)))
@@ -155,15 +157,11 @@ class WeightGradientEngine(wiring.Component):
         m.d.comb += [
             self.e_rd.en.eq(advance),
             self.x_rd.en.eq(advance),
-            self.e_rd.addr.eq((t * g.ho + y) * g.wo + x),
+            self.e_rd.addr.eq(t * g.ho + y),
             self.x_rd.addr.eq(i * g.h + y + ky - g.ph),
         ]
 
         index = Mux(at_bias, bias_index, i * g.kh + ky)
-        issue_t = Signal.like(t)
-        issue_index = Signal(range(bias_index + 1))
-        drain_t = Signal.like(t)
-        drain_index = Signal.like(issue_index)
 
         def first_row(ky_value):
             return max(0, g.ph - ky_value)
@@ -174,8 +172,8 @@ class WeightGradientEngine(wiring.Component):
                 s1_bias.eq(at_bias),
                 s1_x.eq(x),
                 s1_last.eq(tile_last),
-                issue_t.eq(t),
-                issue_index.eq(index),
+                array.i.payload.tag.t.eq(t),            # the tile's tag travels with it
+                array.i.payload.tag.index.eq(index),
             ]
             with m.If(running):
                 with m.If(tile_last):
@@ -204,11 +202,14 @@ class WeightGradientEngine(wiring.Component):
             m.d.sync += [running.eq(1), t.eq(0), i.eq(0), ky.eq(0), y.eq(first_row(0)),
                          x.eq(0), at_bias.eq(0)]
 
-        # The kw input pixels x - pw ... x - pw + kw - 1 of the row, zero outside.
+        # Pixel x of every lane's error row, and the kw input pixels x - pw ...
+        # x - pw + kw - 1 of the input row (zero outside).
         x_row = self.x_rd.data
         with m.Switch(s1_x):
             for xv in range(g.wo):
                 with m.Case(xv):
+                    for r in range(rows):
+                        m.d.comb += array.i.payload.a[r].eq(self.e_rd.data[r * g.wo + xv])
                     for c in range(g.kw):
                         src = xv + c - g.pw
                         m.d.comb += array.i.payload.b[c].eq(x_row[src] if 0 <= src < g.w else 0)
@@ -216,18 +217,14 @@ class WeightGradientEngine(wiring.Component):
             for c in range(g.kw):
                 m.d.comb += array.i.payload.b[c].eq(self._act_fmt.one if c == 0 else 0)
         m.d.comb += [
-            array.i.payload.a.eq(self.e_rd.data),
             array.i.payload.last.eq(s1_last),
             array.i.valid.eq(s1_valid),
         ]
-        with m.If(array.i.valid & array.i.ready & s1_last):
-            m.d.sync += [drain_t.eq(issue_t), drain_index.eq(issue_index)]
-
-        channel = drain_t * rows + array.o.payload.row
+        channel = array.o.payload.tag.t * rows + array.o.payload.row
         lane_used = channel < g.cout
         m.d.comb += [
             self.o.payload.channel.eq(channel),
-            self.o.payload.index.eq(drain_index),
+            self.o.payload.index.eq(array.o.payload.tag.index),
             self.o.payload.sums.eq(array.o.payload.sums),
             self.o.valid.eq(array.o.valid & lane_used),
             array.o.ready.eq(self.o.ready | ~lane_used),
