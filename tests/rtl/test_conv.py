@@ -108,3 +108,40 @@ def test_transposed_matches_reference_backward(case):
                           seed=cout)
     np.testing.assert_array_equal(got, expect)
     assert sat == expect_sat
+
+
+def random_geometry(rng):
+    """A seeded random layer: kernel, padding, map and channel counts, including 1s."""
+    kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    return dict(cin=int(rng.integers(1, 4)), cout=int(rng.integers(1, 6)),
+                h=int(rng.integers(kh, 7)), w=int(rng.integers(kw, 7)), kh=kh, kw=kw,
+                ph=int(rng.integers(0, kh)), pw=int(rng.integers(0, kw)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_shapes_forward_and_backward(seed):
+    """FP and BP on seeded random geometries, with weights large enough to saturate."""
+    rng = np.random.default_rng(100 + seed)
+    g = ConvGeometry(**random_geometry(rng))
+    rows = int(rng.integers(1, g.cout + 2))
+    x = N.act.from_float(rng.uniform(-8, 8, size=(g.cin, g.h, g.w)))
+    wq = N.weight.from_float(rng.normal(0, 4, size=(g.cout, g.cin, g.kh, g.kw)))
+    bq = N.weight.from_float(rng.normal(0, 4, size=g.cout))
+    expect, expect_sat = requantize_np(conv_forward_acc(x, wq, bq, g.ph, g.pw, N.act.one),
+                                       N.act.frac + N.weight.frac, N.act)
+    engine = ConvEngine(geometry=g, rows=rows, in_fmt=N.act, weight_fmt=N.weight, out_fmt=N.act)
+    got, sat = run_engine(engine, pack_conv_weights(wq, bq, rows), pack_rows(x), seed=seed)
+    np.testing.assert_array_equal(got, expect)
+    assert sat == expect_sat > 0
+
+    e = N.error.from_float(rng.normal(0, 2, size=(g.cout, g.ho, g.wo)))
+    expect, expect_sat = requantize_np(conv_backward_acc(e, wq, g.ph, g.pw),
+                                       N.weight.frac + N.error.frac, N.error)
+    bp_rows = int(rng.integers(1, g.cin + 2))
+    flipped = wq[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    engine = ConvEngine(geometry=g.transposed(), rows=bp_rows, in_fmt=N.error,
+                        weight_fmt=N.weight, out_fmt=N.error, bias=False)
+    got, sat = run_engine(engine, pack_conv_weights(flipped, None, bp_rows), pack_rows(e),
+                          seed=seed)
+    np.testing.assert_array_equal(got, expect)
+    assert sat == expect_sat > 0

@@ -208,3 +208,14 @@ def test_two_batches_match_sgd_reference(case):
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_shapes_gradients(seed):
+    from tests.rtl.test_conv import random_geometry
+    rng = np.random.default_rng(200 + seed)
+    geometry = random_geometry(rng)
+    rows = int(rng.integers(1, geometry["cout"] + 2))
+    g = ConvGeometry(**geometry)
+    case = (g.cin, g.cout, g.h, g.w, g.kh, g.kw, g.ph, g.pw, rows)
+    test_gradients_match_reference(case)
