@@ -78,6 +78,23 @@ def network_layers(network):
     return specs
 
 
+def _connect_rows(m, source, sink):
+    """Join a stream of rows to a sink that takes channel, row and values only.
+
+    Returns the saturation events of this cycle's transfer (0 if the source counts none).
+    """
+    m.d.comb += [
+        sink.valid.eq(source.valid),
+        sink.payload.channel.eq(source.payload.channel),
+        sink.payload.row.eq(source.payload.row),
+        sink.payload.values.eq(source.payload.values),
+        source.ready.eq(sink.ready),
+    ]
+    if "saturated" not in source.payload.shape().members:
+        return 0
+    return Mux(source.valid & source.ready, source.payload.saturated, 0)
+
+
 def default_engine_sizes(spec, first):
     g = spec.geometry
     return EngineSizes(fp=min(g.cout, 16), bp=0 if first else min(g.cin, 16),
@@ -266,14 +283,7 @@ class TrainingCore(wiring.Component):
                                       relu=spec.relu, pool=spec.pool)
             m.submodules[f"{spec.name}_post"] = writer
             writers.append(writer)
-            m.d.comb += [
-                writer.i.valid.eq(fp.o.valid),
-                writer.i.payload.channel.eq(fp.o.payload.channel),
-                writer.i.payload.row.eq(fp.o.payload.row),
-                writer.i.payload.values.eq(fp.o.payload.values),
-                fp.o.ready.eq(writer.i.ready),
-            ]
-            sat_events.append(Mux(fp.o.valid & fp.o.ready, fp.o.payload.saturated, 0))
+            sat_events.append(_connect_rows(m, fp.o, writer.i))
             wiring.connect(m, writer.full_wr, act_full[index].write_port())
             if spec.pool:
                 wiring.connect(m, writer.full_rd, act_full[index].read_port())
@@ -306,14 +316,7 @@ class TrainingCore(wiring.Component):
                                     error_fmt=n.error, relu=before.relu, pool=before.pool)
             m.submodules[f"{spec.name}_deriv"] = deriv
             derivs.append(deriv)
-            m.d.comb += [
-                deriv.i.valid.eq(bp.o.valid),
-                deriv.i.payload.channel.eq(bp.o.payload.channel),
-                deriv.i.payload.row.eq(bp.o.payload.row),
-                deriv.i.payload.values.eq(bp.o.payload.values),
-                bp.o.ready.eq(deriv.i.ready),
-            ]
-            sat_events.append(Mux(bp.o.valid & bp.o.ready, bp.o.payload.saturated, 0))
+            sat_events.append(_connect_rows(m, bp.o, deriv.i))
             if before.relu or before.pool:
                 wiring.connect(m, deriv.full_rd0, act_full[index - 1].read_port())
             if before.pool:
@@ -324,13 +327,7 @@ class TrainingCore(wiring.Component):
         m.submodules.loss = loss
         wiring.connect(m, loss.z_rd, act_full[-1].read_port())
         last_store = stores[-1]
-        m.d.comb += [
-            last_store.i.valid.eq(loss.o.valid),
-            last_store.i.payload.channel.eq(loss.o.payload.channel),
-            last_store.i.payload.row.eq(0),
-            last_store.i.payload.values.eq(loss.o.payload.values),
-            loss.o.ready.eq(last_store.i.ready),
-        ]
+        _connect_rows(m, loss.o, last_store.i)
 
         # ---- sample loader: a label word, then pixels row-major, assembled into rows.
         sample_wr = sample_mem.write_port()

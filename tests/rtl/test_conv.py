@@ -13,27 +13,28 @@ from tests.stream_helpers import StreamDriver
 
 
 class EngineBench(Elaboratable):
-    """A ConvEngine with its weight and input memories, initialised from arrays."""
+    """An engine with one memory per read port: ``port_name=words`` (a list of initial
+    words, or a depth for a memory that starts zeroed)."""
 
-    def __init__(self, engine, weight_words, input_words):
+    def __init__(self, engine, **ports):
         self.engine = engine
-        self.w_mem = memory.Memory(shape=engine.w_rd.data.shape(), depth=len(weight_words),
-                                   init=weight_words)
-        self.x_mem = memory.Memory(shape=engine.x_rd.data.shape(), depth=len(input_words),
-                                   init=input_words)
+        self.memories = {}
+        for name, words in ports.items():
+            depth, init = (words, []) if isinstance(words, int) else (len(words), words)
+            self.memories[name] = memory.Memory(shape=getattr(engine, name).data.shape(),
+                                                depth=depth, init=init)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine = self.engine
-        m.submodules.w_mem = self.w_mem
-        m.submodules.x_mem = self.x_mem
-        wiring.connect(m, self.engine.w_rd, self.w_mem.read_port())
-        wiring.connect(m, self.engine.x_rd, self.x_mem.read_port())
+        for name, mem in self.memories.items():
+            m.submodules[name] = mem
+            wiring.connect(m, getattr(self.engine, name), mem.read_port())
         return m
 
 
 def run_engine(engine, weight_words, input_words, *, seed, stall=0.3):
-    bench = EngineBench(engine, weight_words, input_words)
+    bench = EngineBench(engine, w_rd=weight_words, x_rd=input_words)
     g = engine._g
     out = np.zeros((g.cout, g.ho, g.wo), dtype=np.int64)
     seen = np.zeros((g.cout, g.ho), dtype=bool)

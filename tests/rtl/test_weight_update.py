@@ -10,25 +10,9 @@ from fpdeep.rtl.conv import ConvGeometry, pack_rows
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
 from fpdeep.rtl.weight_update import WeightGradientEngine, pack_lanes, gradient_index_count
 from fpdeep.sim.reference import conv_weight_grad_acc
+from tests.rtl.test_conv import EngineBench
 from tests.stream_helpers import StreamDriver
 
-
-class GradientBench(Elaboratable):
-    def __init__(self, engine, error_words, input_words):
-        self.engine = engine
-        self.e_mem = memory.Memory(shape=engine.e_rd.data.shape(), depth=len(error_words),
-                                   init=error_words)
-        self.x_mem = memory.Memory(shape=engine.x_rd.data.shape(), depth=len(input_words),
-                                   init=input_words)
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.engine = self.engine
-        m.submodules.e_mem = self.e_mem
-        m.submodules.x_mem = self.x_mem
-        wiring.connect(m, self.engine.e_rd, self.e_mem.read_port())
-        wiring.connect(m, self.engine.x_rd, self.x_mem.read_port())
-        return m
 
 
 CASES = [
@@ -48,7 +32,7 @@ def test_gradients_match_reference(case):
     e = rng.integers(N.error.min, N.error.max + 1, size=(cout, g.ho, g.wo))
     gw, gb = conv_weight_grad_acc(x, e, kh, kw, ph, pw, N.act.one)
     engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error)
-    bench = GradientBench(engine, pack_lanes(e, rows), pack_rows(x))
+    bench = EngineBench(engine, e_rd=pack_lanes(e, rows), x_rd=pack_rows(x))
     got_w = np.zeros_like(gw)
     got_b = np.zeros_like(gb)
     count = cout * gradient_index_count(g)
@@ -89,23 +73,6 @@ from fpdeep.rtl.weight_update import WeightUpdateUnit
 from fpdeep.rtl.conv import pack_conv_weights
 
 
-class UpdateBench(Elaboratable):
-    def __init__(self, unit, g, rows):
-        self.unit = unit
-        self.e_mem = memory.Memory(shape=unit.e_rd.data.shape(), depth=unit.engine.e_layout.depth,
-                                   init=[])
-        self.x_mem = memory.Memory(shape=unit.x_rd.data.shape(), depth=g.cin * g.h, init=[])
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.unit = self.unit
-        m.submodules.e_mem = self.e_mem
-        m.submodules.x_mem = self.x_mem
-        wiring.connect(m, self.unit.e_rd, self.e_mem.read_port())
-        wiring.connect(m, self.unit.x_rd, self.x_mem.read_port())
-        return m
-
-
 UPDATE_CASES = [
     # cin, cout, h, w, kh, kw, ph, pw, wu_rows, fp_rows, bp_rows, momentum
     (1, 4, 8, 8, 3, 3, 1, 1, 4, 4, None, 0.9),
@@ -128,7 +95,8 @@ def test_two_batches_match_sgd_reference(case):
     unit = WeightUpdateUnit(geometry=g, wu_rows=wu_rows, fp_rows=fp_rows, bp_rows=bp_rows,
                             numerics=N, masters=(master_w, master_b), rate_q=rate_q,
                             momentum_q=momentum_q, batch_size=batch)
-    bench = UpdateBench(unit, g, wu_rows)
+    bench = EngineBench(unit, e_rd=unit.engine.e_layout.depth, x_rd=g.cin * g.h)
+    e_mem, x_mem = bench.memories["e_rd"], bench.memories["x_rd"]
     batches = []
     for _ in range(2):
         samples = []
@@ -161,9 +129,9 @@ def test_two_batches_match_sgd_reference(case):
         for samples in batches:
             for x, e in samples:
                 for a, word in enumerate(pack_lanes(e, wu_rows)):
-                    ctx.set(bench.e_mem.data[a], word)
+                    ctx.set(e_mem.data[a], word)
                 for a, word in enumerate(pack_rows(x)):
-                    ctx.set(bench.x_mem.data[a], word)
+                    ctx.set(x_mem.data[a], word)
                 ctx.set(unit.start_sample, 1)
                 await ctx.tick()
                 ctx.set(unit.start_sample, 0)
