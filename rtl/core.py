@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from amaranth import *
-from amaranth.lib import wiring, data, memory
+from amaranth.lib import wiring, data, memory, stream
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -15,6 +15,7 @@ from .conv import ConvEngine, ConvGeometry, RowLayout
 from .host import HostSignature
 from .loss import LossUnit
 from .numerics import DEFAULT_NUMERICS
+from .rowlink import WORD, MapSender, RowDeserializer, RowSerializer
 from .weight_update import WeightUpdateUnit
 
 __all__ = ["LayerSpec", "EngineSizes", "TrainingCore", "network_layers"]
@@ -141,12 +142,21 @@ class TrainingCore(wiring.Component):
     """
 
     def __init__(self, network, *, masters=None, numerics=DEFAULT_NUMERICS, batch_size=8,
-                 lr=0.02, momentum=0.9, engines=None, seed=0):
+                 lr=0.02, momentum=0.9, engines=None, seed=0, layers=None):
         self.network, self.numerics = network, numerics
         if masters is None:
             from ..sim.reference import init_masters
             masters = init_masters(network, numerics, seed)
-        self.specs = network_layers(network)
+        all_specs = network_layers(network)
+        first, stop = layers if layers is not None else (0, len(all_specs))
+        if not (isinstance(first, int) and isinstance(stop, int) and
+                0 <= first < stop <= len(all_specs)):
+            raise FpdeepError(f"layers {layers!r} is not a range of the {len(all_specs)} "
+                              f"weighted layers of network {network.name!r}")
+        self.first_layer, self.stop_layer = first, stop
+        self.is_last = stop == len(all_specs)
+        self.specs = all_specs[first:stop]
+        self.input_shape = network.input_shape if first == 0 else all_specs[first - 1].out_shape
         if not isinstance(batch_size, int) or batch_size < 1:
             raise FpdeepError(f"batch size must be a positive int, not {batch_size!r}")
         self.batch_size = batch_size
@@ -155,8 +165,9 @@ class TrainingCore(wiring.Component):
         engines = dict(engines or {})
         self.sizes = []
         for index, spec in enumerate(self.specs):
-            size = engines.pop(spec.name, None) or default_engine_sizes(spec, index == 0)
-            for kind in ("fp", "wu") + (("bp",) if index else ()):
+            size = engines.pop(spec.name, None) or default_engine_sizes(
+                spec, not self.has_bp(index))
+            for kind in ("fp", "wu") + (("bp",) if self.has_bp(index) else ()):
                 rows = getattr(size, kind)
                 if not isinstance(rows, int) or rows < 1:
                     raise FpdeepError(f"layer {spec.name!r}: {kind} engine rows must be a "
@@ -172,7 +183,8 @@ class TrainingCore(wiring.Component):
                 raise FpdeepError(f"no initial weights for layer {spec.name!r}")
             self.units.append(WeightUpdateUnit(
                 geometry=spec.geometry, wu_rows=size.wu, fp_rows=size.fp,
-                bp_rows=size.bp if index else None, numerics=n, masters=masters[spec.name],
+                bp_rows=size.bp if self.has_bp(index) else None, numerics=n,
+                masters=masters[spec.name],
                 rate_q=self.rate_q, momentum_q=self.momentum_q, batch_size=batch_size))
         self.bases = []
         base = 0
@@ -186,14 +198,24 @@ class TrainingCore(wiring.Component):
         self.engine_names = []
         for index, spec in enumerate(self.specs):
             self.engine_names += [f"{spec.name}.fp", f"{spec.name}.wu"]
-            if index:
+            if self.has_bp(index):
                 self.engine_names.append(f"{spec.name}.bp")
-        super().__init__({
+        members = {
             "host": Out(HostSignature()),
             "perf_cycles": Out(32),
             "perf_busy": Out(data.ArrayLayout(32, len(self.engine_names))),
             "perf_steps": Out(data.ArrayLayout(32, len(self.engine_names))),
-        })
+        }
+        if not self.is_last:
+            members["act_out"] = Out(stream.Signature(WORD))
+            members["err_in"] = In(stream.Signature(WORD))
+        if first > 0:
+            members["err_out"] = Out(stream.Signature(WORD))
+        super().__init__(members)
+
+    def has_bp(self, index):
+        """Whether local layer ``index`` back-propagates (every layer but the network's first)."""
+        return self.first_layer + index > 0
 
     def weight_address(self, layer, o, i=None, ky=0, kx=0):
         """Host address of weight ``(o, i, ky, kx)`` of ``layer``, or of bias ``o`` if ``i`` is None."""
@@ -210,7 +232,7 @@ class TrainingCore(wiring.Component):
             g = spec.geometry
             shapes[f"{spec.name}.fp"] = (size.fp, g.wo)
             shapes[f"{spec.name}.wu"] = (size.wu, g.kw)
-            if index:
+            if self.has_bp(index):
                 shapes[f"{spec.name}.bp"] = (size.bp, g.w)
         return shapes
 
@@ -221,7 +243,7 @@ class TrainingCore(wiring.Component):
             g = spec.geometry
             macs[f"{spec.name}.fp"] = g.macs + g.cout * g.ho * g.wo
             macs[f"{spec.name}.wu"] = g.macs + g.cout * g.ho * g.wo
-            if index:
+            if self.has_bp(index):
                 macs[f"{spec.name}.bp"] = g.macs
         return macs
 
@@ -232,7 +254,7 @@ class TrainingCore(wiring.Component):
         count = len(specs)
 
         # ---- memories between the engines.
-        c0, h0, w0 = self.network.input_shape
+        c0, h0, w0 = self.input_shape
         sample_layout = RowLayout(c0, h0, w0, n.act)
         m.submodules.sample = sample_mem = memory.Memory(
             shape=sample_layout.shape, depth=sample_layout.depth, init=[])
@@ -255,7 +277,7 @@ class TrainingCore(wiring.Component):
             lane_mem = memory.Memory(shape=lanes.shape, depth=lanes.depth, init=[])
             m.submodules[f"{spec.name}_err_lanes"] = lane_mem
             err_lane.append(lane_mem)
-            if index:
+            if self.has_bp(index):
                 row_mem = memory.Memory(shape=RowLayout(g.cout, g.ho, g.wo, n.error).shape,
                                         depth=g.cout * g.ho, init=[])
                 m.submodules[f"{spec.name}_err_rows"] = row_mem
@@ -290,17 +312,19 @@ class TrainingCore(wiring.Component):
                 wiring.connect(m, writer.pooled_wr, act_out[index].write_port())
 
             store = ErrorStore(channels=g.cout, h=g.ho, w=g.wo, fmt=n.error, lanes=size.wu,
-                               rows=index > 0)
+                               rows=self.has_bp(index))
             m.submodules[f"{spec.name}_err_store"] = store
             stores.append(store)
             wiring.connect(m, store.lane_wr, err_lane[index].write_port(granularity=g.wo))
-            if index:
+            if self.has_bp(index):
                 wiring.connect(m, store.row_wr, err_row[index].write_port())
 
+        # BP engines: layer l's BP emits the error at its input, which is the output of
+        # layer l-1's post-ops. On this chip it goes through layer l-1's derivative into
+        # its error store; for the chip's first layer it leaves over the link.
         for index, spec in enumerate(specs):
-            if index == 0:
+            if not self.has_bp(index):
                 bp_engines.append(None)
-                derivs.append(None)
                 continue
             g, size, unit = spec.geometry, self.sizes[index], self.units[index]
             bp = ConvEngine(geometry=g.transposed(), rows=size.bp, in_fmt=n.error,
@@ -310,24 +334,56 @@ class TrainingCore(wiring.Component):
             bp_engines.append(bp)
             wiring.connect(m, bp.w_rd, unit.bp_weights.read_port())
             wiring.connect(m, bp.x_rd, err_row[index].read_port())
-            before = specs[index - 1]
-            pg = before.geometry
-            deriv = ErrorDerivative(channels=pg.cout, h=pg.ho, w=pg.wo, act_fmt=n.act,
-                                    error_fmt=n.error, relu=before.relu, pool=before.pool)
+
+        # Each layer's errors (except the loss's) arrive after its post-ops and go
+        # through their derivative into the layer's error store.
+        err_source = None
+        for index, spec in enumerate(specs):
+            if index == count - 1 and self.is_last:
+                derivs.append(None)
+                continue
+            g = spec.geometry
+            deriv = ErrorDerivative(channels=g.cout, h=g.ho, w=g.wo, act_fmt=n.act,
+                                    error_fmt=n.error, relu=spec.relu, pool=spec.pool)
             m.submodules[f"{spec.name}_deriv"] = deriv
             derivs.append(deriv)
-            sat_events.append(_connect_rows(m, bp.o, deriv.i))
-            if before.relu or before.pool:
-                wiring.connect(m, deriv.full_rd0, act_full[index - 1].read_port())
-            if before.pool:
-                wiring.connect(m, deriv.full_rd1, act_full[index - 1].read_port())
-            wiring.connect(m, deriv.o, stores[index - 1].i)
+            if spec.relu or spec.pool:
+                wiring.connect(m, deriv.full_rd0, act_full[index].read_port())
+            if spec.pool:
+                wiring.connect(m, deriv.full_rd1, act_full[index].read_port())
+            wiring.connect(m, deriv.o, stores[index].i)
+            if index < count - 1:
+                sat_events.append(_connect_rows(m, bp_engines[index + 1].o, deriv.i))
+            else:
+                oc, oh, ow = spec.out_shape
+                err_source = RowDeserializer(channels=oc, h=oh, w=ow, fmt=n.error)
+                m.submodules.err_in = err_source
+                wiring.connect(m, wiring.flipped(self.err_in), err_source.i)
+                _connect_rows(m, err_source.o, deriv.i)
+        err_sink = None
+        if self.has_bp(0):
+            g = specs[0].geometry
+            err_sink = RowSerializer(channels=g.cin, h=g.h, w=g.w, fmt=n.error)
+            m.submodules.err_out = err_sink
+            sat_events.append(_connect_rows(m, bp_engines[0].o, err_sink.i))
+            wiring.connect(m, err_sink.o, wiring.flipped(self.err_out))
 
-        loss = LossUnit(classes=self.network.num_classes, numerics=n)
-        m.submodules.loss = loss
-        wiring.connect(m, loss.z_rd, act_full[-1].read_port())
-        last_store = stores[-1]
-        _connect_rows(m, loss.o, last_store.i)
+        if self.is_last:
+            loss = LossUnit(classes=self.network.num_classes, numerics=n)
+            m.submodules.loss = loss
+            wiring.connect(m, loss.z_rd, act_full[-1].read_port())
+            _connect_rows(m, loss.o, stores[-1].i)
+            act_sender = None
+        else:
+            loss = None
+            oc, oh, ow = specs[-1].out_shape
+            act_sender = MapSender(layout=RowLayout(oc, oh, ow, n.act))
+            m.submodules.act_out = act_sender
+            wiring.connect(m, act_sender.rd, act_out[-1].read_port())
+            wiring.connect(m, act_sender.o, wiring.flipped(self.act_out))
+            # Rows of errors the chip behind sends back per sample.
+            err_rows_expected = oc * oh
+            err_rows = Signal(range(err_rows_expected + 1))
 
         # ---- sample loader: a label word, then pixels row-major, assembled into rows.
         sample_wr = sample_mem.write_port()
@@ -386,7 +442,9 @@ class TrainingCore(wiring.Component):
             return ~fp_engines[i].busy
 
         def bp_idle(i):
-            return ~bp_engines[i].busy & derivs[i].i.ready & stores[i - 1].i.ready
+            if i == 0:
+                return ~bp_engines[0].busy & ~err_sink.busy
+            return ~bp_engines[i].busy & derivs[i - 1].i.ready
 
         all_wu_idle = Cat(*[~unit.busy for unit in self.units]).all()
         busy = Signal()
@@ -426,27 +484,42 @@ class TrainingCore(wiring.Component):
                 # Two idle cycles: the writer's pooled row lands one cycle after the engine.
                 with m.If(done & (settle == 2)):
                     with m.If(layer == count - 1):
-                        m.next = "LOSS_START"
+                        m.next = "LOSS_START" if self.is_last else "SEND"
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
                         m.next = "FP_START"
                 with m.Elif(done):
                     m.d.sync += settle.eq(settle + 1)
-            with m.State("LOSS_START"):
-                m.d.comb += [loss.start.eq(1), loss.label.eq(label)]
-                m.next = "LOSS_WAIT"
-            with m.State("LOSS_WAIT"):
-                m.d.comb += loss.label.eq(label)
-                with m.If(~loss.busy & last_store.i.ready):
-                    m.d.sync += layer.eq(count - 1)
-                    m.next = "BACK_START"
+            if self.is_last:
+                with m.State("LOSS_START"):
+                    m.d.comb += [loss.start.eq(1), loss.label.eq(label)]
+                    m.next = "LOSS_WAIT"
+                with m.State("LOSS_WAIT"):
+                    m.d.comb += loss.label.eq(label)
+                    with m.If(~loss.busy):
+                        m.d.sync += layer.eq(count - 1)
+                        m.next = "BACK_START"
+            else:
+                # Send the output map down the chain, then wait for its errors to come
+                # back through the last layer's derivative into its error store.
+                with m.State("SEND"):
+                    m.d.comb += [act_sender.start.eq(1), act_sender.label.eq(label)]
+                    m.next = "SEND_WAIT"
+                with m.State("SEND_WAIT"):
+                    with m.If(~act_sender.busy):
+                        m.next = "RECEIVE"
+                with m.State("RECEIVE"):
+                    with m.If((err_rows == err_rows_expected) & derivs[-1].i.ready &
+                              ~err_source.busy):
+                        m.d.sync += [err_rows.eq(0), layer.eq(count - 1)]
+                        m.next = "BACK_START"
             with m.State("BACK_START"):
                 # WU of this layer and BP into the layer in front run side by side.
                 with m.Switch(layer):
                     for index in range(count):
                         with m.Case(index):
                             m.d.comb += self.units[index].start_sample.eq(1)
-                            if index:
+                            if self.has_bp(index):
                                 m.d.comb += bp_engines[index].start.eq(1)
                 m.d.sync += settle.eq(0)
                 m.next = "BACK_WAIT"
@@ -455,7 +528,7 @@ class TrainingCore(wiring.Component):
                 with m.Switch(layer):
                     for index in range(count):
                         with m.Case(index):
-                            m.d.comb += done.eq(bp_idle(index) if index else 1)
+                            m.d.comb += done.eq(bp_idle(index) if self.has_bp(index) else 1)
                 with m.If(done & (settle == 2)):
                     with m.If(layer == 0):
                         m.next = "WU_WAIT"
@@ -485,8 +558,12 @@ class TrainingCore(wiring.Component):
             m.d.comb += busy.eq(~fsm.ongoing("LOAD") | have_label)
 
         # ---- counters.
-        with m.If(loss.correct):
-            m.d.sync += host.correct.eq(host.correct + 1)
+        if loss is not None:
+            with m.If(loss.correct):
+                m.d.sync += host.correct.eq(host.correct + 1)
+        else:
+            with m.If(err_source.o.valid & err_source.o.ready):
+                m.d.sync += err_rows.eq(err_rows + 1)
         wu_sats = sum(unit.saturations for unit in self.units)
         engine_sats = Signal(32)
         m.d.sync += engine_sats.eq(engine_sats + sum(sat_events))
@@ -498,7 +575,7 @@ class TrainingCore(wiring.Component):
         for index in range(count):
             engines.append(fp_engines[index])
             engines.append(self.units[index].engine)
-            if index:
+            if self.has_bp(index):
                 engines.append(bp_engines[index])
         self.engines_by_name = dict(zip(self.engine_names, engines))
         self.loss_unit = loss

@@ -21,8 +21,9 @@ def core_traces(core):
     for spec, unit in zip(core.specs, core.units):
         groups[f"{spec.name}.update"] = [unit.start_sample, unit.start_update, unit.busy,
                                          unit.saturations]
-    groups["loss"] = [core.loss_unit.start, core.loss_unit.busy, core.loss_unit.o,
-                      core.loss_unit.correct]
+    if core.loss_unit is not None:
+        groups["loss"] = [core.loss_unit.start, core.loss_unit.busy, core.loss_unit.o,
+                          core.loss_unit.correct]
     return groups
 
 
