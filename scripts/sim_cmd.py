@@ -4,6 +4,9 @@
 training core, feeds it ``batches * batch_size`` digits in Amaranth's simulator,
 and prints whether every weight equals the integer reference bit for bit, the
 measured cycles per sample and each engine's PE utilization.
+``--backend verilator`` runs the same core in Verilator instead (built once per
+core into a cache; see :mod:`fpdeep.sim.verilator`), fast enough for hundreds
+of batches; its results equal pysim's cycle for cycle.
 """
 
 from ..plan.errors import FpdeepError
@@ -33,6 +36,9 @@ def register(subparsers):
     parser.add_argument("--lr", type=float, default=0.02, help="learning rate (default 0.02)")
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum (default 0.9)")
     parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
+    parser.add_argument("--backend", choices=("pysim", "verilator"), default="pysim",
+                        help="simulator: Amaranth's (default) or Verilator, built once per "
+                             "core into ~/.cache/fpdeep/verilator ($FPDEEP_CACHE)")
     parser.add_argument("--vcd", metavar="FILE",
                         help="write a VCD and a GTKWave save file (FILE with .gtkw) beside it")
     parser.set_defaults(handler=run)
@@ -57,13 +63,30 @@ def run(args):
                   seed=args.seed)
     reference = run.reference()
     samples = [reference.quantize_input(x) for x in floats]
+    simulator = "Verilator" if args.backend == "verilator" else "Amaranth simulator"
     print(f"fpdeep sim: {network.name} on 1 chip, {args.batches} batches of {args.batch_size}, "
-          f"Amaranth simulator")
+          f"{simulator}")
+    if args.backend == "verilator" and args.vcd:
+        raise FpdeepError("--vcd needs --backend pysim: the Verilator backend does not write "
+                          "waveforms yet")
+    # A line per sample while that stays readable; past 64 samples, a line per batch.
+    per_batch = args.backend == "verilator" and count > 64
+    batch_cycles = []
 
     def progress(done, total, cycles):
-        print(f"  sample {done:3d}/{total}: {cycles:6d} cycles", flush=True)
+        if not per_batch:
+            print(f"  sample {done:3d}/{total}: {cycles:6d} cycles", flush=True)
+            return
+        batch_cycles.append(cycles)
+        if len(batch_cycles) == args.batch_size or done == total:
+            print(f"  batch {(done - 1) // args.batch_size + 1:4d}/{args.batches}: samples "
+                  f"{done - len(batch_cycles) + 1}-{done}, {min(batch_cycles)}-"
+                  f"{max(batch_cycles)} cycles each", flush=True)
+            batch_cycles.clear()
 
-    result = run.run(samples, labels, progress=progress, vcd=args.vcd)
+    if args.backend == "verilator":
+        print("  building or finding the Verilator model ...", flush=True)
+    result = run.run(samples, labels, progress=progress, vcd=args.vcd, backend=args.backend)
     for batch in range(args.batches):
         span = slice(batch * args.batch_size, (batch + 1) * args.batch_size)
         reference.train_batch(samples[span], labels[span])
@@ -81,6 +104,11 @@ def run(args):
     print(f"cycles per sample: {result.cycles_per_sample:.1f} "
           f"(SGD steps amortized; {result.wall_seconds:.1f} s simulated at "
           f"{result.total_cycles / result.wall_seconds:.0f} cycles/s)")
+    if args.backend == "verilator":
+        build = run.verilator_build
+        print(f"Verilator model: {build.directory} ("
+              + ("found in the cache" if build.cached else f"built in {build.build_seconds:.1f} s")
+              + f"; Verilog conversion {build.convert_seconds:.1f} s)")
     print()
     print(format_utilization(result))
     if args.vcd:

@@ -163,7 +163,10 @@ class CoreRun:
             raise FpdeepError("the Verilator backend does not write a VCD yet; use "
                               "backend 'pysim' (fpdeep sim --backend pysim) for waveforms")
         core = self.core
-        self.verilator_build = build = verilator.build_core(core)
+        # A core elaborates once, so one build serves every Verilator run of this
+        # CoreRun; each run starts a fresh simulator from the initial masters.
+        build = getattr(self, "verilator_build", None) or verilator.build_core(core)
+        self.verilator_build = build
         raw, build, seconds = verilator.run_core(core, samples, labels, progress=progress,
                                                  max_cycles_per_sample=max_cycles_per_sample,
                                                  build=build)

@@ -1,0 +1,126 @@
+import os
+
+import numpy as np
+import pytest
+
+from fpdeep.plan.errors import FpdeepError
+from fpdeep.plan.network import digits_cnn
+from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+from fpdeep.sim import verilator
+from fpdeep.sim.harness import CoreRun, compare_weights, digits_samples
+
+HEADER = """
+class alignas(VL_CACHE_LINE_BYTES) Vtop VL_NOT_FINAL : public VerilatedModel {
+    VL_IN8(&clk,0,0);
+    VL_IN8(&host___05Fsample___05Fvalid,0,0);
+    VL_IN16(&host___05Fsample___05Fpayload,15,0);
+    VL_OUT(&host___05Fweight_count,19,0);
+    VL_OUT64(&wide___05Fish,47,0);
+    VL_OUTW(&perf_busy,159,0,5);
+"""
+
+
+def test_demangle_undoes_verilator_escapes():
+    assert verilator.demangle("host___05Fsample___05Fvalid") == "host__sample__valid"
+    assert verilator.demangle("a___05F0") == "a__0"
+    assert verilator.demangle("perf_busy") == "perf_busy"
+
+
+def test_header_ports_reads_names_widths_and_wide_words():
+    ports = verilator.header_ports(HEADER)
+    assert ports["host__sample__valid"] == ("host___05Fsample___05Fvalid", "in", 1, None)
+    assert ports["host__sample__payload"] == ("host___05Fsample___05Fpayload", "in", 16, None)
+    assert ports["host__weight_count"] == ("host___05Fweight_count", "out", 20, None)
+    assert ports["wide__ish"] == ("wide___05Fish", "out", 48, None)
+    assert ports["perf_busy"] == ("perf_busy", "out", 160, 5)
+
+
+def test_ports_header_refuses_a_missing_port():
+    with pytest.raises(FpdeepError, match="host__busy"):
+        verilator._ports_header(verilator.header_ports(HEADER))
+
+
+def test_port_array_splits_flat_elements():
+    value = sum(v << (32 * k) for k, v in enumerate([7, 0, 0xFFFFFFFF, 3]))
+    assert verilator.port_array(value, 4) == [7, 0, 0xFFFFFFFF, 3]
+
+
+def test_unknown_backend_is_refused():
+    run = CoreRun(digits_cnn(), batch_size=1)
+    with pytest.raises(FpdeepError, match="'spice'"):
+        run.run([], [], backend="spice")
+
+
+def test_cache_root_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FPDEEP_CACHE", str(tmp_path))
+    assert verilator.cache_root() == tmp_path / "verilator"
+
+
+@pytest.fixture(scope="module")
+def digits_runs():
+    """Digits, 2 batches of 4, in both backends from the same initial masters."""
+    floats, labels = digits_samples(8, seed=2)
+    samples = [N.act.from_float(x) for x in floats]
+    pysim_run = CoreRun(digits_cnn(), batch_size=4, seed=1)
+    verilator_run = CoreRun(digits_cnn(), batch_size=4, seed=1)
+    reference = pysim_run.reference()
+    for start in range(0, 8, 4):
+        reference.train_batch(samples[start:start + 4], labels[start:start + 4])
+    return dict(samples=samples, labels=labels, reference=reference,
+                verilator_run=verilator_run,
+                pysim=pysim_run.run(samples, labels),
+                verilator=verilator_run.run(samples, labels, backend="verilator"))
+
+
+# The first build compiles the C++ model (about 30-60 s on 2 cores); later runs
+# find it in the cache.
+@pytest.mark.slow
+def test_verilator_equals_reference_bit_for_bit(digits_runs):
+    result, reference = digits_runs["verilator"], digits_runs["reference"]
+    assert result.backend == "verilator"
+    equal, total, first = compare_weights(result.masters, reference)
+    assert equal == total, first
+    assert (result.samples, result.batches) == (8, 2)
+    assert result.correct == reference.correct
+    assert result.saturations == sum(reference.saturations.values())
+
+
+@pytest.mark.slow
+def test_verilator_equals_pysim_cycle_for_cycle(digits_runs):
+    fast, slow = digits_runs["verilator"], digits_runs["pysim"]
+    for name, (w, b) in slow.masters.items():
+        np.testing.assert_array_equal(fast.masters[name][0], w)
+        np.testing.assert_array_equal(fast.masters[name][1], b)
+    assert fast.sample_cycles == slow.sample_cycles
+    assert fast.total_cycles == slow.total_cycles
+    assert (fast.samples, fast.correct, fast.batches, fast.saturations) == \
+        (slow.samples, slow.correct, slow.batches, slow.saturations)
+    assert fast.engines == slow.engines
+
+
+@pytest.mark.slow
+def test_second_build_comes_from_the_cache(digits_runs):
+    # A new core with the same parameters converts to the same Verilog: no rebuild.
+    build = verilator.build_core(CoreRun(digits_cnn(), batch_size=4, seed=1).core)
+    assert build.directory == digits_runs["verilator_run"].verilator_build.directory
+    assert build.cached and build.executable.exists()
+    assert not [p for p in os.listdir(build.directory.parent) if p.startswith(".")], \
+        "a temporary build directory was left behind"
+
+
+@pytest.mark.slow
+def test_progress_and_cycle_limit(digits_runs):
+    run, samples, labels = (digits_runs[k] for k in ("verilator_run", "samples", "labels"))
+    seen = []
+    run.run(samples[:2], labels[:2], backend="verilator",
+            progress=lambda done, total, cycles: seen.append((done, total, cycles)))
+    assert [(d, t) for d, t, _ in seen] == [(1, 2), (2, 2)]
+    assert [c for _, _, c in seen] == digits_runs["pysim"].sample_cycles[:2]
+    with pytest.raises(FpdeepError, match="did not finish sample 0 within 10 cycles"):
+        run.run(samples[:1], labels[:1], backend="verilator", max_cycles_per_sample=10)
+
+
+def test_vcd_is_refused_with_verilator(tmp_path):
+    run = CoreRun(digits_cnn(), batch_size=1)
+    with pytest.raises(FpdeepError, match="VCD"):
+        run.run([], [], backend="verilator", vcd=str(tmp_path / "x.vcd"))
