@@ -5,6 +5,12 @@ and reports cycles per sample, where each engine's cycles go, and the simulator'
 speed, as medians over ``--repeats`` runs taken side by side.
 ``fpdeep bench link`` runs the link bandwidth benchmark
 (:mod:`fpdeep.scripts.bench_link`).
+
+``--backend verilator`` runs the core in Verilator instead, and ``--backend both``
+runs it in each and prints their speeds side by side (the same run: the same
+core, samples and cycle counts). Verilator repeats reuse one build (seed 0);
+its speed counts the whole simulator process, start-up and weight read-out
+included, so short runs understate it.
 """
 
 import statistics
@@ -23,6 +29,8 @@ def register(subparsers):
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--backend", choices=("pysim", "verilator", "both"), default="pysim",
+                        help="simulator to measure; 'both' compares their speeds")
     parser.set_defaults(handler=run)
 
 
@@ -39,11 +47,20 @@ def run(args):
     count = args.batches * args.batch_size
     floats, labels = digits_samples(count, seed=0)
     results = []
-    for repeat in range(args.repeats):
-        core_run = CoreRun(network, batch_size=args.batch_size, seed=repeat)
-        reference = core_run.reference()
-        samples = [reference.quantize_input(x) for x in floats]
-        results.append(core_run.run(samples, labels))
+    if args.backend in ("pysim", "both"):
+        for repeat in range(args.repeats):
+            core_run = CoreRun(network, batch_size=args.batch_size, seed=repeat)
+            reference = core_run.reference()
+            samples = [reference.quantize_input(x) for x in floats]
+            results.append(core_run.run(samples, labels))
+    if args.backend in ("verilator", "both"):
+        core_run = CoreRun(network, batch_size=args.batch_size, seed=0)
+        samples = [core_run.reference().quantize_input(x) for x in floats]
+        fast = [core_run.run(samples, labels, backend="verilator")
+                for _ in range(args.repeats)]
+        build = core_run.verilator_build
+        if args.backend == "verilator":
+            results = fast
     cps = statistics.median(r.cycles_per_sample for r in results)
     speed = statistics.median(r.total_cycles / r.wall_seconds for r in results)
     middle = sorted(results, key=lambda r: r.cycles_per_sample)[len(results) // 2]
@@ -56,7 +73,19 @@ def run(args):
     macs = sum(e.macs_per_sample for e in middle.engines)
     print(f"PEs: {pes}; useful MACs per sample: {macs}; "
           f"chip-wide PE utilization: {macs / (pes * cps):.1%}")
-    print(f"simulation speed: {speed:.0f} cycles/s (median)")
+    if args.backend == "both":
+        fast_speed = statistics.median(r.total_cycles / r.wall_seconds for r in fast)
+        same = all(r.sample_cycles == results[0].sample_cycles for r in fast)
+        print(f"simulation speed (median): Amaranth simulator {speed:.0f} cycles/s, "
+              f"Verilator {fast_speed:.0f} cycles/s, {fast_speed / speed:.0f}x")
+        print(f"cycle counts of the two simulators "
+              + ("agree" if same else "DIFFER: a backend is wrong"))
+    else:
+        print(f"simulation speed: {speed:.0f} cycles/s (median)")
+    if args.backend != "pysim":
+        print(f"Verilator model: " + ("found in the cache" if build.cached else
+                                      f"built in {build.build_seconds:.1f} s")
+              + f", Verilog conversion {build.convert_seconds:.1f} s")
     print()
     print(format_utilization(middle))
     return 0
