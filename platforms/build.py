@@ -4,8 +4,9 @@
 :class:`~fpdeep.rtl.host.HostSignature` on a board: :class:`HostedCore` adds the
 UART :class:`~fpdeep.rtl.host.HostBridge`, :class:`BoardTop` ties its serial
 lines to the board's ``uart`` resource and ``busy`` to an LED. The YoWASP tools
-do the rest, and :func:`parse_nextpnr_log` reads Fmax and utilisation from the
-nextpnr log that Amaranth writes to ``<name>.tim``.
+do the rest, and :func:`parse_nextpnr_log` reads Fmax and utilisation, and
+:func:`parse_critical_path` the slowest path, from the nextpnr log that
+Amaranth writes to ``<name>.tim``.
 
 A build runs in a fresh temporary directory beside ``build_dir`` and is renamed
 into place only when it succeeded, so ``build_dir`` holds either the previous
@@ -34,7 +35,8 @@ from .boards import Board, get_board
 from .toolchain import toolchain_env
 
 __all__ = ["HostedCore", "BoardTop", "BuildReport", "BuildError", "parse_nextpnr_log",
-           "build", "verilog", "build_core", "core_verilog", "make_core", "REPORT_FILE"]
+           "parse_critical_path", "build", "verilog", "build_core", "core_verilog", "make_core",
+           "REPORT_FILE"]
 
 #: Written into every finished build directory; its presence marks the
 #: directory as ours, so that a later build may replace it.
@@ -82,30 +84,58 @@ class HostedCore(wiring.Component):
         Serial line to the host.
     busy : Out(1)
         The core's ``busy``, for an LED.
+    (the core's other members)
+        Every member of ``core`` except ``host`` (such as the training core's
+        ``perf_*`` counters), forwarded under the same name, flow and shape, so
+        that they are ports of the Verilog and stay observable there. On a
+        board nothing reads them and synthesis may drop them; the core's
+        datapath is kept all the same, because the host bridge feeds its samples
+        and reads its counters and weights.
 
     Raises
     ------
     TypeError
-        If ``core`` has no ``host`` port of :class:`HostSignature`.
+        If ``core`` has no ``host`` port of :class:`HostSignature`, has a
+        member called ``rx``, ``tx`` or ``busy``, or has an array member.
     """
 
     def __init__(self, core, *, clk_hz, baud=115200):
         _check_host_component(core)
         self._core = core
         self._bridge = HostBridge(clk_hz, baud)     # validates clk_hz and baud
-        super().__init__({
+        members = {
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
             "busy": Out(1),
-        })
+        }
+        self._forwarded = [name for name in core.signature.members if name != "host"]
+        for name in self._forwarded:
+            if name in members:
+                raise TypeError(f"the design {type(core).__name__} has a member {name!r}, "
+                                f"which clashes with a port of the board top")
+            if core.signature.members[name].dimensions:
+                raise TypeError(f"the design {type(core).__name__} has an array member "
+                                f"{name!r}; use a data.ArrayLayout port instead")
+            members[name] = core.signature.members[name]
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.core = self._core
+        core = self._core
+        m.submodules.core = core
         m.submodules.bridge = bridge = self._bridge
-        wiring.connect(m, bridge.core, self._core.host)
+        wiring.connect(m, bridge.core, core.host)
         m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx),
-                     self.busy.eq(self._core.host.busy)]
+                     self.busy.eq(core.host.busy)]
+        for name in self._forwarded:
+            member = self.signature.members[name]
+            outer, inner = getattr(self, name), getattr(core, name)
+            if member.is_signature:
+                wiring.connect(m, wiring.flipped(outer), inner)
+            elif member.flow == Out:
+                m.d.comb += outer.eq(inner)
+            else:
+                m.d.comb += inner.eq(outer)
         return m
 
 
@@ -149,7 +179,9 @@ class BuildReport:
     """What a build produced and what nextpnr says about it.
 
     ``utilisation`` maps each nextpnr cell type to ``(used, available)``;
-    ``clocks`` maps each clock net to ``(fmax_mhz, target_mhz)`` after routing.
+    ``clocks`` maps each clock net to ``(fmax_mhz, target_mhz)`` after routing;
+    ``critical_path`` is :func:`parse_critical_path` of the main clock (empty
+    if the log has none).
     """
     board: str
     device: str
@@ -162,6 +194,7 @@ class BuildReport:
     clocks: dict = field(default_factory=dict)
     utilisation: dict = field(default_factory=dict)
     wall_time_s: float = 0.0
+    critical_path: dict = field(default_factory=dict)
 
     def _cell(self, kind):
         return self.utilisation.get(_CELLS[self.family][kind], (0, 0))
@@ -193,6 +226,7 @@ class BuildReport:
             used, total = self._cell(kind)
             percent = f"{100 * used / total:5.1f}%" if total else "   - "
             rows.append((label, f"{used:>7} / {total:<7} {percent}  {cells[kind]}"))
+        rows += _critical_path_rows(self.critical_path)
         rows += [("bitstream", self.bitstream), ("wall time", f"{self.wall_time_s:.1f} s")]
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
@@ -245,6 +279,68 @@ def parse_nextpnr_log(text):
     return utilisation, clocks
 
 
+_CRIT_HEADER = re.compile(r"^Info: Critical path report for clock '([^']+)'")
+_CRIT_STEP = re.compile(r"^Info:\s+(?:[a-z-]+\s+)?([0-9.]+)\s+([0-9.]+)\s+(Source|Net)\s+(\S+)")
+_CRIT_SINK = re.compile(r"^Info:\s+Sink\s+(\S+)")
+_CRIT_SOURCE_LINE = re.compile(r"^Info:\s+(\S+:\d+(?:\.\d+-\d+\.\d+)?)\s*$")
+_CRIT_TOTAL = re.compile(r"^Info: ([0-9.]+) ns logic, ([0-9.]+) ns routing")
+
+
+def parse_critical_path(text, clock):
+    """The last critical path that nextpnr reports within ``clock``'s domain.
+
+    Returns
+    -------
+    dict
+        ``{"clock", "start", "end", "delay_ns", "logic_ns", "routing_ns",
+        "nets", "sources"}``: the first and last cell pins on the path, its
+        delay split as nextpnr splits it, the nets it crosses in order, and the
+        design source lines (``file:line``) that nextpnr names for them, in
+        order and without yosys' own cell library. Empty if there is no report
+        for ``clock``.
+    """
+    path = {}
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        header = _CRIT_HEADER.match(line)
+        if not header or header[1] != clock:
+            continue
+        found = {"clock": clock, "start": None, "end": None, "delay_ns": 0.0,
+                 "logic_ns": 0.0, "routing_ns": 0.0, "nets": [], "sources": []}
+        for entry in lines[index + 1:]:
+            if not entry.startswith("Info:") or entry.startswith("Info: Critical path report"):
+                break
+            if match := _CRIT_TOTAL.match(entry):
+                found["logic_ns"], found["routing_ns"] = float(match[1]), float(match[2])
+                break
+            if match := _CRIT_STEP.match(entry):
+                found["delay_ns"] = float(match[2])
+                if match[3] == "Net":
+                    found["nets"].append(match[4])
+                else:
+                    found["start"] = found["start"] or match[4]
+                    found["end"] = match[4]
+            elif match := _CRIT_SINK.match(entry):
+                found["end"] = match[1]
+            elif match := _CRIT_SOURCE_LINE.match(entry):
+                where = match[1]
+                if "/share/" not in where and where not in found["sources"]:
+                    found["sources"].append(where)
+        path = found
+    return path
+
+
+def _critical_path_rows(path):
+    if not path:
+        return []
+    rows = [("critical path", f"{path['delay_ns']:.2f} ns ({path['logic_ns']:.2f} logic, "
+                              f"{path['routing_ns']:.2f} routing)"),
+            ("  from", path["start"]), ("  to", path["end"])]
+    for where in path["sources"]:
+        rows.append(("  through", where))
+    return rows
+
+
 def _main_clock(clocks):
     # The board clock drives the whole design; with several clocks, the most
     # demanding target is the one that matters.
@@ -260,12 +356,32 @@ def _log_tail(directory, names, lines=25):
     return "no log was written"
 
 
-def _prepare_target(build_dir):
+def _timing_summary(timing_log):
+    # nextpnr stops with an error when the design misses the board clock; its
+    # report still says by how much and where, which is what one needs to fix it.
+    try:
+        text = Path(timing_log).read_text(errors="replace")
+    except OSError:
+        return ""
+    clocks = {}
+    for match in _FMAX_LINE.finditer(text):
+        clocks[match[1]] = (float(match[2]), float(match[3]))
+    if not clocks:
+        return ""
+    clock, (fmax, target) = _main_clock(clocks)
+    rows = [("Fmax", f"{fmax:.2f} MHz (target {target:.2f} MHz)")]
+    rows += _critical_path_rows(parse_critical_path(text, clock))
+    return "".join(f"{label.strip()}: {value}\n" for label, value in rows)
+
+
+def _prepare_target(build_dir, name):
     build_dir = Path(build_dir).resolve()
     if build_dir.exists():
         if not build_dir.is_dir():
             raise FpdeepError(f"build directory {str(build_dir)!r} is a file")
-        if any(build_dir.iterdir()) and not (build_dir / REPORT_FILE).exists():
+        # Ours: an earlier build, or what `fpdeep build --verilog-only` leaves (<name>.v).
+        entries = {entry.name for entry in build_dir.iterdir()}
+        if entries - {f"{name}.v"} and REPORT_FILE not in entries:
             raise FpdeepError(f"build directory {str(build_dir)!r} is not empty and is not "
                               f"an earlier fpdeep build; choose another or remove it")
     build_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -283,8 +399,9 @@ def build(top_component, board, build_dir, *, name="top", baud=115200, environ=N
     board : str or Board
         A name from :data:`fpdeep.platforms.boards.BOARDS`.
     build_dir : path
-        Where the finished build goes. An earlier fpdeep build there is
-        replaced; any other non-empty directory is refused.
+        Where the finished build goes. An earlier fpdeep build there, or a
+        directory holding only ``<name>.v``, is replaced; any other non-empty
+        directory is refused.
     name : str
         Base name of the build files (``<name>.bit``, ``<name>.tim``, ...).
     baud : int
@@ -314,7 +431,7 @@ def build(top_component, board, build_dir, *, name="top", baud=115200, environ=N
         raise FpdeepError(f"build name {name!r} must be an identifier")
     env = toolchain_env(None if environ is None else dict(environ))
     top = BoardTop(top_component, board, baud=baud)
-    build_dir = _prepare_target(build_dir)
+    build_dir = _prepare_target(build_dir, name)
 
     platform = board.platform()
     plan = platform.prepare(top, name, **board.build_options)
@@ -328,8 +445,10 @@ def build(top_component, board, build_dir, *, name="top", baud=115200, environ=N
         wall_time = time.monotonic() - start
         if result.returncode != 0:
             raise BuildError(f"the {board.name} build failed (exit status {result.returncode}); "
+                             + _timing_summary(staging / f"{name}.tim")
                              + _log_tail(staging, ["build.log"]))
-        utilisation, clocks = parse_nextpnr_log((staging / f"{name}.tim").read_text())
+        timing_log = (staging / f"{name}.tim").read_text()
+        utilisation, clocks = parse_nextpnr_log(timing_log)
         clock, (fmax, target) = _main_clock(clocks)
         bitstream_name = f"{name}.bit" if board.family == "ecp5" else f"{name}.bin"
         if not (staging / bitstream_name).exists():
@@ -337,7 +456,8 @@ def build(top_component, board, build_dir, *, name="top", baud=115200, environ=N
         report = BuildReport(board=board.name, device=platform.device, family=board.family,
                              build_dir=str(build_dir), bitstream=str(build_dir / bitstream_name),
                              clock=clock, fmax_mhz=fmax, target_mhz=target, clocks=clocks,
-                             utilisation=utilisation, wall_time_s=round(wall_time, 2))
+                             utilisation=utilisation, wall_time_s=round(wall_time, 2),
+                             critical_path=parse_critical_path(timing_log, clock))
         (staging / REPORT_FILE).write_text(report.to_json())
         if build_dir.exists():
             shutil.rmtree(build_dir)

@@ -4,13 +4,14 @@ import time
 
 import pytest
 from amaranth import *
-from amaranth.lib import wiring, memory
+from amaranth.lib import wiring, memory, data
 from amaranth.lib.wiring import In, Out
 
 from fpdeep.plan.errors import FpdeepError
 from fpdeep.platforms.boards import BOARDS, get_board, board_names
 from fpdeep.platforms.build import (BuildError, BuildReport, HostedCore, REPORT_FILE, build,
-                                    parse_nextpnr_log, verilog)
+                                    make_core, parse_critical_path, parse_nextpnr_log,
+                                    verilog)
 from fpdeep.platforms.toolchain import toolchain_env
 from fpdeep.rtl.host import HostSignature
 
@@ -103,6 +104,36 @@ def test_verilog_emission():
     assert "input rx" in text and "output tx" in text and "output busy" in text
 
 
+class PerfDemo(wiring.Component):
+    """Test-only core: :class:`MacArrayDemo` with extra members, like the training core's counters."""
+
+    def __init__(self, **extra):
+        self._demo = MacArrayDemo(rows=2, cols=2, depth=16)
+        super().__init__({"host": Out(HostSignature()), **extra})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.demo = demo = self._demo
+        wiring.connect(m, wiring.flipped(self.host), demo.host)
+        members = self.signature.members
+        if "perf" in members:
+            m.d.sync += self.perf[0].eq(self.perf[0] + self.host.sample.valid)
+        if "mode" in members:
+            m.d.comb += self.level.eq(self.mode)
+        return m
+
+
+def test_hosted_core_forwards_other_members():
+    core = PerfDemo(perf=Out(data.ArrayLayout(8, 3)), mode=In(2), level=Out(2))
+    hosted = HostedCore(core, clk_hz=25_000_000)
+    assert hosted.signature.members["perf"] == Out(data.ArrayLayout(8, 3))
+    text = verilog(hosted)
+    assert "output [23:0] perf" in text and "input [1:0] mode" in text
+    assert "output [1:0] level" in text
+    with pytest.raises(TypeError, match="'busy'"):
+        HostedCore(PerfDemo(busy=Out(1)), clk_hz=25_000_000)
+
+
 def test_design_without_host_port_refused(tmp_path):
     class NoHost(wiring.Component):
         def __init__(self):
@@ -122,6 +153,17 @@ def test_foreign_build_dir_refused(tmp_path):
     with pytest.raises(FpdeepError, match="not empty"):
         build(MacArrayDemo(2, 2, 16), "ulx3s-85f", tmp_path)
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_verilog_only_dir_is_replaced(tmp_path):
+    # What `fpdeep build --verilog-only` leaves may be built over.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "top.v").write_text("module top; endmodule\n")
+    env = dict(os.environ, YOSYS="false")
+    with pytest.raises(BuildError, match="failed"):      # got past the directory check
+        build(MacArrayDemo(2, 2, 16), "ulx3s-85f", out, environ=env)
+    assert os.listdir(out) == ["top.v"]                  # and a failure leaves it alone
 
 
 def test_failed_build_leaves_nothing(tmp_path):
@@ -174,33 +216,111 @@ def test_parse_nextpnr_log():
         parse_nextpnr_log("Info: nothing here\n")
 
 
+CRITICAL_PATH_LOG = """\
+Info: Critical path report for clock '$glbnet$cd_sync.clk' (posedge -> posedge):
+Info:       type curr  total name
+Info:   clk-to-q  0.52  0.52 Source hosted.core.writer.addr_TRELLIS_FF_Q_4.Q
+Info:    routing  2.00  2.53 Net hosted.core.writer.addr[3] (31,30) -> (12,35)
+Info:                          Sink hosted.core.fp.result_LUT4_Z.C
+Info:                          Defined in:
+Info:                               /site-packages/amaranth/lib/memory.py:401
+Info:      logic  0.24  2.76 Source hosted.core.fp.result_LUT4_Z.F
+Info:    routing  1.31  4.07 Net hosted.core.fp.sum_CCU2C_S1 (12,35) -> (11,43)
+Info:                          Sink hosted.core.sats_TRELLIS_FF_Q_31.DI
+Info:                          Defined in:
+Info:                               /work/rtl/numerics.py:299
+Info:                               /share/lattice/arith_map_ccu2c.v:74.7-80.4
+Info:      setup  0.00  4.07 Source hosted.core.sats_TRELLIS_FF_Q_31.DI
+Info: 0.76 ns logic, 3.31 ns routing
+
+Info: Critical path report for cross-domain path '<async>' -> '<async>':
+Info:       type curr  total name
+Info:     clk-to-q  0.00  0.00 Source uart.Q
+Info: 0.00 ns logic, 0.25 ns routing
+"""
+
+
+def test_parse_critical_path():
+    path = parse_critical_path(ECP5_LOG + CRITICAL_PATH_LOG, "$glbnet$cd_sync.clk")
+    assert path == {
+        "clock": "$glbnet$cd_sync.clk",
+        "start": "hosted.core.writer.addr_TRELLIS_FF_Q_4.Q",
+        "end": "hosted.core.sats_TRELLIS_FF_Q_31.DI",
+        "delay_ns": 4.07, "logic_ns": 0.76, "routing_ns": 3.31,
+        "nets": ["hosted.core.writer.addr[3]", "hosted.core.fp.sum_CCU2C_S1"],
+        "sources": ["/site-packages/amaranth/lib/memory.py:401", "/work/rtl/numerics.py:299"],
+    }
+    assert parse_critical_path(CRITICAL_PATH_LOG, "other") == {}
+    report = BuildReport(board="ulx3s-85f", device="LFE5U-85F", family="ecp5", build_dir="b",
+                         bitstream="b/top.bit", clock=path["clock"], fmax_mhz=245.7,
+                         target_mhz=25.0, critical_path=path)
+    text = report.format()
+    assert "4.07 ns" in text and "sats_TRELLIS_FF_Q_31" in text and "numerics.py:299" in text
+
+
+def test_timing_failure_reports_critical_path(tmp_path):
+    # nextpnr exits with an error when the design misses the board clock; the
+    # BuildError must still say by how much and where.
+    log = tmp_path / "nextpnr.log"
+    log.write_text(CRITICAL_PATH_LOG + "ERROR: Max frequency for clock '$glbnet$cd_sync.clk': "
+                                       "21.20 MHz (FAIL at 25.00 MHz)\n")
+    nextpnr = tmp_path / "fake-nextpnr"
+    nextpnr.write_text(f"#!/bin/sh\ncp '{log}' top.tim\necho 'ERROR: timing'\nexit 1\n")
+    nextpnr.chmod(0o755)
+    env = dict(os.environ, YOSYS="true", NEXTPNR_ECP5=str(nextpnr))
+    with pytest.raises(BuildError) as info:
+        build(MacArrayDemo(2, 2, 16), "ulx3s-85f", tmp_path / "out", environ=env)
+    message = str(info.value)
+    assert "Fmax: 21.20 MHz (target 25.00 MHz)" in message
+    assert "from: hosted.core.writer.addr_TRELLIS_FF_Q_4.Q" in message
+    assert "through: /work/rtl/numerics.py:299" in message and "ERROR: timing" in message
+    assert not (tmp_path / "out").exists()
+
+
 # The real thing ------------------------------------------------------------------------
 
 @pytest.mark.build
-def test_build_mac_array_ulx3s_85f(tmp_path):
-    out = tmp_path / "ulx3s"
+def test_build_training_core_ulx3s_85f(tmp_path):
+    from fpdeep.rtl.core import EngineSizes
+    # Digits with one-row engines: the whole TrainingCore (every engine and memory, the
+    # loss and the SGD units) at half the LUTs and a third of the multipliers of the
+    # default, so that CI builds it in about 150 s rather than 16 min. `fpdeep build
+    # --net digits --board ulx3s-85f` builds the default sizes.
+    one_row = EngineSizes(fp=1, bp=1, wu=1)
+    core = make_core("digits", engines={"conv1": one_row, "fc1": one_row})
+    processing_elements = sum(rows * cols for rows, cols in core.engine_array_shapes().values())
+    out = tmp_path / "digits"
     start = time.monotonic()
-    report = build(MacArrayDemo(), "ulx3s-85f", out)
+    report = build(core, "ulx3s-85f", out)
     wall = time.monotonic() - start
     print(f"\n{report.format()}\ntotal wall time {wall:.1f} s")
+    assert report.device == "LFE5U-85F" and report.target_mhz == 25.0
     assert report.fmax_mhz > 0
-    assert report.mults[0] > 0 and report.mults[1] == 156
-    assert report.luts[0] > 0 and report.brams[1] == 208
+    # Every PE keeps its multiplier: the host bridge feeds the samples and reads the
+    # counters and weights, so synthesis cannot prune the datapath.
+    assert report.mults[0] >= processing_elements and report.mults[1] == 156
+    assert report.brams[0] > 0 and report.brams[1] == 208
+    assert report.luts[0] > 0
+    assert report.critical_path["delay_ns"] > 0 and report.critical_path["end"]
     assert os.path.getsize(report.bitstream) > 0
     assert os.path.dirname(report.bitstream) == str(out)
-    assert json.loads((out / REPORT_FILE).read_text())["fmax_mhz"] == report.fmax_mhz
-    assert [p for p in os.listdir(tmp_path)] == ["ulx3s"]     # no staging left
-
-    # A second build replaces the first (it is marked as ours).
-    again = build(MacArrayDemo(rows=2, cols=2, depth=16), "ulx3s-85f", out)
-    assert again.mults[0] < report.mults[0]
+    saved = json.loads((out / REPORT_FILE).read_text())
+    assert saved["fmax_mhz"] == report.fmax_mhz
+    assert saved["utilisation"]["MULT18X18D"] == list(report.mults)
+    assert os.listdir(tmp_path) == ["digits"]       # no staging left
 
 
 @pytest.mark.build
 def test_build_mac_array_icebreaker(tmp_path):
-    report = build(MacArrayDemo(rows=2, cols=2, depth=256), "icebreaker", tmp_path / "ice")
+    out = tmp_path / "ice"
+    report = build(MacArrayDemo(rows=2, cols=2, depth=256), "icebreaker", out)
     print(f"\n{report.format()}")
     assert report.fmax_mhz > 0 and report.target_mhz == 12.0
     assert report.mults == (4, 8)           # SB_MAC16, with synth_ice40 -dsp
     assert report.luts[0] > 0 and report.brams[0] > 0
     assert report.bitstream.endswith("top.bin") and os.path.getsize(report.bitstream) > 0
+
+    # A second build replaces the first (it is marked as ours).
+    again = build(MacArrayDemo(rows=1, cols=1, depth=256), "icebreaker", out)
+    assert again.mults[0] < report.mults[0]
+    assert os.listdir(tmp_path) == ["ice"]

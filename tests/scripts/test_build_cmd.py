@@ -37,3 +37,18 @@ def test_verilog_only(monkeypatch, tmp_path, capsys):
     text = (out / "top.v").read_text()
     assert "module top" in text and "input rx" in text
     assert "wrote" in capsys.readouterr().out
+
+
+def test_verilog_only_real_core(tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert main(["build", "--net", "digits", "--board", "ulx3s-85f", "--verilog-only",
+                 "-o", str(out)]) == 0
+    text = (out / "top.v").read_text()
+    assert "module top(" in text
+    for port in ("input rx;", "output tx;", "output busy;", "output [31:0] perf_cycles;",
+                 "output [159:0] perf_busy;", "output [159:0] perf_steps;"):
+        assert port in text           # the core's counters are ports, not dangling
+    for block in ("core.conv1_fp", "core.conv1_wu", "core.fc1_fp", "core.fc1_bp", "core.fc1_wu",
+                  "core.loss", "bridge"):
+        assert f"module \\top.{block} (" in text
+    assert "wrote" in capsys.readouterr().out
