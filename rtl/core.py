@@ -565,8 +565,15 @@ class TrainingCore(wiring.Component):
             with m.If(err_source.o.valid & err_source.o.ready):
                 m.d.sync += err_rows.eq(err_rows + 1)
         wu_sats = sum(unit.saturations for unit in self.units)
+        # Register each engine's events before adding them up: the requantizers' flags
+        # are at the end of the longest combinational path in the chip.
         engine_sats = Signal(32)
-        m.d.sync += engine_sats.eq(engine_sats + sum(sat_events))
+        registered = []
+        for k, event in enumerate(sat_events):
+            reg = Signal(Value.cast(event).shape(), name=f"sat_event{k}")
+            m.d.sync += reg.eq(event)
+            registered.append(reg)
+        m.d.sync += engine_sats.eq(engine_sats + sum(registered))
         m.d.comb += [host.saturations.eq(engine_sats + wu_sats), host.busy.eq(busy)]
 
         with m.If(busy):
