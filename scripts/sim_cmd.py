@@ -59,6 +59,10 @@ def run(args):
                           f"a (1, 8, 8) input and 10 classes")
     count = args.batches * args.batch_size
     floats, labels = digits_samples(count, seed=args.seed)
+    if len(labels) < count:
+        # More samples than the 1,797 digits: go round them again, epoch after epoch.
+        order = [k % len(labels) for k in range(count)]
+        floats, labels = floats[order], labels[order]
     run = CoreRun(network, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   seed=args.seed)
     reference = run.reference()

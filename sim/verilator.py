@@ -268,7 +268,8 @@ def build_core(core, *, jobs=None, log=None):
     text = verilog.convert(core, name=TOP)
     convert_seconds = time.perf_counter() - start
     key = hashlib.sha256("\0".join([
-        text, _DRIVER, " ".join(VERILATOR_FLAGS + MAKE_FLAGS), _verilator_version(),
+        # This file holds the driver, the port-header generator and the flags.
+        text, Path(__file__).read_text(), _verilator_version(),
     ]).encode()).hexdigest()[:24]
     root = cache_root()
     final = root / key
