@@ -48,11 +48,16 @@ def run(args):
     from ..sim.harness import CoreRun, compare_weights, digits_samples
     if args.chips < 1:
         raise FpdeepError(f"--chips must be at least 1, not {args.chips}")
-    if args.chips > 1:
-        raise FpdeepError(f"--chips {args.chips}: the multi-chip cluster simulation is not "
-                          f"built yet; only --chips 1 runs")
+    if args.chips > 1 and args.backend == "verilator":
+        raise FpdeepError(f"--chips {args.chips}: the Verilator backend runs one chip so far; "
+                          f"use --backend pysim")
     if args.batches < 1 or args.batch_size < 1:
         raise FpdeepError("--batches and --batch-size must be at least 1")
+    if args.vcd:
+        from pathlib import Path
+        if not Path(args.vcd).resolve().parent.is_dir():
+            raise FpdeepError(f"cannot write waveforms to {args.vcd!r}: its directory does "
+                              f"not exist")
     network = network_from_arg(args.net)
     if network.input_shape != (1, 8, 8) or network.num_classes != 10:
         raise FpdeepError(f"network {network.name!r}: simulation feeds 8x8 digits, so it needs "
@@ -64,12 +69,14 @@ def run(args):
         order = [k % len(labels) for k in range(count)]
         floats, labels = floats[order], labels[order]
     run = CoreRun(network, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                  seed=args.seed)
+                  seed=args.seed, splits=layer_splits(network, args.chips))
     reference = run.reference()
     samples = [reference.quantize_input(x) for x in floats]
     simulator = "Verilator" if args.backend == "verilator" else "Amaranth simulator"
-    print(f"fpdeep sim: {network.name} on 1 chip, {args.batches} batches of {args.batch_size}, "
-          f"{simulator}")
+    layout = "; ".join(f"chip {k}: " + ", ".join(spec.name for spec in chip.specs)
+                       for k, chip in enumerate(run.chips))
+    print(f"fpdeep sim: {network.name} on {args.chips} chip(s) ({layout}), {args.batches} "
+          f"batches of {args.batch_size}, {simulator}")
     if args.backend == "verilator" and args.vcd:
         raise FpdeepError("--vcd needs --backend pysim: the Verilator backend does not write "
                           "waveforms yet")
@@ -120,9 +127,34 @@ def run(args):
     return 0 if exact and counters_equal else 1
 
 
+def layer_splits(network, chips):
+    """Contiguous ranges of weighted layers for ``chips`` chips, minimising the largest MACs.
+
+    Only splits between layers are built so far, so a network of ``L`` weighted
+    layers runs on at most ``L`` chips.
+    """
+    from itertools import combinations
+    from ..rtl.core import network_layers
+    specs = network_layers(network)
+    if chips > len(specs):
+        raise FpdeepError(f"--chips {chips}: network {network.name!r} has {len(specs)} weighted "
+                          f"layers, and the gateware does not split a layer across chips yet")
+    work = [spec.geometry.macs for spec in specs]
+    best = None
+    for cuts in combinations(range(1, len(specs)), chips - 1):
+        bounds = (0, *cuts, len(specs))
+        spans = list(zip(bounds, bounds[1:]))
+        worst = max(sum(work[a:b]) for a, b in spans)
+        if best is None or worst < best[0]:
+            best = (worst, spans)
+    return best[1]
+
+
 def format_utilization(result):
-    lines = [f"{'engine':<12} {'PEs':>4} {'active':>7} {'steps':>7} {'useful MACs':>12}",
-             f"{'':<12} {'':>4} {'(of cycles per sample)':>28}"]
-    for name, pes, active, steps, useful in result.utilization_table():
-        lines.append(f"{name:<12} {pes:>4} {active:>7.1%} {steps:>7.1%} {useful:>12.1%}")
+    rows = result.utilization_table()
+    width = max(12, *(len(row[0]) for row in rows))
+    lines = [f"{'engine':<{width}} {'PEs':>4} {'active':>7} {'steps':>7} {'useful MACs':>12}",
+             f"{'':<{width}} {'':>4} {'(of cycles per sample)':>28}"]
+    for name, pes, active, steps, useful in rows:
+        lines.append(f"{name:<{width}} {pes:>4} {active:>7.1%} {steps:>7.1%} {useful:>12.1%}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from ..plan.errors import FpdeepError
+from ..rtl.cluster import Cluster
 from ..rtl.core import TrainingCore
 from ..rtl.numerics import DEFAULT_NUMERICS
 from .reference import Reference, init_masters
@@ -81,16 +82,25 @@ class CoreRun:
         As :class:`~fpdeep.rtl.core.TrainingCore`; ``seed`` picks the initial weights.
     engines : dict, optional
         Engine sizes per layer.
+    splits : list of (first, stop), optional
+        Weighted layers per chip. With more than one chip the design is a
+        :class:`~fpdeep.rtl.cluster.Cluster` (Amaranth's simulator only, so far).
     """
 
     def __init__(self, network, *, batch_size=8, lr=0.02, momentum=0.9, seed=0, engines=None,
-                 numerics=DEFAULT_NUMERICS):
+                 numerics=DEFAULT_NUMERICS, splits=None):
         self.network, self.numerics = network, numerics
         self.batch_size, self.lr, self.momentum = batch_size, lr, momentum
         self.masters = init_masters(network, numerics, seed)
-        self.core = TrainingCore(network, masters=self.masters, numerics=numerics,
-                                 batch_size=batch_size, lr=lr, momentum=momentum,
-                                 engines=engines)
+        args = dict(masters=self.masters, numerics=numerics, batch_size=batch_size, lr=lr,
+                    momentum=momentum, engines=engines)
+        if splits is not None and len(splits) > 1:
+            self.top = Cluster(network, splits=splits, **args)
+            self.chips = self.top.chips
+        else:
+            self.top = TrainingCore(network, **args)
+            self.chips = [self.top]
+        self.core = self.chips[0]
 
     def reference(self):
         return Reference(self.network, mode="int", numerics=self.numerics, lr=self.lr,
@@ -108,12 +118,15 @@ class CoreRun:
         ``progress`` as its samples finish, and does not write a VCD yet.
         """
         if backend == "verilator":
+            if len(self.chips) > 1:
+                raise FpdeepError("the Verilator backend runs one chip so far; simulate "
+                                  "clusters with --backend pysim")
             return self._run_verilator(samples, labels, progress=progress, vcd=vcd,
                                        max_cycles_per_sample=max_cycles_per_sample)
         if backend != "pysim":
             raise FpdeepError(f"unknown simulation backend {backend!r}: "
                               f"choose 'pysim' or 'verilator'")
-        core = self.core
+        top, chips = self.top, self.chips
         result = {}
         start = time.perf_counter()
 
@@ -121,14 +134,14 @@ class CoreRun:
             sample_cycles = []
             for index, (x, label) in enumerate(zip(samples, labels)):
                 words = [int(label)] + [int(v) for v in np.asarray(x).reshape(-1)]
-                ctx.set(core.host.sample.valid, 1)
+                ctx.set(top.host.sample.valid, 1)
                 for word in words:
-                    ctx.set(core.host.sample.payload, word)
-                    await ctx.tick().until(core.host.sample.ready)
-                ctx.set(core.host.sample.valid, 0)
+                    ctx.set(top.host.sample.payload, word)
+                    await ctx.tick().until(top.host.sample.ready)
+                ctx.set(top.host.sample.valid, 0)
                 cycles = 0
                 await ctx.tick()
-                while ctx.get(core.host.busy):
+                while ctx.get(top.host.busy):
                     await ctx.tick()
                     cycles += 1
                     if cycles > max_cycles_per_sample:
@@ -138,24 +151,29 @@ class CoreRun:
                 if progress:
                     progress(index + 1, len(labels), cycles)
             result["sample_cycles"] = sample_cycles
-            result["counters"] = {name: ctx.get(getattr(core.host, name))
+            result["counters"] = {name: ctx.get(getattr(top.host, name))
                                   for name in ("samples", "correct", "batches", "saturations")}
-            result["total_cycles"] = ctx.get(core.perf_cycles)
-            result["busy"] = [ctx.get(core.perf_busy[k]) for k in range(len(core.engine_names))]
-            result["steps"] = [ctx.get(core.perf_steps[k]) for k in range(len(core.engine_names))]
-            result["masters"] = read_masters(ctx, core)
+            # Chip 0 is busy from a sample's first word until its errors are back.
+            result["total_cycles"] = max(ctx.get(chip.perf_cycles) for chip in chips)
+            result["busy"] = [ctx.get(chip.perf_busy[k]) for chip in chips
+                              for k in range(len(chip.engine_names))]
+            result["steps"] = [ctx.get(chip.perf_steps[k]) for chip in chips
+                               for k in range(len(chip.engine_names))]
+            result["masters"] = {}
+            for chip in chips:
+                result["masters"].update(read_masters(ctx, chip))
 
-        sim = Simulator(core)
+        sim = Simulator(top)
         sim.add_clock(1e-8)
         sim.add_testbench(testbench)
         if vcd:
             from .waves import write_waves
-            with write_waves(sim, core, vcd):
+            with write_waves(sim, chips, vcd):
                 sim.run()
         else:
             sim.run()
 
-        return _run_result(core, result, wall_seconds=time.perf_counter() - start)
+        return _run_result(chips, result, wall_seconds=time.perf_counter() - start)
 
     def _run_verilator(self, samples, labels, *, progress, vcd, max_cycles_per_sample):
         from . import verilator
@@ -180,16 +198,22 @@ class CoreRun:
             "steps": verilator.port_array(outputs["perf_steps"], count),
             "masters": raw["masters"],
         }
-        return _run_result(core, result, wall_seconds=seconds, backend="verilator",
+        return _run_result([core], result, wall_seconds=seconds, backend="verilator",
                            build_seconds=build.build_seconds + build.convert_seconds)
 
 
-def _run_result(core, result, *, wall_seconds, backend="pysim", build_seconds=0.0):
+def _run_result(chips, result, *, wall_seconds, backend="pysim", build_seconds=0.0):
     """A :class:`RunResult` from what a backend measured (the same fields for each)."""
-    shapes = core.engine_array_shapes()
-    macs = core.engine_macs()
-    engines = [EngineFigures(name, shapes[name][0] * shapes[name][1], busy, steps, macs[name])
-               for name, busy, steps in zip(core.engine_names, result["busy"], result["steps"])]
+    names, pes, macs = [], [], []
+    for k, chip in enumerate(chips):
+        shapes, chip_macs = chip.engine_array_shapes(), chip.engine_macs()
+        prefix = f"chip{k}." if len(chips) > 1 else ""
+        for name in chip.engine_names:
+            names.append(prefix + name)
+            pes.append(shapes[name][0] * shapes[name][1])
+            macs.append(chip_macs[name])
+    engines = [EngineFigures(*figures)
+               for figures in zip(names, pes, result["busy"], result["steps"], macs)]
     counters = result["counters"]
     return RunResult(masters=result["masters"], samples=counters["samples"],
                      correct=counters["correct"], batches=counters["batches"],
