@@ -26,3 +26,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("fpdeep: error:") and word in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_waves_writes_vcd_and_save_file(tmp_path, capsys):
+    vcd = tmp_path / "w.vcd"
+    assert main(["waves", "--batch-size", "1", "-o", str(vcd)]) == 0
+    assert "gtkwave" in capsys.readouterr().out
+    assert vcd.stat().st_size > 0 and "-chip0" in vcd.with_suffix(".gtkw").read_text()
