@@ -27,10 +27,14 @@ Each layer orders its lines in one of two ways, its *split mode*:
   The price is that every chip of the layer holds all its weights and the
   weight gradients are summed along the chain once per mini-batch.
 
-* ``"inputs"`` (linear layers only): the unit is one *input channel* of the
-  flattened input (``H·W`` inputs of the layer's input map), so a chip holds a
-  contiguous run of whole input channels, i.e. a slice of the K = Cin·H·W
-  reduction. Reason: *the output-channel split cannot go below the K-step
+* ``"inputs"`` (linear layers only): the unit is one *input row*, one row of
+  one channel of the layer's input map (``W`` inputs; the flattened input is
+  channel-major, so input row ``c·H + r`` covers inputs ``[(c·H + r)·W, +W)``).
+  A chip holds a contiguous run of input rows, i.e. a slice of the K = Cin·H·W
+  reduction (its ``in_features``). Rows rather than whole input channels because
+  an input channel of ``H·W`` inputs is too coarse a unit to balance a short
+  chain (LeNet-5's fc1 has only 16 of them, each a third of a chip's work at
+  N = 47). Reason: *the output-channel split cannot go below the K-step
   floor*. A linear engine is ``R×1`` (C = 1) and walks K + 1 steps per tile of
   R outputs (the extra step adds the bias or the incoming partial sum), so an
   output-channel slice takes at least K + 1 cycles per sample however few
@@ -70,6 +74,8 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .errors import FpdeepError
 from .workload import workload
 
@@ -88,7 +94,19 @@ EXACT_TOLERANCE = 2e-3
 #: At most this many exact chip builds per re-cut (each is one R×C allocation).
 EXACT_BUILDS = 1500
 
-#: Why a linear layer is split by input channels (see the module docstring).
+#: The exact cut search (:func:`_dp_cuts`) runs only where the chain has at most this
+#: many candidate chips (runs of lines within the cycle cap); above it, the bisection
+#: re-cut of :func:`_exact_cuts` is the last word.
+DP_PAIRS = 60_000
+#: It allows chips up to these factors above the ideal balanced time, in turn, until
+#: a cut meets the balance target (and last up to 1.25 times the fastest plan so far).
+DP_CAPS = (1.15, 1.4)
+
+#: Why a layer is split by rows, or a linear layer by inputs, for balance alone.
+BALANCE_REASON = ("balance: with the other split, the integer engine arrays leave no cut "
+                  f"of the chain with max/mean chip cycles within {BALANCE_TARGET}")
+
+#: Why a linear layer is split by inputs (see the module docstring).
 INPUT_SPLIT_REASON = "the output-channel split cannot go below the K-step floor"
 
 #: A layer is split by rows when its input map exceeds this fraction of a chip's memory.
@@ -104,10 +122,10 @@ class LayerUnits:
     mode: str           # "channels" | "rows" | "inputs"
     reason: str
     offset: int         # global index of the first line
-    count: int          # Cout·Ho; for "inputs": Cin
-    line_macs: int      # FP + BP + WU MACs of one line (or one input channel)
+    count: int          # Cout·Ho; for "inputs": Cin·H (input rows)
+    line_macs: int      # FP + BP + WU MACs of one line (or one input row)
     floor_per_row: int  # Cin·kh·kw: cycles of one row of a tile on a full-width array;
-                        # for "inputs": H·W, the K-steps of one input channel
+                        # for "inputs": W, the K-steps of one input row
     floor_extra: int = 0    # 1 for linear layers: the bias / partial-sum step
 
     @property
@@ -117,7 +135,7 @@ class LayerUnits:
         return self.work.out_rows if self.mode == "channels" else self.work.out_channels
 
     def tile_floor(self, n):
-        """Least cycles per sample of a tile of ``n`` rows (``"inputs"``: input channels)."""
+        """Least cycles per sample of a tile of ``n`` rows (``"inputs"``: input rows)."""
         return n * self.floor_per_row + self.floor_extra
 
     @property
@@ -157,10 +175,17 @@ class LayerUnits:
         return out
 
     def inputs(self, a, b):
-        """Input channels ``[lo, hi)`` read by the tile of local lines ``[a, b)``."""
+        """Input channels ``[lo, hi)`` read (in whole or in part) by local lines ``[a, b)``."""
+        if self.mode == "inputs":
+            h = self.work.in_shape[1]
+            return (a // h, -(-b // h))
+        return (0, self.work.in_channels)
+
+    def in_rows(self, a, b):
+        """Input rows ``[lo, hi)`` (channel-major, ``c·H + r``) read by local lines ``[a, b)``."""
         if self.mode == "inputs":
             return (a, b)
-        return (0, self.work.in_channels)
+        return (0, self.work.in_channels * self.work.in_shape[1])
 
 
 @dataclass
@@ -219,17 +244,22 @@ class Tile:
     """One layer slice on one chip.
 
     ``channels`` and ``rows`` are its output channels and rows; ``inputs`` the
-    input channels it reads (all of them, except for an ``"inputs"`` split).
+    input channels it reads and ``in_rows`` the rows of the input map
+    (channel-major, ``c·H + r``): all of them, except for an ``"inputs"`` split.
     """
     layer: object               # LayerUnits
     channels: tuple             # [c0, c1)
     rows: tuple                 # [r0, r1)
     inputs: tuple = None        # [i0, i1); None: all input channels
+    in_rows: tuple = None       # [j0, j1); None: all input rows
     engines: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        w = self.layer.work
         if self.inputs is None:
-            self.inputs = (0, self.layer.work.in_channels)
+            self.inputs = (0, w.in_channels)
+        if self.in_rows is None:
+            self.in_rows = (self.inputs[0] * w.in_shape[1], self.inputs[1] * w.in_shape[1])
 
     @property
     def n_channels(self):
@@ -244,13 +274,28 @@ class Tile:
         return self.inputs[1] - self.inputs[0]
 
     @property
+    def in_features(self):
+        """The slice ``[lo, hi)`` of the flattened input (Cin·H·W) it reads."""
+        width = self.layer.work.in_shape[2]
+        return (self.in_rows[0] * width, self.in_rows[1] * width)
+
+    @property
+    def n_in_features(self):
+        return (self.in_rows[1] - self.in_rows[0]) * self.layer.work.in_shape[2]
+
+    @property
     def lines(self):
         return self.n_channels * self.n_rows
 
     @property
     def k(self):
-        """The reduction length of one output: Cin·kh·kw over the inputs it reads."""
+        """The reduction length of one output: Cin·kh·kw over the inputs it reads.
+
+        For a linear layer (kernel = the whole H×W map) that is its ``in_features``.
+        """
         w = self.layer.work
+        if w.kind == "linear":
+            return self.n_in_features
         return self.n_inputs * w.kernel[0] * w.kernel[1]
 
     @property
@@ -262,9 +307,9 @@ class Tile:
     def weights(self):
         """Weights held: the slice's kernel columns, and biases of its outputs.
 
-        An input split gives the biases to the chip holding input channel 0.
+        An input split gives the biases to the chip holding input row 0.
         """
-        bias = self.n_channels if self.inputs[0] == 0 else 0
+        bias = self.n_channels if self.in_rows[0] == 0 else 0
         return self.n_channels * self.k + bias
 
     def make_engines(self, efficiency):
@@ -317,7 +362,8 @@ def split_modes(works, boards, efficiency=1.0):
     for w in works:
         if w.kind == "linear":
             k_floor = w.macs_per_output + 1
-            if len(boards) > 1 and k_floor > ideal_cycles and w.in_channels > 1:
+            if len(boards) > 1 and k_floor > ideal_cycles \
+                    and w.in_channels * w.in_shape[1] > 1:
                 modes.append(("inputs", INPUT_SPLIT_REASON + f": one output takes K + 1 = "
                               f"{k_floor} cycles, more than the balanced {ideal_cycles:.0f} "
                               f"cycles per chip"))
@@ -470,8 +516,8 @@ def _layers(works, modes):
     for w, (mode, reason) in zip(works, modes):
         extra = 1 if w.kind == "linear" else 0
         if mode == "inputs":
-            count = w.in_channels
-            per_input = w.kernel[0] * w.kernel[1]       # H·W steps per input channel
+            count = w.in_channels * w.in_shape[1]
+            per_input = w.in_shape[2]                   # W steps per input row
             line_fp = w.out_channels * per_input
             floor = per_input
         else:
@@ -514,7 +560,8 @@ def partition(network, boards, *, efficiency=None, modes=None):
         linear_options = [lambda w, r: r,
                           lambda w, r: ("channels", "linear layer: output features")]
         if len(boards) > 1:
-            linear_options.append(lambda w, r: r if r[0] == "inputs" or w.in_channels < 2
+            linear_options.append(lambda w, r: r if r[0] == "inputs"
+                                  or w.in_channels * w.in_shape[1] < 2
                                   else ("inputs", INPUT_SPLIT_REASON + f": an output-channel "
                                         f"slice takes a multiple of K + 1 = "
                                         f"{w.macs_per_output + 1} cycles"))
@@ -543,6 +590,9 @@ def partition(network, boards, *, efficiency=None, modes=None):
             chips = _exact_cuts(r[2], r[3], boards, efficiency)
             if chips is not None:
                 results.append(_quality(chips, boards) + (r[2], chips))
+    if min(r[0] for r in results) > BALANCE_TARGET and len(boards) > 1:
+        # Still not balanced: search the cuts exactly, over nearby split modes.
+        results += _dp_modes(works, boards, efficiency, results)
     # Meet the balance target if any candidate does; then the fastest, and among
     # those within 1% of it the best balanced.
     meeting = [r for r in results if r[0] <= BALANCE_TARGET] or results
@@ -711,12 +761,355 @@ def _exact_search(chips, best_q, fill, quality, cost, state):
     return best
 
 
+class _ChipCosts:
+    """Exact chip times of runs of lines, memoised by the shapes of their tiles.
+
+    A chip's cycles depend only on its multipliers and the shapes of its tiles
+    (layer, output channels, rows, input rows), not on where in the layer a
+    tile lies, so runs of the same shapes share one allocation. The costs are
+    those of :func:`allocate_engines` (both use :func:`_smallest_target`). Engines
+    depend on the layer's work and these counts only, so the memo holds for any
+    split modes of the same network.
+    """
+
+    def __init__(self, efficiency):
+        self.efficiency = efficiency
+        # At efficiency 1 cycles are integers, and a chip takes exactly its smallest
+        # target: were every engine faster, the same arrays would meet target - 1.
+        self.exact_targets = all(e == 1.0 for e in efficiency.values())
+        self.memo = {}              # (multipliers, tile shapes) -> cycles (inf: > horizon)
+        self.engines = {}           # tile shape -> its engines (arrays unassigned)
+        self.needs = {}             # tile shape -> PEs it needs at each target 0..horizon
+        self.segments = {}          # a run inside one layer -> its tile shapes
+        self.tables = {}            # (split modes, multipliers) -> (reach, cycles per start)
+        self.horizon = 0
+
+    def reach(self, cycles):
+        """Cost runs exactly up to ``cycles`` per sample (slower ones count as inf)."""
+        cycles = int(math.ceil(cycles)) + 1
+        if cycles > self.horizon:
+            self.horizon = max(cycles, self.horizon * 5 // 4)
+            self.needs.clear()
+            self.tables.clear()
+            self.memo = {k: v for k, v in self.memo.items() if v != math.inf}
+
+    def table(self, layers, lines, board, reach):
+        """The runs ``[s, e)`` whose work is within ``reach`` MACs, as arrays of
+        starts, ends and cycles; kept and extended between calls.
+
+        Raises
+        ------
+        _OutOfBudget
+            If that is more than :data:`DP_PAIRS` runs.
+        """
+        key = (tuple(lu.mode for lu in layers), board.multipliers)
+        old_reach, rows, flat = self.tables.get(key, (-1.0, None, None))
+        if reach <= old_reach:
+            return flat
+        total = lines.total
+        if rows is None:
+            rows = [[] for _ in range(total)]
+        stops = []
+        for s in range(total):
+            # The last end whose work alone stays within reach.
+            lo, hi = s + len(rows[s]), total
+            target = lines.prefix(s) + reach
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if lines.prefix(mid) <= target:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            stops.append(lo)
+        if sum(stop - s for s, stop in enumerate(stops)) > DP_PAIRS:
+            raise _OutOfBudget
+        for s, stop in enumerate(stops):
+            rows[s] += self.run(layers, lines, s, s + len(rows[s]) + 1, stop, board)
+        starts = np.repeat(np.arange(total), [len(row) for row in rows])
+        ends = np.concatenate([np.arange(s + 1, s + 1 + len(row)) for s, row in enumerate(rows)])
+        flat = (starts, ends, np.array([c for row in rows for c in row], dtype=float))
+        self.tables[key] = (reach, rows, flat)
+        return flat
+
+    def _segment(self, layers, li, a, b):
+        """Tile shapes of local lines ``[a, b)`` of layer ``li``."""
+        lu = layers[li]
+        key = (li, lu.mode, 0 if lu.mode == "inputs" else a % lu.minor, b - a)
+        shapes = self.segments.get(key)
+        if shapes is None:
+            i0, i1 = lu.in_rows(a, b)
+            shapes = self.segments[key] = tuple(
+                (li, c1 - c0, r1 - r0, i1 - i0) for (c0, c1), (r0, r1) in lu.rects(a, b))
+        return shapes
+
+    def run(self, layers, lines, s, e_from, e_stop, board):
+        """Cycles of the runs ``[s, e)`` for e = e_from .. e_stop, in order."""
+        out = []
+        li = lines.layer_of(s)
+        a, held = s - layers[li].offset, ()
+        for e in range(e_from, e_stop + 1):
+            while e > layers[li].offset + layers[li].count:
+                held += self._segment(layers, li, a, layers[li].count)
+                li, a = li + 1, 0
+            out.append(self.cycles(layers, held + self._segment(
+                layers, li, a, e - layers[li].offset), board))
+        return out
+
+    def _tile(self, layers, shape):
+        """The engines of a tile shape, and the PEs they need at every target."""
+        engines = self.engines.get(shape)
+        if engines is None:
+            li, channels, rows, in_rows = shape
+            tile = Tile(layers[li], (0, channels), (0, rows), in_rows=(0, in_rows))
+            tile.make_engines(self.efficiency)
+            engines = self.engines[shape] = list(tile.engines.values())
+        need = self.needs.get(shape)
+        if need is None:
+            need = self.needs[shape] = sum(_pes_needed(e, self.horizon) for e in engines)
+        return engines, need
+
+    def cycles(self, layers, shapes, board):
+        """Cycles of a chip of ``board`` holding tiles of these shapes.
+
+        The same target search as :func:`_smallest_target`, on the PEs each tile
+        needs at every integer target up to the horizon (inf beyond it).
+        """
+        key = (board.multipliers, shapes)
+        cycles = self.memo.get(key)
+        if cycles is None:
+            engines, need = [], 0
+            for shape in shapes:
+                tile_engines, tile_need = self._tile(layers, shape)
+                engines += tile_engines
+                need = need + tile_need
+            fits = need <= board.multipliers
+            target = int(np.argmax(fits))
+            if not fits[target] or len(engines) > board.multipliers:
+                cycles = math.inf
+            elif self.exact_targets:
+                cycles = float(target)      # integer cycles: the target is met exactly
+            else:
+                cycles = max((e.cycles_at(*e.pes_for(target)) for e in engines), default=0.0)
+            self.memo[key] = cycles
+        return cycles
+
+
+def _pes_needed(engine, horizon):
+    """PEs of :meth:`Engine.pes_for` at every integer target 0..horizon (huge: none)."""
+    none = 1 << 40
+    target = np.arange(horizon + 1, dtype=float)
+    target[0] = 0.5                          # no target below 1 fits; avoids 1 / 0
+    if engine.steps:
+        tiles = np.floor_divide(target * engine.efficiency * (1 + 1e-12), engine.steps)
+        rows = np.ceil(engine.units / np.maximum(tiles, 1))
+        pes = np.where((tiles >= 1) & (rows <= engine.max_rows), rows, none)
+    else:
+        need = np.ceil(engine.macs / (target * engine.efficiency))
+        pes = np.full(horizon + 1, float(none))
+        for cols in engine.col_options:
+            rows = np.ceil(need / cols)
+            pes = np.where(rows <= engine.max_rows, np.minimum(pes, rows * cols), pes)
+    pes[0] = none
+    return pes.astype(np.int64)
+
+
+def _dp_cuts(layers, boards, costs, cap):
+    """The best cut of the chain on exact chip times, by dynamic programming.
+
+    Every run of lines ``[s, e)`` that a chip could hold within ``cap`` seconds
+    per sample is costed exactly (integer R×C arrays, :func:`allocate_engines`).
+    For a cap T, the programme finds the cut into ``len(boards)`` non-empty runs,
+    each within T, whose chip times have the largest sum, i.e. the largest mean.
+    The caps are the distinct run times, from the smallest that covers the
+    chain; the smallest whose best cut has max/mean within :data:`BALANCE_TARGET`
+    gives the fastest balanced cut there is (a cut whose slowest chip takes
+    t < T would have met the target at cap t already). The largest sum only
+    grows with T, which lets a bisection skip caps that cannot be balanced.
+
+    Returns ``(balance, slowest time, ends)``: the first balanced cut, else the
+    best balanced of those found; None if no cut fits within ``cap``.
+
+    Raises
+    ------
+    _OutOfBudget
+        If the chain has more than :data:`DP_PAIRS` candidate runs.
+    """
+    lines = _Lines(layers)
+    n, total = len(boards), lines.total
+    eff = max(costs.efficiency.values())
+    kinds, kind_of = {}, []
+    for board in boards:
+        kind_of.append(kinds.setdefault((board.multipliers, board.clock_hz), board))
+    runs = {}
+    costs.reach(max(cap * board.clock_hz for board in kinds.values()))
+    for kind, board in kinds.items():
+        limit = cap * board.clock_hz
+        starts, ends, cycles = costs.table(layers, lines, board,
+                                           limit * board.multipliers * eff * (1 + 1e-9))
+        keep = cycles <= limit * (1 + 1e-12)
+        runs[kind] = (starts[keep], ends[keep], cycles[keep] / board.clock_hz)
+    kind_of = [(b.multipliers, b.clock_hz) for b in boards]
+
+    def solve(c):
+        masked = {}
+        for kind, (S, E, T) in runs.items():
+            m = T <= c
+            masked[kind] = (S[m], E[m], T[m])
+        best = np.full(total + 1, -np.inf)
+        best[0] = 0.0
+        table = [best]
+        for i in range(n):
+            S, E, T = masked[kind_of[i]]
+            nxt = np.full(total + 1, -np.inf)
+            np.maximum.at(nxt, E, best[S] + T)
+            best = nxt
+            table.append(best)
+        return table, masked
+
+    caps = np.unique(np.concatenate([r[2] for r in runs.values()]))
+    sums = {}
+
+    def total_at(i):
+        """The largest sum of chip times of a cut within cap ``caps[i]``."""
+        if i not in sums:
+            sums[i] = solve(caps[i])[0][-1][total]
+        return sums[i]
+
+    if not len(caps) or not np.isfinite(total_at(len(caps) - 1)):
+        return None
+    lo, hi = 0, len(caps) - 1                # the smallest cap that covers the chain
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if np.isfinite(total_at(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+
+    def first_balanced(lo, hi, sum_hi):
+        """The smallest i in [lo, hi] whose cut is balanced; sum_hi = total_at(hi).
+
+        The largest sum only grows with the cap, so no cap above
+        BALANCE_TARGET * sum_hi / n in the range can be balanced: bisect, pruning so.
+        """
+        while lo <= hi:
+            top = BALANCE_TARGET * sum_hi / n * (1 + 1e-12)
+            hi = min(hi, int(np.searchsorted(caps, top, side="right")) - 1)
+            if hi < lo:
+                return None
+            if caps[lo] <= BALANCE_TARGET * total_at(lo) / n * (1 + 1e-12):
+                return lo
+            if lo == hi:
+                return None
+            mid = (lo + hi) // 2
+            found = first_balanced(lo + 1, mid, total_at(mid))
+            if found is not None:
+                return found
+            lo = mid + 1
+        return None
+
+    found = first_balanced(lo, len(caps) - 1, total_at(len(caps) - 1))
+    if found is None:                       # the best balanced of the cuts costed
+        found = min((i for i in sums if np.isfinite(sums[i])),
+                    key=lambda i: caps[i] / (sums[i] / n))
+    c = caps[found]
+    table, masked = solve(c)
+    best = (c / (table[-1][total] / n), c, table, masked)
+    balance, c, table, masked = best
+    ends, e = [], total
+    for i in range(n, 0, -1):
+        S, E, T = masked[kind_of[i - 1]]
+        pick = np.flatnonzero(E == e)
+        values = table[i - 1][S[pick]] + T[pick]
+        ends.append(e)
+        e = int(S[pick[np.argmax(values)]])
+    return balance, float(c), ends[::-1]
+
+
+def _toggle(work, mode, ideal_cycles):
+    """The other split mode of a layer, for the exact cut search, or None.
+
+    A linear layer is offered the input split only where its output-channel
+    granularity, K + 1 cycles, is coarse: above a quarter of the ideal balanced
+    chip time (finer than that, the input split only lengthens the search).
+    """
+    if work.kind == "conv":
+        if mode == "rows":
+            return ("channels", "default: weights and updates stay local")
+        return ("rows", BALANCE_REASON) if work.out_rows > 1 else None
+    if mode == "inputs":
+        return ("channels", "linear layer: output features")
+    k_step = work.macs_per_output + 1
+    if work.in_channels * work.in_shape[1] > 1 and k_step > ideal_cycles / 4:
+        return ("inputs", f"{INPUT_SPLIT_REASON}: an output-channel slice takes a "
+                f"multiple of K + 1 = {k_step} cycles; {BALANCE_REASON}")
+    return None
+
+
+def _dp_modes(works, boards, efficiency, results):
+    """Exact cut search over split modes near the fastest candidate so far.
+
+    Starts from the split modes of the fastest result and tries every
+    single-layer change of mode (:func:`_toggle`), then changes from the best
+    balanced of those, for a few rounds, with each cut found by :func:`_dp_cuts`.
+    The cap on chip time rises in tiers (:data:`DP_CAPS`, times the ideal
+    balanced time) until some cut meets the balance target; within a tier, every
+    variant is searched below the fastest balanced cut found so far. Returns new
+    results ``(balance, time, layers, chips)``: empty if none is balanced or the
+    chain is too long for the exact search.
+    """
+    n = len(boards)
+    costs = _ChipCosts(efficiency)
+    ideal = sum(w.macs for w in works) / sum(
+        b.multipliers * b.clock_hz * min(efficiency.values()) for b in boards)
+    ideal_cycles = ideal * sum(b.clock_hz for b in boards) / n
+    fastest = min(r[1] for r in results)
+    caps = [ideal * f for f in DP_CAPS] + [max(ideal * DP_CAPS[-1], fastest) * 1.25]
+    costs.reach(max(caps) * max(b.clock_hz for b in boards))
+    base = [(lu.mode, lu.reason) for lu in min(results, key=lambda r: r[1:2] + r[:1])[2]]
+    best, seen = None, set()                # best: (time, balance, layers, ends)
+    for cap in caps:
+        frontier = [base]
+        for _ in range(3):
+            tried = []
+            for modes in frontier:
+                variants = [modes] + [
+                    modes[:k] + [t] + modes[k + 1:]
+                    for k, (w, (mode, _)) in enumerate(zip(works, modes))
+                    for t in [_toggle(w, mode, ideal_cycles)] if t is not None]
+                for variant in variants:
+                    key = (cap, tuple(m for m, _ in variant))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    layers = _layers(works, variant)
+                    total = layers[-1].offset + layers[-1].count
+                    if total * total / n > DP_PAIRS:
+                        continue
+                    try:
+                        found = _dp_cuts(layers, boards, costs,
+                                         cap if best is None else min(cap, best[0]))
+                    except _OutOfBudget:
+                        continue
+                    if found is None:
+                        continue
+                    tried.append(found + (layers,))
+                    if found[0] <= BALANCE_TARGET and (best is None or found[1] < best[0]):
+                        best = (found[1], found[0], layers, found[2])
+            if best is not None or not tried:
+                break
+            frontier = [[(lu.mode, lu.reason) for lu in min(tried, key=lambda r: r[0])[3]]]
+        if best is not None:
+            chips = _build(best[2], best[3], boards, efficiency)
+            return [_quality(chips, boards) + (best[2], chips)]
+    return []
+
+
 def _build_chip(layers, index, s, e, board, efficiency):
     tiles = []
     for lu in layers:
         a, b = max(s - lu.offset, 0), min(e - lu.offset, lu.count)
         for channels, rows in lu.rects(a, b):
-            tile = Tile(lu, channels, rows, lu.inputs(a, b))
+            tile = Tile(lu, channels, rows, lu.inputs(a, b), lu.in_rows(a, b))
             tile.make_engines(efficiency)
             tiles.append(tile)
     chip = ChipPart(index, s, e, tiles)
@@ -879,38 +1272,59 @@ def allocate_engines(chip, board):
         If the chip has more engines than multipliers.
     """
     engines = chip.engines
-    budget = board.multipliers
     if not engines:
         return
-    if len(engines) > budget:
+    if len(engines) > board.multipliers:
         raise FpdeepError(f"chip {chip.index} ({board.name}): its {len(engines)} engines need "
-                          f"at least {len(engines)} multipliers, the board has {budget}")
+                          f"at least {len(engines)} multipliers, the board has "
+                          f"{board.multipliers}")
+    shapes = _smallest_target(engines, board.multipliers)[1]
+    if shapes is None:
+        raise FpdeepError(f"chip {chip.index} ({board.name}): its engines do not fit in "
+                          f"{board.multipliers} multipliers")
+    for engine, (rows, cols) in zip(engines, shapes):
+        engine.rows, engine.cols = rows, cols
 
+
+def _smallest_target(engines, budget):
+    """The smallest integer cycle target whose arrays fit ``budget`` PEs, and the arrays.
+
+    Each engine takes the smallest array meeting the target (:meth:`Engine.pes_for`).
+    Fitting is monotone in the target, so this is a search: from a lower bound
+    (the ideal ``sum(MACs) / budget``, and no engine faster than its largest
+    array) it jumps up by the PE overshoot (PEs fall about as 1 / target) until
+    the arrays fit, then bisects. Returns ``(target, shapes)``, or
+    ``(None, None)`` if even one PE per engine at the slowest target does not fit.
+    """
     def plan_for(target):
         shapes, used = [], 0
         for engine in engines:
             shape = engine.pes_for(target)
             if shape is None:
-                return None
+                return None, None
             used += shape[0] * shape[1]
-            if used > budget:
-                return None
             shapes.append(shape)
-        return shapes
+        return shapes, used
 
-    lo = max(1, math.floor(sum(e.macs / (budget * e.efficiency) for e in engines)))
-    hi = math.ceil(max(e.cycles_at(1, 1) for e in engines))
-    shapes = plan_for(hi)
-    if shapes is None:
-        raise FpdeepError(f"chip {chip.index} ({board.name}): its engines do not fit in "
-                          f"{budget} multipliers")
+    lo = max(1, math.floor(sum(e.macs / (budget * e.efficiency) for e in engines)),
+             max(math.floor(e.cycles_at(e.max_rows, max(e.col_options))) - 1 for e in engines))
+    top = math.ceil(max(e.cycles_at(1, 1) for e in engines))
+    target = lo
+    while True:
+        shapes, used = plan_for(target)
+        if shapes is not None and used <= budget:
+            break
+        if target >= top:
+            return None, None
+        lo = target + 1
+        grow = used / budget if shapes is not None else 1.125
+        target = min(top, max(lo, math.ceil(target * grow)))
+    hi = target
     while lo < hi:
         mid = (lo + hi) // 2
-        candidate = plan_for(mid)
-        if candidate is None:
+        candidate, used = plan_for(mid)
+        if candidate is None or used > budget:
             lo = mid + 1
         else:
             hi, shapes = mid, candidate
-    shapes = plan_for(hi) or shapes
-    for engine, (rows, cols) in zip(engines, shapes):
-        engine.rows, engine.cols = rows, cols
+    return hi, shapes

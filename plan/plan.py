@@ -17,6 +17,7 @@ Schema (``version`` 1; keys are stable)::
             "split": "channels" | "rows" | "inputs", "reason": str,
             "out_channels": [lo, hi], "rows": [lo, hi],   # output rows; both always
             "in_channels": [lo, hi],     # input channels read; all but for "inputs"
+            "in_features": [lo, hi],     # slice of the flattened input (Cin*H*W) read
             "post_ops": [names of ReLU / max-pool / loss run by this slice],
             "engines": {"fp"|"bp"|"wu": {"rows": R, "cols": C, "pes": R*C,
                                           "macs": m, "cycles_per_sample": c}},
@@ -43,10 +44,12 @@ Schema (``version`` 1; keys are stable)::
 counts are in the chip's own clock.
 
 An ``"inputs"`` slice (linear layers only, see :mod:`.partition`) covers all
-output channels over its ``in_channels`` slice of the K = Cin·H·W reduction: it
+output channels over its ``in_features`` slice of the K = Cin·H·W reduction
+(whole rows of the input map, so a multiple of W; ``in_channels`` are the input
+channels it touches, and two neighbours may share one): it
 adds its partial sums to those arriving from the previous chip and passes them
 on; the layer's last chip holds the full sums and runs the post-ops. Its weights
-are the columns of its K-slice (plus the biases on the chip with input channel
+are the columns of its K-slice (plus the biases on the chip with input feature
 0). Link traffic counts the partial sums (``out`` words per sample per cut
 inside the layer) as activations and the output error sent back to every chip
 of the layer as errors. Its buffers hold its slice of the input for WU, the
@@ -150,7 +153,7 @@ def _buffers(chip):
         cin, h, width = w.in_shape
         if tile.layer.mode == "inputs":
             # The slice's inputs for WU, the output error, the partial sums.
-            cache += tile.n_inputs * h * width * ACT_BITS * perf.CACHE_SAMPLES
+            cache += tile.n_in_features * ACT_BITS * perf.CACHE_SAMPLES
             cache += w.out_channels * (perf.ERR_BITS + ACT_BITS)
             continue
         if w.kind == "linear":
@@ -183,7 +186,7 @@ def _fractions(layers, chips):
                 # Only the layer's last chip holds the full sums.
                 produced[w.name] = [0.0] * len(chips)
                 produced[w.name][chip.index] = 1.0
-                needed[w.name][chip.index] += tile.n_inputs / w.in_channels
+                needed[w.name][chip.index] += tile.n_in_features / w.activations_in
                 continue
             produced[w.name][chip.index] += tile.lines / lu.count
             if lu.mode == "rows" and w.kind == "conv":
@@ -340,7 +343,7 @@ def _place_weights(layers, chips, boards, needs, batch, cuts):
         for tile in chips[i].tiles:
             w = tile.layer.work
             if w.name in remote and w.kind == "linear":
-                inputs = w.activations_in * tile.n_inputs // w.in_channels
+                inputs = tile.n_in_features
                 vectors = (inputs + tile.n_channels) * ACT_BITS
                 if boards[i].dram_bits:
                     # Parked in DRAM: written once and read once per sample.
@@ -419,7 +422,7 @@ def plan_network(network, cluster, batch_size=64, *, efficiency=None):
             slices.append({
                 "layer": w.name, "kind": w.kind, "split": lu.mode, "reason": lu.reason,
                 "out_channels": list(tile.channels), "rows": list(tile.rows),
-                "in_channels": list(tile.inputs),
+                "in_channels": list(tile.inputs), "in_features": list(tile.in_features),
                 "post_ops": list(w.post_ops),
                 "engines": {e.kind: {"rows": e.rows, "cols": e.cols, "pes": e.pes,
                                      "macs": e.macs, "cycles_per_sample": e.cycles}

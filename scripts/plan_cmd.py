@@ -73,7 +73,7 @@ def print_plan(plan):
         link = p["link_bits_per_sample"]
         fwd = link["fwd"]["act"] + link["fwd"]["weights"]
         bwd = link["bwd"]["err"] + link["bwd"]["weights"]
-        slices = ", ".join(f"{s['layer']}[i{s['in_channels'][0]}:{s['in_channels'][1]}]"
+        slices = ", ".join(f"{s['layer']}[k{s['in_features'][0]}:{s['in_features'][1]}]"
                            if s["split"] == "inputs" else
                            f"{s['layer']}[c{s['out_channels'][0]}:{s['out_channels'][1]},"
                            f"r{s['rows'][0]}:{s['rows'][1]}]" for s in chip["slices"])
