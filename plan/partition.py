@@ -33,8 +33,8 @@ Each layer orders its lines in one of two ways, its *split mode*:
   A chip holds a contiguous run of input rows, i.e. a slice of the K = Cin·H·W
   reduction (its ``in_features``). Rows rather than whole input channels because
   an input channel of ``H·W`` inputs is too coarse a unit to balance a short
-  chain (LeNet-5's fc1 has only 16 of them, each a third of a chip's work at
-  N = 47). Reason: *the output-channel split cannot go below the K-step
+  chain (LeNet-5's fc1 has only 16 of them, each over a third of a chip's work
+  at N = 47). Reason: *the output-channel split cannot go below the K-step
   floor*. A linear engine is ``R×1`` (C = 1) and walks K + 1 steps per tile of
   R outputs (the extra step adds the bias or the incoming partial sum), so an
   output-channel slice takes at least K + 1 cycles per sample however few
@@ -65,6 +65,19 @@ chip between λ and τ. The final plan allocates integer R×C arrays exactly
 (:func:`allocate_engines`) and reports the real cycles; a hill-climb then
 moves cuts next to the slowest chip while that lowers the exact maximum.
 
+On small chips the integer arrays round in coarse steps (on a 156-multiplier
+ULX3S a LeNet-5 conv2 chip takes 150 cycles for 1 to 5 lines and 30 more per
+extra line), so a cut that balances the continuous model can be far from
+balanced. Where no candidate meets :data:`BALANCE_TARGET`, the chain is cut
+again on exact chip cycles (:func:`_exact_cuts`, a bisection) and, where the
+chain is short enough, by an exact search (:func:`_dp_cuts`): every run of
+lines a chip could hold is costed exactly, and a dynamic programme finds, for
+each cap on the slowest chip, the cut with the largest mean; the smallest cap
+whose cut is balanced wins. :func:`_dp_modes` runs it over split modes near the
+fastest candidate (one layer changed at a time, with the reason given). The
+measure stays max/mean over all chips, each at its smallest exact cycles: no
+chip is padded or left out.
+
 A linear layer's floor includes its bias (or partial-sum) step: ``K + 1`` per
 output-channel tile, ``K_slice + 1`` for an input slice. Conv engines keep the
 ideal ``rows·Cin·kh·kw`` floor.
@@ -94,17 +107,22 @@ EXACT_TOLERANCE = 2e-3
 #: At most this many exact chip builds per re-cut (each is one R×C allocation).
 EXACT_BUILDS = 1500
 
-#: The exact cut search (:func:`_dp_cuts`) runs only where the chain has at most this
-#: many candidate chips (runs of lines within the cycle cap); above it, the bisection
-#: re-cut of :func:`_exact_cuts` is the last word.
+#: The exact cut search (:func:`_dp_cuts`) costs at most this many runs of lines (one
+#: candidate chip each) per choice of split modes; longer chains (VGG, AlexNet) keep
+#: the bisection re-cut of :func:`_exact_cuts` as the last word.
 DP_PAIRS = 60_000
-#: It allows chips up to these factors above the ideal balanced time, in turn, until
-#: a cut meets the balance target (and last up to 1.25 times the fastest plan so far).
+#: Caps on the slowest chip that the exact search allows, in turn, as factors of the
+#: ideal balanced time, until a cut meets the balance target; then up to 1.25 times
+#: the slowest chip of the fastest candidate; then anything faster than the fastest
+#: balanced candidate.
 DP_CAPS = (1.15, 1.4)
+#: The exact search also runs where the fastest balanced candidate is this much
+#: slower than the fastest candidate.
+DP_SLOWER = 1.1
 
 #: Why a layer is split by rows, or a linear layer by inputs, for balance alone.
-BALANCE_REASON = ("balance: with the other split, the integer engine arrays leave no cut "
-                  f"of the chain with max/mean chip cycles within {BALANCE_TARGET}")
+BALANCE_REASON = ("balance: on exact integer-array cycles, the fastest cut found with "
+                  f"max/mean chip cycles within {BALANCE_TARGET} uses this split")
 
 #: Why a linear layer is split by inputs (see the module docstring).
 INPUT_SPLIT_REASON = "the output-channel split cannot go below the K-step floor"
@@ -590,8 +608,10 @@ def partition(network, boards, *, efficiency=None, modes=None):
             chips = _exact_cuts(r[2], r[3], boards, efficiency)
             if chips is not None:
                 results.append(_quality(chips, boards) + (r[2], chips))
-    if min(r[0] for r in results) > BALANCE_TARGET and len(boards) > 1:
-        # Still not balanced: search the cuts exactly, over nearby split modes.
+    balanced = min((r[1] for r in results if r[0] <= BALANCE_TARGET), default=math.inf)
+    if balanced > min(r[1] for r in results) * DP_SLOWER and len(boards) > 1:
+        # Not balanced, or balanced only far slower than the fastest candidate: search
+        # the cuts exactly, over nearby split modes.
         results += _dp_modes(works, boards, efficiency, results)
     # Meet the balance target if any candidate does; then the fastest, and among
     # those within 1% of it the best balanced.
@@ -937,9 +957,9 @@ def _dp_cuts(layers, boards, costs, cap):
     lines = _Lines(layers)
     n, total = len(boards), lines.total
     eff = max(costs.efficiency.values())
-    kinds, kind_of = {}, []
+    kinds = {}
     for board in boards:
-        kind_of.append(kinds.setdefault((board.multipliers, board.clock_hz), board))
+        kinds.setdefault((board.multipliers, board.clock_hz), board)
     runs = {}
     costs.reach(max(cap * board.clock_hz for board in kinds.values()))
     for kind, board in kinds.items():
@@ -1013,8 +1033,6 @@ def _dp_cuts(layers, boards, costs, cap):
                     key=lambda i: caps[i] / (sums[i] / n))
     c = caps[found]
     table, masked = solve(c)
-    best = (c / (table[-1][total] / n), c, table, masked)
-    balance, c, table, masked = best
     ends, e = [], total
     for i in range(n, 0, -1):
         S, E, T = masked[kind_of[i - 1]]
@@ -1022,7 +1040,7 @@ def _dp_cuts(layers, boards, costs, cap):
         values = table[i - 1][S[pick]] + T[pick]
         ends.append(e)
         e = int(S[pick[np.argmax(values)]])
-    return balance, float(c), ends[::-1]
+    return float(c / (table[-1][total] / n)), float(c), ends[::-1]
 
 
 def _toggle(work, mode, ideal_cycles):
@@ -1053,7 +1071,8 @@ def _dp_modes(works, boards, efficiency, results):
     balanced of those, for a few rounds, with each cut found by :func:`_dp_cuts`.
     The cap on chip time rises in tiers (:data:`DP_CAPS`, times the ideal
     balanced time) until some cut meets the balance target; within a tier, every
-    variant is searched below the fastest balanced cut found so far. Returns new
+    variant is searched below the fastest balanced cut found so far (or among
+    ``results``). Returns new
     results ``(balance, time, layers, chips)``: empty if none is balanced or the
     chain is too long for the exact search.
     """
@@ -1063,7 +1082,12 @@ def _dp_modes(works, boards, efficiency, results):
         b.multipliers * b.clock_hz * min(efficiency.values()) for b in boards)
     ideal_cycles = ideal * sum(b.clock_hz for b in boards) / n
     fastest = min(r[1] for r in results)
+    # Only cuts faster than the fastest balanced candidate are of use.
+    bound = min((r[1] for r in results if r[0] <= BALANCE_TARGET), default=math.inf)
     caps = [ideal * f for f in DP_CAPS] + [max(ideal * DP_CAPS[-1], fastest) * 1.25]
+    if bound < math.inf:
+        caps.append(bound)
+    caps = sorted({min(cap, bound * (1 - 1e-9)) for cap in caps})
     costs.reach(max(caps) * max(b.clock_hz for b in boards))
     base = [(lu.mode, lu.reason) for lu in min(results, key=lambda r: r[1:2] + r[:1])[2]]
     best, seen = None, set()                # best: (time, balance, layers, ends)

@@ -5,6 +5,7 @@ Examples::
     fpdeep plan --net vgg16 --board vc709 --chips 16 --link-gbps 250 -o plan.json
     fpdeep plan --net lenet5 --board ulx3s-85f --chips 4 --compare
     fpdeep plan --sweep --out-dir docs/scaling
+    fpdeep plan --balance lenet5 vgg16
 """
 
 import os
@@ -32,7 +33,11 @@ def register(subparsers):
                         help="also print the baselines' balance and throughput")
     parser.add_argument("--sweep", action="store_true",
                         help="run the scaling study and write a table and a PNG plot")
-    parser.add_argument("--max-chips", type=int, default=128, help="largest N of the sweep")
+    parser.add_argument("--balance", nargs="*", metavar="NET",
+                        help="print max/mean chip cycles for N = 1..64 of these built-in "
+                             "networks (all if none given)")
+    parser.add_argument("--max-chips", type=int, default=None,
+                        help="largest N of the sweep (128) or of --balance (64)")
     parser.add_argument("--out-dir", default="docs/scaling", help="where --sweep writes")
     parser.set_defaults(handler=run)
 
@@ -94,6 +99,7 @@ def print_plan(plan):
 def run_sweep(args):
     from ..plan.scaling import sweep, summarise
     os.makedirs(args.out_dir, exist_ok=True)
+    args.max_chips = args.max_chips or 128
     rows = sweep(chips=range(1, args.max_chips + 1), batch_size=args.batch)
     table = os.path.join(args.out_dir, "scaling.md")
     lines = ["| net | link | N | images/s | speedup | efficiency | balance | limit |",
@@ -135,7 +141,22 @@ def run_sweep(args):
     return 0
 
 
+def run_balance(args):
+    from ..plan.scaling import balance_sweep
+    print("| network | board | N range | worst balance (at N) | N over 1.05 "
+          "| slowest chip / ideal, worst (at N) | time |")
+    print("|---|---|---|---|---|---|---|")
+    for r in balance_sweep(args.balance, args.max_chips or 64):
+        misses = f"{len(r['misses'])}: {r['misses']}" if r["misses"] else "none"
+        print(f"| {r['net']} | {r['board']} | 1..{r['chips']} | {r['worst']:.3f} "
+              f"({r['worst_at']}) | {misses} | {r['slowdown']:.2f} ({r['slowdown_at']}) "
+              f"| {r['seconds']:.1f} s |")
+    return 0
+
+
 def run(args):
+    if args.balance is not None:
+        return run_balance(args)
     if args.sweep:
         return run_sweep(args)
     from ..plan.plan import plan_network
