@@ -801,7 +801,7 @@ class _ChipCosts:
         self.engines = {}           # tile shape -> its engines (arrays unassigned)
         self.needs = {}             # tile shape -> PEs it needs at each target 0..horizon
         self.segments = {}          # a run inside one layer -> its tile shapes
-        self.tables = {}            # (split modes, multipliers) -> (reach, cycles per start)
+        self.tables = {}            # (split modes, multipliers) -> (reach, rows, arrays)
         self.horizon = 0
 
     def reach(self, cycles):
