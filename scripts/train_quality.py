@@ -28,7 +28,7 @@ __all__ = ["SPLIT_SEED", "TRAIN_SIZE", "DEFAULTS", "NETWORKS", "load_digits_spli
 
 SPLIT_SEED = 0
 TRAIN_SIZE = 1400
-#: Measured good for both modes (see sim/README_SECTION.md).
+#: Measured good for both modes (see "Measured accuracy" in README.md).
 DEFAULTS = {"epochs": 10, "lr": 0.02, "momentum": 0.9, "batch": 8, "seed": 1}
 #: Networks that have a training data set here.
 NETWORKS = {"digits": digits_cnn}

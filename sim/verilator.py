@@ -47,7 +47,7 @@ __all__ = ["VerilatorBuild", "build_core", "run_core", "cache_root", "demangle",
 TOP = "fpdeep_core"
 # Verilator optimisation and the C++ compiler's: -O1 for the big generated model
 # files builds about twice as fast as -O2 and runs at nearly the same speed (see
-# sim/VERILATOR_README_SECTION.md).
+# "Simulating in Verilator" in README.md).
 VERILATOR_FLAGS = ["-O2", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0",
                    "--x-initial", "0"]
 MAKE_FLAGS = ["OPT_FAST=-O1", "OPT_SLOW=-O0", "OPT_GLOBAL=-O1",
