@@ -44,11 +44,7 @@ class ActivationWriter(wiring.Component):
         self._relu, self._pool = relu, pool
         self.full_layout = RowLayout(channels, h, w, fmt)
         members = {
-            "i": In(stream.Signature(data.StructLayout({
-                "channel": range(channels),
-                "row": range(h),
-                "values": data.ArrayLayout(fmt.shape, w),
-            }))),
+            "i": In(self.full_layout.row_stream()),
             "full_wr": In(memory.WritePort.Signature(
                 addr_width=ceil_log2(self.full_layout.depth), shape=self.full_layout.shape)),
         }

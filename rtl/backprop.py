@@ -27,13 +27,6 @@ from .weight_update import LaneLayout
 __all__ = ["ErrorDerivative", "ErrorStore"]
 
 
-def _row_stream(channels, h, w, fmt):
-    return stream.Signature(data.StructLayout({
-        "channel": range(channels),
-        "row": range(h),
-        "values": data.ArrayLayout(fmt.shape, w),
-    }))
-
 
 class ErrorDerivative(wiring.Component):
     """Takes errors at a layer's post-op output back to its conv output.
@@ -62,8 +55,8 @@ class ErrorDerivative(wiring.Component):
         ih, iw = (h // 2, w // 2) if pool else (h, w)
         self.full_layout = RowLayout(channels, h, w, act_fmt)
         members = {
-            "i": In(_row_stream(channels, ih, iw, error_fmt)),
-            "o": Out(_row_stream(channels, h, w, error_fmt)),
+            "i": In(RowLayout(channels, ih, iw, error_fmt).row_stream()),
+            "o": Out(RowLayout(channels, h, w, error_fmt).row_stream()),
         }
         port = memory.ReadPort.Signature(addr_width=ceil_log2(self.full_layout.depth),
                                          shape=self.full_layout.shape)
@@ -172,7 +165,7 @@ class ErrorStore(wiring.Component):
         self.lane_layout = LaneLayout(channels, h, w, lanes, fmt)
         self.row_layout = RowLayout(channels, h, w, fmt)
         members = {
-            "i": In(_row_stream(channels, h, w, fmt)),
+            "i": In(RowLayout(channels, h, w, fmt).row_stream()),
             "lane_wr": In(memory.WritePort.Signature(
                 addr_width=ceil_log2(self.lane_layout.depth), shape=self.lane_layout.shape,
                 granularity=w)),

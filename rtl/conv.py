@@ -75,6 +75,14 @@ class RowLayout:
     def address(self, channel, y):
         return channel * self.h + y
 
+    def row_stream(self):
+        """The stream of this map's rows, one per beat, in any order."""
+        return stream.Signature(data.StructLayout({
+            "channel": range(self.channels),
+            "row": range(self.h),
+            "values": data.ArrayLayout(self.fmt.shape, self.w),
+        }))
+
 
 class ConvEngine(wiring.Component):
     """Computes ``out[o, y, :] = requantize(sum W[o, i, ky, kx] * in[i, y+ky-ph, x+kx-pw] (+ b[o]))``.

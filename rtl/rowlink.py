@@ -21,13 +21,6 @@ __all__ = ["WORD", "RowSerializer", "RowDeserializer", "MapSender"]
 WORD = signed(16)
 
 
-def _row_stream(channels, h, w, fmt):
-    return stream.Signature(data.StructLayout({
-        "channel": range(channels),
-        "row": range(h),
-        "values": data.ArrayLayout(fmt.shape, w),
-    }))
-
 
 class RowSerializer(wiring.Component):
     """Rows in, words out: ``channel, row, values[0] ... values[w-1]`` per row.
@@ -44,7 +37,7 @@ class RowSerializer(wiring.Component):
     def __init__(self, *, channels, h, w, fmt):
         self._w = w
         super().__init__({
-            "i": In(_row_stream(channels, h, w, fmt)),
+            "i": In(RowLayout(channels, h, w, fmt).row_stream()),
             "o": Out(stream.Signature(WORD)),
             "busy": Out(1),
         })
@@ -89,7 +82,7 @@ class RowDeserializer(wiring.Component):
         self._w = w
         super().__init__({
             "i": In(stream.Signature(WORD)),
-            "o": Out(_row_stream(channels, h, w, fmt)),
+            "o": Out(RowLayout(channels, h, w, fmt).row_stream()),
             "busy": Out(1),
         })
 

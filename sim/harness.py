@@ -20,7 +20,8 @@ from ..rtl.core import TrainingCore
 from ..rtl.numerics import DEFAULT_NUMERICS
 from .reference import Reference, init_masters
 
-__all__ = ["CoreRun", "RunResult", "EngineFigures", "compare_weights", "digits_samples"]
+__all__ = ["CoreRun", "RunResult", "EngineFigures", "compare_weights", "digits_samples",
+           "send_sample", "read_masters"]
 
 
 def digits_samples(count, *, seed=0):
@@ -133,12 +134,7 @@ class CoreRun:
         async def testbench(ctx):
             sample_cycles = []
             for index, (x, label) in enumerate(zip(samples, labels)):
-                words = [int(label)] + [int(v) for v in np.asarray(x).reshape(-1)]
-                ctx.set(top.host.sample.valid, 1)
-                for word in words:
-                    ctx.set(top.host.sample.payload, word)
-                    await ctx.tick().until(top.host.sample.ready)
-                ctx.set(top.host.sample.valid, 0)
+                await send_sample(ctx, top.host.sample, x, label)
                 cycles = 0
                 await ctx.tick()
                 while ctx.get(top.host.busy):
@@ -221,6 +217,15 @@ def _run_result(chips, result, *, wall_seconds, backend="pysim", build_seconds=0
                      sample_cycles=result["sample_cycles"],
                      total_cycles=result["total_cycles"], engines=engines,
                      wall_seconds=wall_seconds, backend=backend, build_seconds=build_seconds)
+
+
+async def send_sample(ctx, port, x, label):
+    """Send a label and a quantized sample's values, row-major, on a host sample stream."""
+    ctx.set(port.valid, 1)
+    for word in [int(label)] + [int(v) for v in np.asarray(x).reshape(-1)]:
+        ctx.set(port.payload, word)
+        await ctx.tick().until(port.ready)
+    ctx.set(port.valid, 0)
 
 
 def read_masters(ctx, core):

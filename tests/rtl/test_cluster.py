@@ -7,7 +7,7 @@ from fpdeep.plan.network import (Conv2d, Linear, MaxPool2d, Network, ReLU, Softm
                                  digits_cnn)
 from fpdeep.rtl.cluster import Cluster
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
-from fpdeep.sim.harness import compare_weights, digits_samples, read_masters
+from fpdeep.sim.harness import compare_weights, digits_samples, read_masters, send_sample
 from fpdeep.sim.reference import Reference, init_masters
 
 
@@ -37,11 +37,7 @@ def train_cluster(network, splits, samples, labels, *, batch_size, lr=0.05, seed
 
     async def tb(ctx):
         for x, label in zip(samples, labels):
-            ctx.set(cluster.host.sample.valid, 1)
-            for word in [int(label)] + [int(v) for v in x.reshape(-1)]:
-                ctx.set(cluster.host.sample.payload, word)
-                await ctx.tick().until(cluster.host.sample.ready)
-            ctx.set(cluster.host.sample.valid, 0)
+            await send_sample(ctx, cluster.host.sample, x, label)
             await ctx.tick()
             while ctx.get(cluster.host.busy):
                 await ctx.tick()

@@ -7,7 +7,8 @@ from fpdeep.plan.network import (Conv2d, Linear, MaxPool2d, Network, ReLU, Softm
                                  digits_cnn)
 from fpdeep.rtl.core import EngineSizes, TrainingCore
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
-from fpdeep.sim.harness import CoreRun, compare_weights, digits_samples, read_masters
+from fpdeep.sim.harness import (CoreRun, compare_weights, digits_samples, read_masters,
+                                send_sample)
 from fpdeep.sim.reference import Reference, init_masters
 
 
@@ -88,11 +89,7 @@ def test_host_writes_weights_and_training_follows():
             while not ctx.get(core.host.weight_rvalid):
                 await ctx.tick()
             assert ctx.get(core.host.weight_rdata) == value
-        ctx.set(core.host.sample.valid, 1)
-        for word in [int(labels[0])] + [int(v) for v in sample.reshape(-1)]:
-            ctx.set(core.host.sample.payload, word)
-            await ctx.tick().until(core.host.sample.ready)
-        ctx.set(core.host.sample.valid, 0)
+        await send_sample(ctx, core.host.sample, sample, labels[0])
         await ctx.tick()
         while ctx.get(core.host.busy):
             await ctx.tick()
