@@ -548,11 +548,18 @@ def _layers(works, modes):
     return layers
 
 
-def partition(network, boards, *, efficiency=None, modes=None):
+def partition(network, boards, *, efficiency=None, modes=None, score=None):
     """Split ``network`` over the chain ``boards``; returns (layers, list of ChipPart).
 
     ``efficiency`` maps engine kind to its efficiency (default 1.0 each);
     ``modes`` optionally forces the split mode of every layer.
+
+    ``score``, if given, rates a candidate ``(layers, chips)`` by the full model
+    (images/s with link and memory limits; 0 where it does not fit). Then every
+    candidate is built, including variants that split the deeper layers with the
+    ``compute`` reason by channels instead (:func:`_compute_row_variants`), and of
+    those that meet the balance target and fit, the best scored wins. Where none
+    does, the choice is as without ``score``.
 
     Raises
     ------
@@ -590,6 +597,10 @@ def partition(network, boards, *, efficiency=None, modes=None):
                           for w, r in zip(works, conv_modes)]
                 if modes_ not in candidates:
                     candidates.append(modes_)
+        if score is not None:
+            for modes_ in _compute_row_variants(works, reasoned):
+                if modes_ not in candidates:
+                    candidates.append(modes_)
     # Build the candidates fastest first (by the search's estimate) and stop at the
     # first that meets the balance target.
     searched = sorted((_search(network, works, modes_, boards, eff) for modes_ in candidates),
@@ -599,7 +610,7 @@ def partition(network, boards, *, efficiency=None, modes=None):
         chips = _build(layers, ends, boards, efficiency)
         _refine(layers, chips, boards, efficiency)
         results.append(_quality(chips, boards) + (layers, chips))
-        if results[-1][0] <= BALANCE_TARGET:
+        if results[-1][0] <= BALANCE_TARGET and score is None:
             break
     if min(r[0] for r in results) > BALANCE_TARGET:
         # Integer R×C arrays round some chips up by more than the continuous search
@@ -613,6 +624,16 @@ def partition(network, boards, *, efficiency=None, modes=None):
         # Not balanced, or balanced only far slower than the fastest candidate: search
         # the cuts exactly, over nearby split modes.
         results += _dp_modes(works, boards, efficiency, results)
+    if score is not None:
+        # The full model decides among the balanced candidates: a row split of a
+        # layer with many weights makes every chip of the layer hold them all, and
+        # where they spill they stream over the links per sample.
+        rated = [(score(r[2], r[3]), -r[1], -r[0], k) for k, r in enumerate(results)
+                 if r[0] <= BALANCE_TARGET]
+        rated = [r for r in rated if r[0] > 0]
+        if rated:
+            best = results[max(rated)[3]]
+            return best[2], best[3]
     # Meet the balance target if any candidate does; then the fastest, and among
     # those within 1% of it the best balanced.
     meeting = [r for r in results if r[0] <= BALANCE_TARGET] or results
@@ -620,6 +641,23 @@ def partition(network, boards, *, efficiency=None, modes=None):
     _, _, layers, chips = min((r for r in meeting if r[1] <= best_time * 1.01),
                               key=lambda r: r[0])
     return layers, chips
+
+
+def _compute_row_variants(works, reasoned):
+    """The reasoned split modes with the deepest ``k`` conv layers that are split by
+    rows for the ``compute`` reason split by channels instead, for every ``k``.
+
+    The compute reason looks at cycles alone; a row split makes every chip of the
+    layer hold all of its weights, which in the deep layers (many weights, small
+    maps) can cost more on the links than the shape limit costs in compute.
+    """
+    plain = ("channels", "default: weights and updates stay local")
+    rows = [k for k, (mode, reason) in enumerate(reasoned)
+            if works[k].kind == "conv" and mode == "rows" and reason.startswith("compute")]
+    variants = []
+    for j in range(len(rows) - 1, -1, -1):
+        variants.append([plain if k in rows[j:] else r for k, r in enumerate(reasoned)])
+    return variants
 
 
 def _quality(chips, boards):

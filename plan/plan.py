@@ -353,24 +353,15 @@ def _place_weights(layers, chips, boards, needs, batch, cuts):
     return local, stored_for, stored_at, used, dram_bps, batch_buffers
 
 
-def plan_network(network, cluster, batch_size=64, *, efficiency=None):
-    """Plan training of ``network`` on ``cluster`` with mini-batches of ``batch_size``.
+def _model(layers, chips, boards, cluster, batch_size):
+    """The full model of one partition: memory, link traffic, bounds and images/s.
 
     Raises
     ------
     FpdeepError
-        If the batch size is not positive, the network has fewer work units than
-        chips, a chip cannot hold its engines, or the weights do not fit.
+        If the weights or buffers do not fit.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise FpdeepError(f"batch size must be a positive integer, not {batch_size!r}")
-    if not isinstance(cluster, Cluster):
-        raise FpdeepError("plan_network needs a Cluster")
-    efficiency = dict(efficiency or perf.ENGINE_EFFICIENCY)
-    n = len(cluster)
-    boards = [cluster.board(i) for i in range(n)]
-    layers, chips = partition(network, boards, efficiency=efficiency)
-
+    n = len(chips)
     needs = []
     for chip in chips:
         weights = _chip_weights(chip)
@@ -405,10 +396,48 @@ def plan_network(network, cluster, batch_size=64, *, efficiency=None):
         if dram_bps[i]:
             dram = min(dram, b.dram_gbps * 1e9 / dram_bps[i])
     steady, factor = perf.throughput(compute, link, dram)
-    clock0 = boards[0].clock_hz
     latency_s = perf.latency(chips, boards, cluster.link_latency_ns * 1e-9)
+    images = batch_size / (batch_size / steady + latency_s)
+    return {"needs": needs, "cuts": cuts, "local": local, "stored_for": stored_for,
+            "stored_at": stored_at, "used": used, "dram_bps": dram_bps,
+            "batch_buffers": batch_buffers, "times": times, "compute": compute,
+            "link": link, "link_use": link_use, "dram": dram, "steady": steady,
+            "factor": factor, "latency_s": latency_s, "images": images}
+
+
+def plan_network(network, cluster, batch_size=64, *, efficiency=None):
+    """Plan training of ``network`` on ``cluster`` with mini-batches of ``batch_size``.
+
+    Raises
+    ------
+    FpdeepError
+        If the batch size is not positive, the network has fewer work units than
+        chips, a chip cannot hold its engines, or the weights do not fit.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise FpdeepError(f"batch size must be a positive integer, not {batch_size!r}")
+    if not isinstance(cluster, Cluster):
+        raise FpdeepError("plan_network needs a Cluster")
+    efficiency = dict(efficiency or perf.ENGINE_EFFICIENCY)
+    n = len(cluster)
+    boards = [cluster.board(i) for i in range(n)]
+
+    def score(layers, chips):
+        try:
+            return _model(layers, chips, boards, cluster, batch_size)["images"]
+        except FpdeepError:
+            return 0.0
+
+    layers, chips = partition(network, boards, efficiency=efficiency, score=score)
+    m = _model(layers, chips, boards, cluster, batch_size)
+    needs, cuts, local, stored_for, stored_at, used, dram_bps, batch_buffers = (
+        m["needs"], m["cuts"], m["local"], m["stored_for"], m["stored_at"], m["used"],
+        m["dram_bps"], m["batch_buffers"])
+    times, compute, link, link_use, dram = (m["times"], m["compute"], m["link"],
+                                            m["link_use"], m["dram"])
+    steady, factor, latency_s, images = m["steady"], m["factor"], m["latency_s"], m["images"]
+    clock0 = boards[0].clock_hz
     bubble_s = latency_s
-    images = batch_size / (batch_size / steady + bubble_s)
     macs = sum(lu.count * lu.line_macs for lu in layers)
     mean_t = sum(times) / n
     pe_total = sum(b.multipliers for b in boards)

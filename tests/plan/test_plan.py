@@ -99,3 +99,16 @@ def test_input_split_slices():
     for c in plan.chips[first:last]:
         assert c["predicted"]["link_bits_per_sample"]["fwd"]["act"] >= 120 * 16
     assert "fc1" in plan.summary["input_split_layers"]
+
+
+def test_no_cliff_from_deep_row_splits():
+    """VGG-16 at 250 Gb/s: 100 chips ran at 226 images/s against 993 on 96, because
+    the compute reason split conv4_2/conv4_3 by rows, so every chip of those layers
+    held all their weights, which spilled and streamed over the links per sample.
+    The full model now picks among the balanced candidates."""
+    net = zoo.get("vgg16")
+    rate = {n: plan_network(net, Cluster.uniform("vc709", n, link_gbps=250)).summary
+            for n in (96, 100)}
+    assert rate[100]["balance"] <= 1.05
+    assert rate[100]["images_per_s"] >= 0.9 * rate[96]["images_per_s"]
+    assert "conv4_2" not in rate[100]["row_split_layers"]
