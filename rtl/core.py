@@ -114,8 +114,15 @@ class TrainingCore(wiring.Component):
     After every ``batch_size`` samples, all layers step SGD at once. The results
     equal :class:`fpdeep.sim.reference.Reference` in int mode bit for bit.
 
-    Every engine has its own array, so this core runs its layers' engines one
-    after another on one sample; overlapping samples is the cluster's job.
+    Every engine has its own array, but the sequencer still runs them one after
+    another on one sample: overlapping samples (FP of one during BP and WU of
+    another) needs double-buffered feature memories and is not built yet.
+
+    A core may train only a range of the weighted layers (``layers``), as one chip
+    of a :class:`~fpdeep.rtl.cluster.Cluster`: it then loads the previous chip's
+    output map instead of a sample, sends its own output map on ``act_out``, takes
+    the errors of that map back on ``err_in`` and sends the errors at its input on
+    ``err_out`` (formats in :mod:`fpdeep.rtl.rowlink`).
 
     Parameters
     ----------
@@ -128,6 +135,8 @@ class TrainingCore(wiring.Component):
         :func:`fpdeep.sim.reference.init_masters` with ``seed``.
     engines : dict, optional
         ``{layer: EngineSizes}``; by default one tile of up to 16 channels each.
+    layers : (first, stop), optional
+        The weighted layers this core trains; by default all of them.
 
     Members
     -------
@@ -139,6 +148,12 @@ class TrainingCore(wiring.Component):
         Cycles spent on samples and updates.
     perf_busy, perf_steps : Out(ArrayLayout(32, engine count))
         Per engine (:attr:`engine_names`), cycles busy and steps through its array.
+    act_out : Out(stream.Signature(signed(16)))
+        Unless the core ends the network: label and output map, row-major.
+    err_in : In(stream.Signature(signed(16)))
+        Unless the core ends the network: framed rows of the output map's errors.
+    err_out : Out(stream.Signature(signed(16)))
+        Unless the core starts the network: framed rows of the errors at its input.
     """
 
     def __init__(self, network, *, masters=None, numerics=DEFAULT_NUMERICS, batch_size=8,
