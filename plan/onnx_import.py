@@ -52,7 +52,7 @@ def import_onnx(model_or_path, name=None):
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or not all(d > 0 for d in dims[1:]):
         raise FpdeepError(f"ONNX model {name!r}: input must be N x C x H x W with fixed C, H, W")
-    layers, pending_bias = [], {}
+    layers = []
     counts = {}
 
     def fresh(prefix, node):

@@ -440,7 +440,6 @@ def plan_network(network, cluster, batch_size=64, *, efficiency=None):
     bubble_s = latency_s
     macs = sum(lu.count * lu.line_macs for lu in layers)
     mean_t = sum(times) / n
-    pe_total = sum(b.multipliers for b in boards)
     link_utilisation = [max(f, b_) * steady / bps if bps else 0.0 for f, b_, bps in link_use]
 
     chip_dicts = []

@@ -1,8 +1,8 @@
 """FP post-ops of a conv engine: ReLU and 2x2 max-pool on output rows as they stream out."""
 
 from amaranth import *
-from amaranth.lib import wiring, stream, data, memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring, data, memory
+from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
 
 from .conv import RowLayout

@@ -17,7 +17,7 @@ its consumers read.
 """
 
 from amaranth import *
-from amaranth.lib import wiring, stream, data, memory
+from amaranth.lib import wiring, data, memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 

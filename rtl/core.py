@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from amaranth import *
 from amaranth.lib import wiring, data, memory, stream
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 from ..plan.errors import FpdeepError
 from ..plan.network import Conv2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy

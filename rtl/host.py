@@ -12,8 +12,7 @@ from amaranth.lib import wiring, stream, data, fifo
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from ..platforms.host_client import (Op, Status, RX_FIFO_DEPTH, REPLY_LENGTH,
-                                     STATUS_BUSY, STATUS_RX_ERROR, STATUS_BAD_COMMAND)
+from ..platforms.host_client import Op, Status, RX_FIFO_DEPTH, REPLY_LENGTH
 
 __all__ = ["HostSignature", "UartRx", "UartTx", "HostBridge",
            "WEIGHT_ADDR_WIDTH", "SAMPLE_SHAPE", "WEIGHT_SHAPE"]

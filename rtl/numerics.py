@@ -41,11 +41,11 @@ Softmax cross-entropy's gradient is ``p - onehot(label)``. Hardware computes
 5. ``err_i = p_i - (i == label)``.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from amaranth.hdl import Mux, Signal, signed, unsigned, Value
+from amaranth.hdl import Mux, signed, Value
 
 from ..plan.errors import FpdeepError
 

@@ -9,7 +9,7 @@ the error derivative takes rows in any order.
 """
 
 from amaranth import *
-from amaranth.lib import wiring, stream, data, memory
+from amaranth.lib import wiring, stream, memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 

@@ -7,7 +7,7 @@ from amaranth.lib import wiring, stream, data, memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .conv import ConvGeometry, RowLayout
+from .conv import RowLayout
 from .numerics import FixedFormat, check_accumulator, saturate_hw, shift_round_hw, requantize_hw
 from .systolic import SystolicArray
 

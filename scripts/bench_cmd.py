@@ -81,12 +81,12 @@ def run(args):
         same = all(r.sample_cycles == results[0].sample_cycles for r in fast)
         print(f"simulation speed (median): Amaranth simulator {speed:.0f} cycles/s, "
               f"Verilator {fast_speed:.0f} cycles/s, {fast_speed / speed:.0f}x")
-        print(f"cycle counts of the two simulators "
+        print("cycle counts of the two simulators "
               + ("agree" if same else "DIFFER: a backend is wrong"))
     else:
         print(f"simulation speed: {speed:.0f} cycles/s (median)")
     if args.backend != "pysim":
-        print(f"Verilator model: " + ("found in the cache" if build.cached else
+        print("Verilator model: " + ("found in the cache" if build.cached else
                                       f"built in {build.build_seconds:.1f} s")
               + f", Verilog conversion {build.convert_seconds:.1f} s")
     print()

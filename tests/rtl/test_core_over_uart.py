@@ -1,6 +1,5 @@
 """The training core driven end to end through the UART host bridge, as on a board."""
 
-import numpy as np
 from amaranth import *
 from amaranth.lib import wiring
 from amaranth.sim import Simulator

@@ -1,5 +1,3 @@
-import random
-
 import numpy as np
 import pytest
 from amaranth import *
@@ -8,7 +6,6 @@ from amaranth.sim import Simulator
 
 from fpdeep.rtl.loss import LossUnit
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, softmax_error_np
-from tests.stream_helpers import StreamDriver
 
 
 class LossBench(Elaboratable):
@@ -36,7 +33,6 @@ def test_errors_match_reference(classes, seed):
     labels = [int(rng.integers(classes)) for _ in cases]
     bench = LossBench(classes)
     unit = bench.unit
-    driver = StreamDriver(random.Random(seed), stall=0.3)
 
     async def tb(ctx):
         for logits, label in zip(cases, labels):

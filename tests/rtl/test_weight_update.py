@@ -2,8 +2,6 @@ import random
 
 import numpy as np
 import pytest
-from amaranth import *
-from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
 from fpdeep.rtl.conv import ConvGeometry, pack_rows
