@@ -33,6 +33,10 @@ class Cluster(wiring.Component):
     link_config : LinkConfig, optional
     link_latency : int
         Wire latency of each link, in cycles.
+    slots : int or list of int
+        Feature-memory slots of each chip: how many samples its forward path may
+        run ahead of its backward path (the round trip behind it needs about
+        ``1 + round trip / sample period``).
     **core_args
         Passed to every chip (masters, numerics, batch_size, lr, momentum, engines).
 
@@ -45,7 +49,8 @@ class Cluster(wiring.Component):
         Bit-error masks of the wires, down and up for each link in turn.
     """
 
-    def __init__(self, network, *, splits, link_config=None, link_latency=4, **core_args):
+    def __init__(self, network, *, splits, link_config=None, link_latency=4, slots=2,
+                 **core_args):
         count = len(network_layers(network))
         if not splits:
             raise FpdeepError("a cluster needs at least one chip")
@@ -59,7 +64,12 @@ class Cluster(wiring.Component):
         if expected != count:
             raise FpdeepError(f"the chips cover {expected} of the {count} weighted layers")
         self.link_config = link_config or LinkConfig()
-        self.chips = [TrainingCore(network, layers=tuple(span), **core_args) for span in splits]
+        slots = list(slots) if isinstance(slots, (list, tuple)) else [slots] * len(splits)
+        if len(slots) != len(splits):
+            raise FpdeepError(f"{len(slots)} feature-memory depths given for "
+                              f"{len(splits)} chips")
+        self.chips = [TrainingCore(network, layers=tuple(span), slots=depth, **core_args)
+                      for span, depth in zip(splits, slots)]
         self.links = [LinkPair(self.link_config, latency=link_latency)
                       for _ in range(len(splits) - 1)]
         super().__init__({

@@ -95,6 +95,19 @@ def _connect_rows(m, source, sink):
     return Mux(source.valid & source.ready, source.payload.saturated, 0)
 
 
+def _connect_slot(m, port, mem_port, offset):
+    """Join a component's memory port to a memory port at address ``addr + offset``.
+
+    The feature memories hold ``slots`` maps one after another; ``offset`` picks the
+    slot (``slot * depth``) of the side, forward or backward, that owns ``port``.
+    """
+    m.d.comb += [mem_port.addr.eq(port.addr + offset), mem_port.en.eq(port.en)]
+    if isinstance(mem_port, memory.ReadPort):
+        m.d.comb += port.data.eq(mem_port.data)
+    else:
+        m.d.comb += mem_port.data.eq(port.data)
+
+
 def default_engine_sizes(spec, first):
     g = spec.geometry
     return EngineSizes(fp=min(g.cout, 16), bp=0 if first else min(g.cin, 16),
@@ -156,8 +169,11 @@ class TrainingCore(wiring.Component):
     """
 
     def __init__(self, network, *, masters=None, numerics=DEFAULT_NUMERICS, batch_size=8,
-                 lr=0.02, momentum=0.9, engines=None, seed=0, layers=None):
+                 lr=0.02, momentum=0.9, engines=None, seed=0, layers=None, slots=2):
         self.network, self.numerics = network, numerics
+        if not isinstance(slots, int) or slots < 1:
+            raise FpdeepError(f"feature-memory slots must be a positive int, not {slots!r}")
+        self.slots = slots
         if masters is None:
             from ..sim.reference import init_masters
             masters = init_masters(network, numerics, seed)
@@ -217,6 +233,7 @@ class TrainingCore(wiring.Component):
         members = {
             "host": Out(HostSignature()),
             "perf_cycles": Out(32),
+            "perf_slots_peak": Out(range(slots + 1)),
             "perf_busy": Out(data.ArrayLayout(32, len(self.engine_names))),
             "perf_steps": Out(data.ArrayLayout(32, len(self.engine_names))),
         }
@@ -267,24 +284,34 @@ class TrainingCore(wiring.Component):
         host = self.host
         count = len(specs)
 
-        # ---- memories between the engines.
+        # ---- memories between the engines. What the forward path writes and the
+        # backward path reads again (the input map, each layer's activations) has
+        # ``slots`` copies, so that the FP of later samples overlaps the BP and WU of
+        # earlier ones; the error memories belong to the backward path alone.
+        slots = self.slots
+        fslot = Signal(range(slots))        # the slot the forward path fills
+        bslot = Signal(range(slots))        # the slot the backward path reads
         c0, h0, w0 = self.input_shape
         sample_layout = RowLayout(c0, h0, w0, n.act)
         m.submodules.sample = sample_mem = memory.Memory(
-            shape=sample_layout.shape, depth=sample_layout.depth, init=[])
+            shape=sample_layout.shape, depth=sample_layout.depth * slots, init=[])
         act_full, act_out, err_lane, err_row = [], [], [], []
+        full_depths, out_depths = [], []
         for index, spec in enumerate(specs):
             g = spec.geometry
+            full_depths.append(g.cout * g.ho)
             full = memory.Memory(shape=RowLayout(g.cout, g.ho, g.wo, n.act).shape,
-                                 depth=g.cout * g.ho, init=[])
+                                 depth=g.cout * g.ho * slots, init=[])
             m.submodules[f"{spec.name}_act"] = full
             act_full.append(full)
             if spec.pool:
+                out_depths.append(g.cout * (g.ho // 2))
                 pooled = memory.Memory(shape=RowLayout(g.cout, g.ho // 2, g.wo // 2, n.act).shape,
-                                       depth=g.cout * (g.ho // 2), init=[])
+                                       depth=g.cout * (g.ho // 2) * slots, init=[])
                 m.submodules[f"{spec.name}_pooled"] = pooled
                 act_out.append(pooled)
             else:
+                out_depths.append(full_depths[-1])
                 act_out.append(full)
             unit = self.units[index]
             lanes = unit.engine.e_layout
@@ -299,6 +326,7 @@ class TrainingCore(wiring.Component):
             else:
                 err_row.append(None)
         inputs = [sample_mem] + act_out[:-1]
+        input_depths = [sample_layout.depth] + out_depths[:-1]
 
         # ---- engines.
         fp_engines, bp_engines, writers, stores, derivs = [], [], [], [], []
@@ -311,8 +339,9 @@ class TrainingCore(wiring.Component):
             m.submodules[f"{spec.name}_fp"] = fp
             fp_engines.append(fp)
             wiring.connect(m, fp.w_rd, unit.fp_weights.read_port())
-            wiring.connect(m, fp.x_rd, inputs[index].read_port())
-            wiring.connect(m, unit.x_rd, inputs[index].read_port())
+            _connect_slot(m, fp.x_rd, inputs[index].read_port(), fslot * input_depths[index])
+            _connect_slot(m, unit.x_rd, inputs[index].read_port(),
+                          bslot * input_depths[index])
             wiring.connect(m, unit.e_rd, err_lane[index].read_port())
 
             writer = ActivationWriter(channels=g.cout, h=g.ho, w=g.wo, fmt=n.act,
@@ -320,10 +349,12 @@ class TrainingCore(wiring.Component):
             m.submodules[f"{spec.name}_post"] = writer
             writers.append(writer)
             sat_events.append(_connect_rows(m, fp.o, writer.i))
-            wiring.connect(m, writer.full_wr, act_full[index].write_port())
+            full_offset = fslot * full_depths[index]
+            _connect_slot(m, writer.full_wr, act_full[index].write_port(), full_offset)
             if spec.pool:
-                wiring.connect(m, writer.full_rd, act_full[index].read_port())
-                wiring.connect(m, writer.pooled_wr, act_out[index].write_port())
+                _connect_slot(m, writer.full_rd, act_full[index].read_port(), full_offset)
+                _connect_slot(m, writer.pooled_wr, act_out[index].write_port(),
+                              fslot * out_depths[index])
 
             store = ErrorStore(channels=g.cout, h=g.ho, w=g.wo, fmt=n.error, lanes=size.wu,
                                rows=self.has_bp(index))
@@ -352,6 +383,7 @@ class TrainingCore(wiring.Component):
         # Each layer's errors (except the loss's) arrive after its post-ops and go
         # through their derivative into the layer's error store.
         err_source = None
+        receiving = Signal()        # the backward path takes errors from the link
         for index, spec in enumerate(specs):
             if index == count - 1 and self.is_last:
                 derivs.append(None)
@@ -361,10 +393,11 @@ class TrainingCore(wiring.Component):
                                     error_fmt=n.error, relu=spec.relu, pool=spec.pool)
             m.submodules[f"{spec.name}_deriv"] = deriv
             derivs.append(deriv)
+            full_offset = bslot * full_depths[index]
             if spec.relu or spec.pool:
-                wiring.connect(m, deriv.full_rd0, act_full[index].read_port())
+                _connect_slot(m, deriv.full_rd0, act_full[index].read_port(), full_offset)
             if spec.pool:
-                wiring.connect(m, deriv.full_rd1, act_full[index].read_port())
+                _connect_slot(m, deriv.full_rd1, act_full[index].read_port(), full_offset)
             wiring.connect(m, deriv.o, stores[index].i)
             if index < count - 1:
                 sat_events.append(_connect_rows(m, bp_engines[index + 1].o, deriv.i))
@@ -373,7 +406,11 @@ class TrainingCore(wiring.Component):
                 err_source = RowDeserializer(channels=oc, h=oh, w=ow, fmt=n.error)
                 m.submodules.err_in = err_source
                 wiring.connect(m, wiring.flipped(self.err_in), err_source.i)
-                _connect_rows(m, err_source.o, deriv.i)
+                # Errors are taken only while the backward path waits for them: the
+                # chip behind may already be sending a later sample's.
+                m.d.comb += [deriv.i.valid.eq(err_source.o.valid & receiving),
+                             deriv.i.payload.eq(err_source.o.payload),
+                             err_source.o.ready.eq(deriv.i.ready & receiving)]
         err_sink = None
         if self.has_bp(0):
             g = specs[0].geometry
@@ -385,7 +422,7 @@ class TrainingCore(wiring.Component):
         if self.is_last:
             loss = LossUnit(classes=self.network.num_classes, numerics=n)
             m.submodules.loss = loss
-            wiring.connect(m, loss.z_rd, act_full[-1].read_port())
+            _connect_slot(m, loss.z_rd, act_full[-1].read_port(), bslot * full_depths[-1])
             _connect_rows(m, loss.o, stores[-1].i)
             act_sender = None
         else:
@@ -393,7 +430,7 @@ class TrainingCore(wiring.Component):
             oc, oh, ow = specs[-1].out_shape
             act_sender = MapSender(layout=RowLayout(oc, oh, ow, n.act))
             m.submodules.act_out = act_sender
-            wiring.connect(m, act_sender.rd, act_out[-1].read_port())
+            _connect_slot(m, act_sender.rd, act_out[-1].read_port(), fslot * out_depths[-1])
             wiring.connect(m, act_sender.o, wiring.flipped(self.act_out))
             # Rows of errors the chip behind sends back per sample.
             err_rows_expected = oc * oh
@@ -418,7 +455,8 @@ class TrainingCore(wiring.Component):
                             m.d.sync += row_buffer[x].eq(host.sample.payload)
                 m.d.sync += pixel_x.eq(Mux(pixel_x == w0 - 1, 0, pixel_x + 1))
                 with m.If(pixel_x == w0 - 1):
-                    m.d.comb += [sample_wr.addr.eq(pixel_row), sample_wr.en.eq(1)]
+                    m.d.comb += [sample_wr.addr.eq(pixel_row + fslot * sample_layout.depth),
+                                 sample_wr.en.eq(1)]
                     for x in range(w0 - 1):
                         m.d.comb += sample_wr.data[x].eq(row_buffer[x])
                     m.d.comb += sample_wr.data[w0 - 1].eq(host.sample.payload)
@@ -447,10 +485,27 @@ class TrainingCore(wiring.Component):
         with m.If(host.weight_write):
             m.d.sync += dirty.eq(1)
 
-        # ---- the sequencer.
-        sample_in_batch = Signal(range(self.batch_size + 1))
-        layer = Signal(range(max(2, count)))
-        settle = Signal(2)
+        # ---- the sequencers: a forward path (load, FP, send) and a backward path
+        # (loss or receive, BP and WU), each walking the samples in order. Forward
+        # may run up to ``slots`` samples ahead; it waits at the end of a mini-batch
+        # until the backward path has stepped SGD, so that every FP of a batch sees
+        # the same weights (synchronous mini-batch SGD).
+        ahead = Signal(range(slots + 1))    # samples forward is ahead of backward
+        forwarded = Signal()                # pulses as forward finishes a sample
+        backed = Signal()                   # pulses as backward finishes a sample
+        m.d.sync += ahead.eq(ahead + forwarded - backed)
+        labels = Array(Signal(range(self.network.num_classes), name=f"label{k}")
+                       for k in range(slots))
+        fwd_in_batch = Signal(range(self.batch_size + 1))
+        fwd_batches = Signal(32)            # batches forward has finished
+        bwd_in_batch = Signal(range(self.batch_size + 1))
+        flayer = Signal(range(max(2, count)))
+        blayer = Signal(range(max(2, count)))
+        fsettle = Signal(2)
+        bsettle = Signal(2)
+
+        def next_slot(slot):
+            return Mux(slot == slots - 1, 0, slot + 1)
 
         def fp_idle(i):
             return ~fp_engines[i].busy
@@ -461,115 +516,140 @@ class TrainingCore(wiring.Component):
             return ~bp_engines[i].busy & derivs[i - 1].i.ready
 
         all_wu_idle = Cat(*[~unit.busy for unit in self.units]).all()
-        busy = Signal()
-        with m.FSM() as fsm:
+        with m.FSM(name="forward") as fwd:
             with m.State("LOAD"):
-                m.d.comb += loading.eq(~dirty)
+                # A free slot, and the previous batch's SGD step done.
+                m.d.comb += loading.eq(~dirty & (ahead < slots) &
+                                       (host.batches == fwd_batches))
                 # Refresh the 16-bit copies only when a sample arrives, so that host
                 # weight accesses between samples are never refused for being busy.
-                with m.If(dirty & host.sample.valid & all_wu_idle):
+                with m.If(dirty & host.sample.valid & all_wu_idle & (ahead == 0)):
                     for unit in self.units:
                         m.d.comb += unit.start_refresh.eq(1)
                     m.d.sync += dirty.eq(0)
                     m.next = "REFRESH"
                 with m.Elif(host.sample.valid & host.sample.ready & have_label &
                             (pixel_x == w0 - 1) & (pixel_row == c0 * h0 - 1)):
-                    m.d.sync += [pixel_row.eq(0), have_label.eq(0), layer.eq(0)]
+                    m.d.sync += [pixel_row.eq(0), have_label.eq(0), flayer.eq(0),
+                                 labels[fslot].eq(label)]
                     m.next = "FP_START"
             with m.State("REFRESH"):
-                with m.If(all_wu_idle & (settle == 1)):
-                    m.d.sync += settle.eq(0)
+                with m.If(all_wu_idle & (fsettle == 1)):
+                    m.d.sync += fsettle.eq(0)
                     m.next = "LOAD"
                 with m.Else():
-                    m.d.sync += settle.eq(1)
+                    m.d.sync += fsettle.eq(1)
             with m.State("FP_START"):
-                with m.Switch(layer):
+                with m.Switch(flayer):
                     for index in range(count):
                         with m.Case(index):
                             m.d.comb += fp_engines[index].start.eq(1)
-                m.d.sync += settle.eq(0)
+                m.d.sync += fsettle.eq(0)
                 m.next = "FP_WAIT"
             with m.State("FP_WAIT"):
                 done = Signal()
-                with m.Switch(layer):
+                with m.Switch(flayer):
                     for index in range(count):
                         with m.Case(index):
                             m.d.comb += done.eq(fp_idle(index))
                 # Two idle cycles: the writer's pooled row lands one cycle after the engine.
-                with m.If(done & (settle == 2)):
-                    with m.If(layer == count - 1):
-                        m.next = "LOSS_START" if self.is_last else "SEND"
+                with m.If(done & (fsettle == 2)):
+                    with m.If(flayer == count - 1):
+                        m.next = "DONE" if self.is_last else "SEND"
                     with m.Else():
-                        m.d.sync += layer.eq(layer + 1)
+                        m.d.sync += flayer.eq(flayer + 1)
                         m.next = "FP_START"
                 with m.Elif(done):
-                    m.d.sync += settle.eq(settle + 1)
-            if self.is_last:
-                with m.State("LOSS_START"):
-                    m.d.comb += [loss.start.eq(1), loss.label.eq(label)]
-                    m.next = "LOSS_WAIT"
-                with m.State("LOSS_WAIT"):
-                    m.d.comb += loss.label.eq(label)
-                    with m.If(~loss.busy):
-                        m.d.sync += layer.eq(count - 1)
-                        m.next = "BACK_START"
-            else:
-                # Send the output map down the chain, then wait for its errors to come
-                # back through the last layer's derivative into its error store.
+                    m.d.sync += fsettle.eq(fsettle + 1)
+            if not self.is_last:
                 with m.State("SEND"):
-                    m.d.comb += [act_sender.start.eq(1), act_sender.label.eq(label)]
+                    m.d.comb += [act_sender.start.eq(1), act_sender.label.eq(labels[fslot])]
                     m.next = "SEND_WAIT"
                 with m.State("SEND_WAIT"):
                     with m.If(~act_sender.busy):
-                        m.next = "RECEIVE"
+                        m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += forwarded.eq(1)
+                m.d.sync += fslot.eq(next_slot(fslot))
+                with m.If(fwd_in_batch == self.batch_size - 1):
+                    m.d.sync += [fwd_in_batch.eq(0), fwd_batches.eq(fwd_batches + 1)]
+                with m.Else():
+                    m.d.sync += fwd_in_batch.eq(fwd_in_batch + 1)
+                m.next = "LOAD"
+
+        with m.FSM(name="backward") as bwd:
+            with m.State("IDLE"):
+                with m.If(ahead != 0):
+                    m.next = "LOSS_START" if self.is_last else "RECEIVE"
+            if self.is_last:
+                with m.State("LOSS_START"):
+                    m.d.comb += [loss.start.eq(1), loss.label.eq(labels[bslot])]
+                    m.next = "LOSS_WAIT"
+                with m.State("LOSS_WAIT"):
+                    m.d.comb += loss.label.eq(labels[bslot])
+                    with m.If(~loss.busy):
+                        m.d.sync += blayer.eq(count - 1)
+                        m.next = "BACK_START"
+            else:
+                # Take this sample's errors back through the last layer's derivative
+                # into its error store.
                 with m.State("RECEIVE"):
+                    m.d.comb += receiving.eq(1)
                     with m.If((err_rows == err_rows_expected) & derivs[-1].i.ready &
                               ~err_source.busy):
-                        m.d.sync += [err_rows.eq(0), layer.eq(count - 1)]
+                        m.d.sync += [err_rows.eq(0), blayer.eq(count - 1)]
                         m.next = "BACK_START"
             with m.State("BACK_START"):
                 # WU of this layer and BP into the layer in front run side by side.
-                with m.Switch(layer):
+                with m.Switch(blayer):
                     for index in range(count):
                         with m.Case(index):
                             m.d.comb += self.units[index].start_sample.eq(1)
                             if self.has_bp(index):
                                 m.d.comb += bp_engines[index].start.eq(1)
-                m.d.sync += settle.eq(0)
+                m.d.sync += bsettle.eq(0)
                 m.next = "BACK_WAIT"
             with m.State("BACK_WAIT"):
                 done = Signal()
-                with m.Switch(layer):
+                with m.Switch(blayer):
                     for index in range(count):
                         with m.Case(index):
                             m.d.comb += done.eq(bp_idle(index) if self.has_bp(index) else 1)
-                with m.If(done & (settle == 2)):
-                    with m.If(layer == 0):
+                with m.If(done & (bsettle == 2)):
+                    with m.If(blayer == 0):
                         m.next = "WU_WAIT"
                     with m.Else():
-                        m.d.sync += layer.eq(layer - 1)
+                        m.d.sync += blayer.eq(blayer - 1)
                         m.next = "BACK_START"
                 with m.Elif(done):
-                    m.d.sync += settle.eq(settle + 1)
+                    m.d.sync += bsettle.eq(bsettle + 1)
             with m.State("WU_WAIT"):
                 with m.If(all_wu_idle):
-                    m.d.sync += host.samples.eq(host.samples + 1)
-                    with m.If(sample_in_batch == self.batch_size - 1):
-                        m.d.sync += sample_in_batch.eq(0)
+                    m.d.comb += backed.eq(1)
+                    m.d.sync += [host.samples.eq(host.samples + 1), bslot.eq(next_slot(bslot))]
+                    with m.If(bwd_in_batch == self.batch_size - 1):
+                        m.d.sync += bwd_in_batch.eq(0)
                         for unit in self.units:
                             m.d.comb += unit.start_update.eq(1)
-                        m.d.sync += settle.eq(0)
+                        m.d.sync += bsettle.eq(0)
                         m.next = "UPDATE_WAIT"
                     with m.Else():
-                        m.d.sync += sample_in_batch.eq(sample_in_batch + 1)
-                        m.next = "LOAD"
+                        m.d.sync += bwd_in_batch.eq(bwd_in_batch + 1)
+                        m.next = "IDLE"
             with m.State("UPDATE_WAIT"):
-                with m.If(all_wu_idle & (settle == 1)):
+                with m.If(all_wu_idle & (bsettle == 1)):
                     m.d.sync += host.batches.eq(host.batches + 1)
-                    m.next = "LOAD"
+                    m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += settle.eq(1)
-            m.d.comb += busy.eq(~fsm.ongoing("LOAD") | have_label)
+                    m.d.sync += bsettle.eq(1)
+        busy = Signal()
+        m.d.comb += busy.eq(~fwd.ongoing("LOAD") | have_label | ~bwd.ongoing("IDLE") |
+                            (ahead != 0))
+        # The feature memories' occupancy: the most slots ever in use. The forward
+        # path cannot overwrite a slot the backward path still reads (it waits at
+        # ``ahead == slots``); ``perf_slots_peak`` lets a run show how deep it went.
+        with m.If(ahead > self.perf_slots_peak):
+            m.d.sync += self.perf_slots_peak.eq(ahead)
 
         # ---- counters.
         if loss is not None:

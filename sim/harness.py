@@ -48,9 +48,12 @@ class RunResult:
     correct: int
     batches: int
     saturations: int
+    #: Cycles between one sample's completion (its WU done) and the next's.
     sample_cycles: list
     total_cycles: int
     engines: list = field(default_factory=list)
+    #: Per chip, the most feature-memory slots in use at once.
+    slots_peak: list = field(default_factory=list)
     #: Seconds the simulation took (Verilator: the simulator process, build excluded).
     wall_seconds: float = 0.0
     backend: str = "pysim"
@@ -89,12 +92,12 @@ class CoreRun:
     """
 
     def __init__(self, network, *, batch_size=8, lr=0.02, momentum=0.9, seed=0, engines=None,
-                 numerics=DEFAULT_NUMERICS, splits=None):
+                 numerics=DEFAULT_NUMERICS, splits=None, slots=2):
         self.network, self.numerics = network, numerics
         self.batch_size, self.lr, self.momentum = batch_size, lr, momentum
         self.masters = init_masters(network, numerics, seed)
         args = dict(masters=self.masters, numerics=numerics, batch_size=batch_size, lr=lr,
-                    momentum=momentum, engines=engines)
+                    momentum=momentum, engines=engines, slots=slots)
         if splits is not None and len(splits) > 1:
             self.top = Cluster(network, splits=splits, **args)
             self.chips = self.top.chips
@@ -131,26 +134,36 @@ class CoreRun:
         result = {}
         start = time.perf_counter()
 
-        async def testbench(ctx):
-            sample_cycles = []
-            for index, (x, label) in enumerate(zip(samples, labels)):
+        async def producer(ctx):
+            # Samples go in back to back: the core takes the next one as soon as it
+            # has a free feature-memory slot, so FP overlaps earlier samples' BP.
+            for x, label in zip(samples, labels):
                 await send_sample(ctx, top.host.sample, x, label)
-                cycles = 0
+
+        async def testbench(ctx):
+            sample_cycles, finished, cycles, idle = [], 0, 0, 0
+            while finished < len(labels):
                 await ctx.tick()
-                while ctx.get(top.host.busy):
-                    await ctx.tick()
-                    cycles += 1
-                    if cycles > max_cycles_per_sample:
-                        raise FpdeepError(f"the core did not finish sample {index} within "
-                                          f"{max_cycles_per_sample} cycles")
-                sample_cycles.append(cycles)
-                if progress:
-                    progress(index + 1, len(labels), cycles)
+                cycles += 1
+                idle += 1
+                done = ctx.get(top.host.samples)
+                for index in range(finished, done):
+                    sample_cycles.append(idle)
+                    idle = 0
+                    if progress:
+                        progress(index + 1, len(labels), sample_cycles[-1])
+                finished = done
+                if idle > max_cycles_per_sample:
+                    raise FpdeepError(f"the core did not finish sample {finished} within "
+                                      f"{max_cycles_per_sample} cycles")
+            while ctx.get(top.host.busy):
+                await ctx.tick()
             result["sample_cycles"] = sample_cycles
             result["counters"] = {name: ctx.get(getattr(top.host, name))
                                   for name in ("samples", "correct", "batches", "saturations")}
             # Chip 0 is busy from a sample's first word until its errors are back.
             result["total_cycles"] = max(ctx.get(chip.perf_cycles) for chip in chips)
+            result["slots_peak"] = [ctx.get(chip.perf_slots_peak) for chip in chips]
             result["busy"] = [ctx.get(chip.perf_busy[k]) for chip in chips
                               for k in range(len(chip.engine_names))]
             result["steps"] = [ctx.get(chip.perf_steps[k]) for chip in chips
@@ -161,6 +174,7 @@ class CoreRun:
 
         sim = Simulator(top)
         sim.add_clock(1e-8)
+        sim.add_testbench(producer, background=True)
         sim.add_testbench(testbench)
         if vcd:
             from .waves import write_waves
@@ -190,6 +204,7 @@ class CoreRun:
             "counters": {name: outputs[f"host__{name}"]
                          for name in ("samples", "correct", "batches", "saturations")},
             "total_cycles": outputs["perf_cycles"],
+            "slots_peak": [outputs["perf_slots_peak"]],
             "busy": verilator.port_array(outputs["perf_busy"], count),
             "steps": verilator.port_array(outputs["perf_steps"], count),
             "masters": raw["masters"],
@@ -216,7 +231,8 @@ def _run_result(chips, result, *, wall_seconds, backend="pysim", build_seconds=0
                      saturations=counters["saturations"],
                      sample_cycles=result["sample_cycles"],
                      total_cycles=result["total_cycles"], engines=engines,
-                     wall_seconds=wall_seconds, backend=backend, build_seconds=build_seconds)
+                     wall_seconds=wall_seconds, backend=backend, build_seconds=build_seconds,
+                     slots_peak=result["slots_peak"])
 
 
 async def send_sample(ctx, port, x, label):

@@ -5,10 +5,11 @@ is converted to Verilog, verilated with a small generated C++ driver, and built
 once per distinct Verilog text into a cache directory. The driver then trains on
 the samples exactly as the pysim testbench does, cycle for cycle:
 
-* per sample, the label word then the pixels on ``host.sample`` with
-  ``valid``/``ready`` (a word transfers on the edge where ``ready`` was high);
-* ``valid`` low, one more clock, then a clock per cycle while ``host.busy`` is
-  high; that count is the sample's cycles;
+* the samples back to back (each a label word then its pixels) on
+  ``host.sample`` with ``valid``/``ready`` (a word transfers on the edge where
+  ``ready`` was high); a sample's cycles are the clocks from the previous
+  sample's completion (``host.samples`` counting up) to its own;
+* after the last, a clock per cycle while ``host.busy`` is high;
 * at the end, every output port (the host counters and ``perf_*``), then every
   master weight read through ``host.weight_addr/weight_read/weight_rdata/
   weight_rvalid``, which checks the host read path as well as the training.
@@ -63,6 +64,7 @@ _DRIVEN = {
     "SAMPLE_PAYLOAD": "host__sample__payload",
     "SAMPLE_READY": "host__sample__ready",
     "BUSY": "host__busy",
+    "SAMPLES": "host__samples",
     "WEIGHT_ADDR": "host__weight_addr",
     "WEIGHT_READ": "host__weight_read",
     "WEIGHT_WRITE": "host__weight_write",
@@ -137,30 +139,28 @@ int main(int argc, char **argv) {
     top->PORT_WEIGHT_ADDR = 0;
     top->eval();
 
-    for (long long s = 0; s < samples; s++) {
-        top->PORT_SAMPLE_VALID = 1;
-        for (long long k = 0; k < words; k++) {
-            top->PORT_SAMPLE_PAYLOAD = (uint16_t)data[s * words + k];
-            for (long long wait = 0;; wait++) {
-                top->eval();
-                bool ready = top->PORT_SAMPLE_READY;
-                tick();
-                if (ready) break;
-                if (wait > max_cycles) fail("sample-not-taken", s);
-            }
-        }
-        top->PORT_SAMPLE_VALID = 0;
+    // Samples go in back to back, as fast as the core takes words; a sample's
+    // cycles are the clocks from the previous sample's completion to its own.
+    long long next_word = 0, total_words = samples * words, finished = 0, since = 0;
+    while (finished < samples) {
+        bool sending = next_word < total_words;
+        top->PORT_SAMPLE_VALID = sending;
+        if (sending) top->PORT_SAMPLE_PAYLOAD = (uint16_t)data[next_word];
         top->eval();
+        bool taken = sending && top->PORT_SAMPLE_READY;
         tick();
-        long long cycles = 0;
-        while (top->PORT_BUSY) {
-            tick();
-            cycles++;
-            if (cycles > max_cycles) fail("sample-not-finished", s);
+        if (taken) next_word++;
+        since++;
+        long long done = (long long)top->PORT_SAMPLES;
+        for (; finished < done; finished++) {
+            printf("sample %lld %lld\n", finished, since);
+            since = 0;
+            if ((finished & 15) == 15 || finished + 1 == samples) fflush(stdout);
         }
-        printf("sample %lld %lld\n", s, cycles);
-        if ((s & 15) == 15 || s + 1 == samples) fflush(stdout);
+        if (since > max_cycles) fail("sample-not-finished", finished);
     }
+    top->PORT_SAMPLE_VALID = 0;
+    while (top->PORT_BUSY) tick();
 
     dump_outputs();
 
