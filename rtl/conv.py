@@ -107,10 +107,18 @@ class ConvEngine(wiring.Component):
     geometry : ConvGeometry
     rows : int
         Output channels computed at once.
-    in_fmt, weight_fmt, out_fmt : FixedFormat
+    in_fmt, weight_fmt : FixedFormat
+    out_fmt : FixedFormat or None
+        Format of the requantized output; unused (and may be ``None``) with ``raw``.
     acc_width : int
     bias : bool
         Add a bias step whose input is 1.0 in ``in_fmt``.
+    raw : bool
+        Emit the exact accumulator sums (:attr:`acc_fmt`, ``acc_width`` bits with
+        ``in_fmt.frac + weight_fmt.frac`` fraction bits) instead of requantizing them,
+        with ``saturated`` always 0: a partial sum over a slice of the input channels,
+        to be added to the other slices' before one requantization
+        (:class:`~fpdeep.rtl.partial.PartialSum`). Timing is the same either way.
 
     Members
     -------
@@ -122,13 +130,23 @@ class ConvEngine(wiring.Component):
     w_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(weight, rows)))
     x_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(in, w)))
     o : Out(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(out, wo), "saturated"})))
-        Requantized output rows, in order of (tile, row, lane).
+        Requantized output rows (``values`` in ``out_fmt``, or in :attr:`acc_fmt` with
+        ``raw``), in order of (tile, row, lane); ``saturated`` counts the row's
+        saturated values.
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` is not a positive int, or ``out_fmt`` is missing without ``raw``.
     """
 
-    def __init__(self, *, geometry, rows, in_fmt, weight_fmt, out_fmt, acc_width=48, bias=True):
+    def __init__(self, *, geometry, rows, in_fmt, weight_fmt, out_fmt, acc_width=48, bias=True,
+                 raw=False):
         if not isinstance(rows, int) or rows < 1:
             raise ValueError(f"rows must be a positive int, not {rows!r}")
-        self._g, self._rows, self._bias = geometry, rows, bias
+        if out_fmt is None and not raw:
+            raise ValueError("out_fmt is required unless raw is set")
+        self._g, self._rows, self._bias, self._raw = geometry, rows, bias, bool(raw)
         self._in_fmt, self._weight_fmt, self._out_fmt = in_fmt, weight_fmt, out_fmt
         self._acc_width = acc_width
         g = geometry
@@ -147,7 +165,7 @@ class ConvEngine(wiring.Component):
             "o": Out(stream.Signature(data.StructLayout({
                 "channel": range(g.cout),
                 "row": range(g.ho),
-                "values": data.ArrayLayout(out_fmt.shape, g.wo),
+                "values": data.ArrayLayout(self.out_layout.fmt.shape, g.wo),
                 "saturated": range(g.wo + 1),
             }))),
         })
@@ -155,6 +173,17 @@ class ConvEngine(wiring.Component):
     @property
     def array_shape(self):
         return (self._rows, self._g.wo)
+
+    @property
+    def acc_fmt(self):
+        """The format of the exact sums: ``acc_width`` bits, ``in.frac + weight.frac`` fraction."""
+        return FixedFormat(self._acc_width, self._in_fmt.frac + self._weight_fmt.frac)
+
+    @property
+    def out_layout(self):
+        """The :class:`RowLayout` of the output map (in :attr:`acc_fmt` with ``raw``)."""
+        g = self._g
+        return RowLayout(g.cout, g.ho, g.wo, self.acc_fmt if self._raw else self._out_fmt)
 
     def elaborate(self, platform):
         m = Module()
@@ -255,13 +284,16 @@ class ConvEngine(wiring.Component):
         with m.If(advance):
             m.d.sync += [array.i.payload.tag.t.eq(t), array.i.payload.tag.y.eq(y)]
 
-        # Array -> output: requantize one row per beat; lanes past cout are dropped.
+        # Array -> output: requantize one row per beat (or pass the exact sums with raw);
+        # lanes past cout are dropped.
         channel = array.o.payload.tag.t * rows + array.o.payload.row
         lane_used = channel < g.cout
         saturated = []
         for c in range(g.wo):
-            value, sat = requantize_hw(array.o.payload.sums[c],
-                                       self._in_fmt.frac + self._weight_fmt.frac, self._out_fmt)
+            if self._raw:
+                m.d.comb += self.o.payload.values[c].eq(array.o.payload.sums[c])
+                continue
+            value, sat = requantize_hw(array.o.payload.sums[c], self.acc_fmt.frac, self._out_fmt)
             m.d.comb += self.o.payload.values[c].eq(value)
             saturated.append(sat)
         m.d.comb += [

@@ -2,40 +2,98 @@
 
 Activations go down the chain in the host's sample format (a label word, then the
 map's words row-major; :class:`MapSender`), so a chip loads its input the same way
-whether it comes from the host or from the chip in front. Errors come back as
-they leave the BP engine, one framed row at a time (:class:`RowSerializer`:
-channel, row, then the row's values; :class:`RowDeserializer` undoes it), because
-the error derivative takes rows in any order.
+whether it comes from the host or from the chip in front; :class:`MapReceiver`
+stores a map sent without its label. Errors come back as they leave the BP engine,
+one framed row at a time (:class:`RowSerializer`; :class:`RowDeserializer` undoes
+it), because the error derivative takes rows in any order.
+
+Row frames
+----------
+A frame is a channel word (the channel number, unsigned), a row header word
+(:data:`ROW_HEADER`: the row number in bits 0-14, the ``partial`` kind flag in bit
+15), then the row's values in order:
+
+* an **error row** (``partial`` clear) carries one word per value;
+* a **partial row** (``partial`` set) carries the exact accumulator sums of a layer
+  split across chips (:mod:`fpdeep.rtl.partial`), each value sign-extended to 48
+  bits and sent as :data:`PARTIAL_WORDS` words, low word first.
+
+The two kinds may follow each other frame by frame on one word stream, and each
+kind has its own channel count and row size, so one link channel carries the
+forwarded errors of a layer's output and the partial sums at its input.
 """
 
 from amaranth import *
-from amaranth.lib import wiring, stream, memory
+from amaranth.lib import wiring, stream, data, memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .conv import RowLayout
+from .numerics import FixedFormat
 
-__all__ = ["WORD", "RowSerializer", "RowDeserializer", "MapSender"]
+__all__ = ["WORD", "ROW_HEADER", "PARTIAL_WORDS", "RowSerializer", "RowDeserializer",
+           "MapSender", "MapReceiver"]
 
 #: The link word: one 16-bit fixed-point value, label or row header.
 WORD = signed(16)
 
+#: The second word of a row frame: the row number and the frame's kind.
+ROW_HEADER = data.StructLayout({"row": 15, "partial": 1})
+
+#: Words per value of a partial row: a 48-bit sum, low word first.
+PARTIAL_WORDS = 3
+
+
+def _check_frame(channels, h, w, fmt, *, partial, name="fmt"):
+    """Validate one row kind's geometry against the frame's header fields."""
+    for pname, value in (("channels", channels), ("h", h), ("w", w)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{pname} must be a positive int, not {value!r}")
+    if channels > 1 << 16:
+        raise ValueError(f"channels {channels} do not fit the 16-bit channel word")
+    if h > 1 << 15:
+        raise ValueError(f"h {h} does not fit the 15-bit row field of the row header")
+    if not isinstance(fmt, FixedFormat):
+        raise TypeError(f"{name} must be a FixedFormat, not {fmt!r}")
+    limit = PARTIAL_WORDS * WORD.width if partial else WORD.width
+    if fmt.width > limit:
+        raise ValueError(f"{name} {fmt} is wider than the {limit} bits of a "
+                         f"{'partial' if partial else 'error'} row's value")
 
 
 class RowSerializer(wiring.Component):
-    """Rows in, words out: ``channel, row, values[0] ... values[w-1]`` per row.
+    """Rows in, words out: one row frame per row (see the module's *Row frames*).
 
-    Throughput: one word per cycle, ``w + 2`` cycles per row.
+    Throughput: one word per cycle, ``w + 2`` cycles per error row and
+    ``PARTIAL_WORDS * w + 2`` per partial row. A row is accepted when the previous
+    one's last word leaves; its first word is offered the cycle after.
+
+    Parameters
+    ----------
+    channels, h, w : int
+        The map's size; ``channels`` sets the width of the channel field only, the
+        channel numbers are the map's own (global).
+    fmt : FixedFormat
+        Format of the values: at most 16 bits, or with ``partial`` at most 48 (the
+        accumulator format, e.g. :attr:`ConvEngine.acc_fmt`).
+    partial : bool
+        Send partial rows (kind flag set, 3 words per value) instead of error rows.
 
     Members
     -------
-    i : In(stream) of rows ``(channel, row, values)``.
+    i : In(stream) of rows ``RowLayout(channels, h, w, fmt).row_stream()``.
     o : Out(stream.Signature(signed(16)))
     busy : Out(1)
+
+    Raises
+    ------
+    ValueError, TypeError
+        If the map does not fit the frame's fields or ``fmt`` is too wide.
     """
 
-    def __init__(self, *, channels, h, w, fmt):
-        self._w = w
+    def __init__(self, *, channels, h, w, fmt, partial=False):
+        _check_frame(channels, h, w, fmt, partial=partial)
+        self._w, self._partial = w, bool(partial)
         super().__init__({
             "i": In(RowLayout(channels, h, w, fmt).row_stream()),
             "o": Out(stream.Signature(WORD)),
@@ -45,78 +103,174 @@ class RowSerializer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w = self._w
+        per_value = PARTIAL_WORDS if self._partial else 1
+        last = per_value * w + 1
         held = Signal(self.i.payload.shape())
         full = Signal()
-        index = Signal(range(w + 2))
+        index = Signal(range(last + 1))
         m.d.comb += self.i.ready.eq(~full)
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [held.eq(self.i.payload), full.eq(1), index.eq(0)]
+
+        header = Signal(ROW_HEADER)
+        m.d.comb += [header.row.eq(held.row), header.partial.eq(self._partial)]
+        if self._partial:
+            wide = Signal(data.ArrayLayout(signed(PARTIAL_WORDS * WORD.width), w))
+            for x in range(w):
+                m.d.comb += wide[x].eq(held.values[x])      # sign-extends
+            words = data.View(data.ArrayLayout(WORD, PARTIAL_WORDS * w), wide.as_value())
+        else:
+            words = held.values
         with m.Switch(index):
             with m.Case(0):
                 m.d.comb += self.o.payload.eq(held.channel)
             with m.Case(1):
-                m.d.comb += self.o.payload.eq(held.row)
-            for x in range(w):
-                with m.Case(x + 2):
-                    m.d.comb += self.o.payload.eq(held.values[x])
+                m.d.comb += self.o.payload.eq(header.as_value())
+            for k in range(per_value * w):
+                with m.Case(k + 2):
+                    m.d.comb += self.o.payload.eq(words[k])
         m.d.comb += [self.o.valid.eq(full), self.busy.eq(full)]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += index.eq(index + 1)
-            with m.If(index == w + 1):
+            with m.If(index == last):
                 m.d.sync += full.eq(0)
         return m
 
 
 class RowDeserializer(wiring.Component):
-    """Words in, rows out: the inverse of :class:`RowSerializer`.
+    """Words in, rows out: the inverse of :class:`RowSerializer`, for one or both kinds.
+
+    Without ``partial`` every frame is taken as an error row (the kind flag is not
+    looked at). With ``partial``, frames of either kind may follow each other: error
+    rows leave on ``o``, partial rows on ``partial``.
+
+    Throughput: one word per cycle. The two header words of a frame are taken even
+    while the previous row of either kind waits to leave; the values of a frame
+    wait until the previous row of the same kind has left. A row is offered the
+    cycle after its last word is taken.
+
+    Parameters
+    ----------
+    channels, h, w : int
+    fmt : FixedFormat
+        The error rows (at most 16 bits).
+    partial : RowLayout or None
+        The partial rows (channels, size and accumulator format, at most 48 bits),
+        which need not match the error rows'.
 
     Members
     -------
     i : In(stream.Signature(signed(16)))
-    o : Out(stream) of rows.
+    o : Out(stream) of error rows, ``RowLayout(channels, h, w, fmt).row_stream()``.
+    partial : Out(stream) of partial rows, ``partial.row_stream()``; only with ``partial``.
     busy : Out(1)
         A row is partly received or waiting to leave.
+
+    Raises
+    ------
+    ValueError, TypeError
+        If a map does not fit the frame's fields, a format is too wide or ``partial``
+        is not a :class:`RowLayout`.
     """
 
-    def __init__(self, *, channels, h, w, fmt):
-        self._w = w
-        super().__init__({
+    def __init__(self, *, channels, h, w, fmt, partial=None):
+        _check_frame(channels, h, w, fmt, partial=False)
+        if partial is not None:
+            if not isinstance(partial, RowLayout):
+                raise TypeError(f"partial must be a RowLayout or None, not {partial!r}")
+            _check_frame(partial.channels, partial.h, partial.w, partial.fmt, partial=True,
+                         name="partial.fmt")
+        self._layout, self._partial = RowLayout(channels, h, w, fmt), partial
+        members = {
             "i": In(stream.Signature(WORD)),
-            "o": Out(RowLayout(channels, h, w, fmt).row_stream()),
-            "busy": Out(1),
-        })
+            "o": Out(self._layout.row_stream()),
+        }
+        if partial is not None:
+            members["partial"] = Out(partial.row_stream())
+        members["busy"] = Out(1)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        w = self._w
-        index = Signal(range(w + 2))
-        full = Signal()
-        m.d.comb += [self.i.ready.eq(~full), self.o.valid.eq(full),
-                     self.busy.eq(full | (index != 0))]
-        with m.If(self.i.valid & self.i.ready):
-            with m.Switch(index):
-                with m.Case(0):
-                    m.d.sync += self.o.payload.channel.eq(self.i.payload)
-                with m.Case(1):
-                    m.d.sync += self.o.payload.row.eq(self.i.payload)
-                for x in range(w):
-                    with m.Case(x + 2):
-                        m.d.sync += self.o.payload.values[x].eq(self.i.payload)
-            m.d.sync += index.eq(Mux(index == w + 1, 0, index + 1))
-            with m.If(index == w + 1):
-                m.d.sync += full.eq(1)
+        layout, partial = self._layout, self._partial
+        w = layout.w
+        pw = partial.w if partial is not None else 0
+        index = Signal(range(max(w, PARTIAL_WORDS * pw) + 2))
+        kinds = [layout] if partial is None else [layout, partial]
+        channel = Signal(range(max(k.channels for k in kinds)))
+        row = Signal(range(max(k.h for k in kinds)))
+        kind = Signal()                 # of the frame being received: 1 for partial
+        o_full, p_full = Signal(), Signal()
+
+        word = self.i.payload
+        take = self.i.valid & self.i.ready
+        header = data.View(ROW_HEADER, word)
+        m.d.comb += [
+            self.i.ready.eq((index < 2) | ~Mux(kind, p_full, o_full)),
+            self.o.valid.eq(o_full),
+            self.busy.eq(o_full | p_full | (index != 0)),
+        ]
         with m.If(self.o.valid & self.o.ready):
-            m.d.sync += full.eq(0)
+            m.d.sync += o_full.eq(0)
+
+        last = Mux(kind, PARTIAL_WORDS * pw + 1, w + 1)
+        with m.If(take):
+            m.d.sync += index.eq(Mux(index == last, 0, index + 1))
+            with m.If(index == 0):
+                m.d.sync += channel.eq(word.as_unsigned())
+            with m.If(index == 1):
+                m.d.sync += row.eq(header.row)
+                if partial is not None:
+                    m.d.sync += kind.eq(header.partial)
+            with m.If(~kind):
+                with m.Switch(index):
+                    for x in range(w):
+                        with m.Case(x + 2):
+                            m.d.sync += self.o.payload.values[x].eq(word)
+                with m.If(index == w + 1):
+                    m.d.sync += [self.o.payload.channel.eq(channel),
+                                 self.o.payload.row.eq(row), o_full.eq(1)]
+
+        if partial is not None:
+            words = Signal(data.ArrayLayout(WORD, PARTIAL_WORDS * pw))
+            sums = data.View(data.ArrayLayout(signed(PARTIAL_WORDS * WORD.width), pw),
+                             words.as_value())
+            p_channel = Signal.like(self.partial.payload.channel)
+            p_row = Signal.like(self.partial.payload.row)
+            with m.If(self.partial.valid & self.partial.ready):
+                m.d.sync += p_full.eq(0)
+            with m.If(take & kind):
+                with m.Switch(index):
+                    for k in range(PARTIAL_WORDS * pw):
+                        with m.Case(k + 2):
+                            m.d.sync += words[k].eq(word)
+                with m.If(index == PARTIAL_WORDS * pw + 1):
+                    m.d.sync += [p_channel.eq(channel), p_row.eq(row), p_full.eq(1)]
+            m.d.comb += [
+                self.partial.valid.eq(p_full),
+                self.partial.payload.channel.eq(p_channel),
+                self.partial.payload.row.eq(p_row),
+            ]
+            for x in range(pw):
+                m.d.comb += self.partial.payload.values[x].eq(sums[x])
         return m
 
 
 class MapSender(wiring.Component):
     """Sends a label, then a row-layout map's values row-major, as words.
 
+    Parameters
+    ----------
+    layout : RowLayout
+        The map (values of at most 16 bits).
+    label : bool
+        Send the ``label`` word first. Without it the words are the map's only, and
+        the ``label`` port is absent (the inverse is :class:`MapReceiver`).
+
     Members
     -------
     start : In(1)
-    label : In(signed(16)), sampled at ``start``.
+    label : In(signed(16)), sampled at ``start``; only with ``label``.
     busy : Out(1)
     rd : In(memory.ReadPort.Signature(...)) the map.
     o : Out(stream.Signature(signed(16)))
@@ -124,33 +278,42 @@ class MapSender(wiring.Component):
     Throughput: one word per cycle plus one cycle per row for the read.
     """
 
-    def __init__(self, *, layout):
-        self._layout = layout
-        super().__init__({
-            "start": In(1),
-            "label": In(WORD),
+    def __init__(self, *, layout, label=True):
+        _check_frame(layout.channels, layout.h, layout.w, layout.fmt, partial=False,
+                     name="layout.fmt")
+        self._layout, self._label = layout, bool(label)
+        members = {"start": In(1)}
+        if self._label:
+            members["label"] = In(WORD)
+        members.update({
             "busy": Out(1),
             "rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(layout.depth),
                                                shape=layout.shape)),
             "o": Out(stream.Signature(WORD)),
         })
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
         layout = self._layout
         address = Signal(range(layout.depth + 1))
         x = Signal(range(layout.w))
-        label = Signal(WORD)
         m.d.comb += self.rd.addr.eq(address)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [label.eq(self.label), address.eq(0)]
-                    m.next = "LABEL"
-            with m.State("LABEL"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(label)]
-                with m.If(self.o.ready):
-                    m.next = "ROW"          # the read of row 0 was issued this cycle
+                    m.d.sync += address.eq(0)
+                    if self._label:
+                        label = Signal(WORD)
+                        m.d.sync += label.eq(self.label)
+                        m.next = "LABEL"
+                    else:
+                        m.next = "READ"
+            if self._label:
+                with m.State("LABEL"):
+                    m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(label)]
+                    with m.If(self.o.ready):
+                        m.next = "ROW"      # the read of row 0 was issued this cycle
             with m.State("ROW"):
                 m.d.comb += [self.rd.en.eq(0), self.o.valid.eq(1)]
                 with m.Switch(x):
@@ -168,4 +331,88 @@ class MapSender(wiring.Component):
             with m.State("READ"):
                 m.next = "ROW"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
+class MapReceiver(wiring.Component):
+    """Words in, rows of a row-layout memory out: a map sent by ``MapSender(label=False)``.
+
+    After ``start``, takes ``rows`` rows of ``w`` words each, row-major, and writes
+    each row to address ``base + n`` (``n`` = 0, 1, ...) in the cycle its last word
+    is taken; ``base + rows`` must not exceed ``layout.depth``. Throughput: one word
+    per cycle, ``i`` is ready in every cycle while busy.
+
+    Parameters
+    ----------
+    layout : RowLayout
+        The memory's map (values of at most 16 bits; words are truncated to them).
+    rows : int or None
+        Rows per map; the whole memory (``layout.depth``) by default.
+
+    Members
+    -------
+    start : In(1)
+        Pulse to receive one map; ignored while busy.
+    base : In(range(layout.depth))
+        The address of the first row, sampled at ``start``; e.g.
+        ``layout.address(first_channel, 0)`` for a slice of channels.
+    busy : Out(1)
+        From the cycle after ``start`` to the cycle of the last row's write.
+    done : Out(1)
+        One cycle, the cycle after the last row's write (its data is readable then).
+    i : In(stream.Signature(signed(16)))
+        Taken only while busy.
+    wr : In(memory.WritePort.Signature(addr_width=ceil_log2(layout.depth), shape=layout.shape))
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` is not from 1 to ``layout.depth``.
+    """
+
+    def __init__(self, *, layout, rows=None):
+        _check_frame(layout.channels, layout.h, layout.w, layout.fmt, partial=False,
+                     name="layout.fmt")
+        rows = layout.depth if rows is None else rows
+        if not isinstance(rows, int) or not 1 <= rows <= layout.depth:
+            raise ValueError(f"rows must be an int from 1 to {layout.depth}, not {rows!r}")
+        self._layout, self._rows = layout, rows
+        super().__init__({
+            "start": In(1),
+            "base": In(range(layout.depth)),
+            "busy": Out(1),
+            "done": Out(1),
+            "i": In(stream.Signature(WORD)),
+            "wr": In(memory.WritePort.Signature(addr_width=ceil_log2(layout.depth),
+                                                shape=layout.shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        layout = self._layout
+        w = layout.w
+        address = Signal(range(layout.depth + 1))
+        remaining = Signal(range(self._rows + 1))
+        x = Signal(range(w))
+        buffer = Signal(layout.shape)
+        take = self.i.valid & self.i.ready
+
+        m.d.comb += [self.busy.eq(remaining != 0), self.i.ready.eq(self.busy)]
+        m.d.sync += self.done.eq(0)
+        with m.If(self.start & ~self.busy):
+            m.d.sync += [address.eq(self.base), remaining.eq(self._rows), x.eq(0)]
+        with m.If(take):
+            m.d.sync += x.eq(Mux(x == w - 1, 0, x + 1))
+            with m.Switch(x):
+                for xv in range(w - 1):
+                    with m.Case(xv):
+                        m.d.sync += buffer[xv].eq(self.i.payload)
+        m.d.comb += [self.wr.addr.eq(address), self.wr.en.eq(take & (x == w - 1))]
+        for xv in range(w - 1):
+            m.d.comb += self.wr.data[xv].eq(buffer[xv])
+        m.d.comb += self.wr.data[w - 1].eq(self.i.payload)
+        with m.If(self.wr.en):
+            m.d.sync += [address.eq(address + 1), remaining.eq(remaining - 1)]
+            with m.If(remaining == 1):
+                m.d.sync += self.done.eq(1)
         return m

@@ -6,8 +6,8 @@ from amaranth import *
 from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
-from fpdeep.rtl.conv import ConvEngine, ConvGeometry, pack_conv_weights, pack_rows
-from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, requantize_np
+from fpdeep.rtl.conv import ConvEngine, ConvGeometry, RowLayout, pack_conv_weights, pack_rows
+from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat, requantize_np
 from fpdeep.sim.reference import conv_forward_acc, conv_backward_acc
 from tests.stream_helpers import StreamDriver
 
@@ -146,3 +146,41 @@ def test_random_shapes_forward_and_backward(seed):
                           seed=seed)
     np.testing.assert_array_equal(got, expect)
     assert sat == expect_sat > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_raw_outputs_are_exact_sums(seed):
+    """With raw, the engine emits the exact accumulator sums (no rounding, no saturation)."""
+    rng = np.random.default_rng(200 + seed)
+    g = ConvGeometry(**random_geometry(rng))
+    x = N.act.from_float(rng.uniform(-30, 30, size=(g.cin, g.h, g.w)))
+    wq = N.weight.from_float(rng.normal(0, 6, size=(g.cout, g.cin, g.kh, g.kw)))
+    bq = N.weight.from_float(rng.normal(0, 6, size=g.cout))
+    if seed == 0:                      # the most negative operands: the largest products
+        x[:], wq[:], bq[:] = N.act.min, N.weight.min, N.weight.min
+    rows = int(rng.integers(1, g.cout + 2))
+    engine = ConvEngine(geometry=g, rows=rows, in_fmt=N.act, weight_fmt=N.weight,
+                        out_fmt=None, raw=True)
+    assert engine.acc_fmt == FixedFormat(48, N.act.frac + N.weight.frac)
+    assert engine.out_layout == RowLayout(g.cout, g.ho, g.wo, engine.acc_fmt)
+    expect = conv_forward_acc(x, wq, bq, g.ph, g.pw, N.act.one)
+    assert requantize_np(expect, engine.acc_fmt.frac, N.act)[1] > 0, "the sums do not fit"
+    got, sat = run_engine(engine, pack_conv_weights(wq, bq, rows), pack_rows(x), seed=seed)
+    np.testing.assert_array_equal(got, expect)
+    assert sat == 0
+
+    e = N.error.from_float(rng.normal(0, 4, size=(g.cout, g.ho, g.wo)))
+    bp_rows = int(rng.integers(1, g.cin + 2))
+    flipped = wq[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    engine = ConvEngine(geometry=g.transposed(), rows=bp_rows, in_fmt=N.error,
+                        weight_fmt=N.weight, out_fmt=N.error, bias=False, raw=True)
+    got, sat = run_engine(engine, pack_conv_weights(flipped, None, bp_rows), pack_rows(e),
+                          seed=seed)
+    np.testing.assert_array_equal(got, conv_backward_acc(e, wq, g.ph, g.pw))
+    assert sat == 0
+
+
+def test_out_fmt_needed_without_raw():
+    g = ConvGeometry(cin=1, cout=1, h=2, w=2, kh=1, kw=1)
+    with pytest.raises(ValueError, match="out_fmt"):
+        ConvEngine(geometry=g, rows=1, in_fmt=N.act, weight_fmt=N.weight, out_fmt=None)
