@@ -9,6 +9,7 @@ from .core import TrainingCore, network_layers
 from .host import HostSignature
 from .link.channels import VirtualChannel
 from .link.endpoint import LinkPair
+from .control import WeightAccessRouter, connect_weight_port
 from .link.frame import LinkConfig
 
 __all__ = ["Cluster"]
@@ -28,8 +29,10 @@ class Cluster(wiring.Component):
     Parameters
     ----------
     network : Network
-    splits : list of (first, stop)
-        Contiguous ranges of weighted layers, one per chip, covering them all.
+    splits : list of (first, stop) or (first, stop, (lo, hi))
+        Per chip, a contiguous range of weighted layers, or one layer's output
+        channels ``lo .. hi`` (a layer split across consecutive chips, in channel
+        order); together they cover every layer and channel once.
     link_config : LinkConfig, optional
     link_latency : int
         Wire latency of each link, in cycles.
@@ -44,38 +47,61 @@ class Cluster(wiring.Component):
     -------
     host : Out(HostSignature())
         Chip 0's host port. ``correct`` is counted by the last chip (the loss),
-        ``saturations`` summed over chips; weights are chip 0's.
+        ``saturations`` summed over chips. Weight addresses cover every chip, the
+        chips' spaces end to end (:class:`~fpdeep.rtl.control.WeightAccessRouter`
+        on each, over the links' CTL channel).
     err_masks : In(word_width).array(2 * (N - 1))
         Bit-error masks of the wires, down and up for each link in turn.
     """
 
     def __init__(self, network, *, splits, link_config=None, link_latency=4, slots=2,
                  **core_args):
-        count = len(network_layers(network))
+        specs = network_layers(network)
         if not splits:
             raise FpdeepError("a cluster needs at least one chip")
-        expected = 0
+        chips, layer, channel = [], 0, 0
         for chip, span in enumerate(splits):
-            first, stop = span
-            if first != expected or stop <= first:
-                raise FpdeepError(f"chip {chip}: layers {span!r} do not continue the chain "
-                                  f"at weighted layer {expected}")
-            expected = stop
-        if expected != count:
-            raise FpdeepError(f"the chips cover {expected} of the {count} weighted layers")
+            first, stop, *rest = span
+            cout = specs[min(first, len(specs) - 1)].geometry.cout
+            lo, hi = rest[0] if rest and rest[0] is not None else (0, cout)
+            if first != layer or stop <= first or lo != channel:
+                where = (f"weighted layer {layer}" if channel == 0 else
+                         f"channel {channel} of layer {specs[layer].name!r}")
+                raise FpdeepError(f"chip {chip}: {span!r} does not continue the chain at "
+                                  f"{where}")
+            chips.append((first, stop, (lo, hi)))
+            channel = hi if hi < cout else 0
+            layer = stop if channel == 0 else first
+        if layer != len(specs) or channel != 0:
+            raise FpdeepError(f"the chips cover {layer} of the {len(specs)} weighted layers"
+                              + (f" and {channel} channels of layer {specs[layer].name!r}"
+                                 if channel else ""))
         self.link_config = link_config or LinkConfig()
         slots = list(slots) if isinstance(slots, (list, tuple)) else [slots] * len(splits)
         if len(slots) != len(splits):
             raise FpdeepError(f"{len(slots)} feature-memory depths given for "
                               f"{len(splits)} chips")
-        self.chips = [TrainingCore(network, layers=tuple(span), slots=depth, **core_args)
-                      for span, depth in zip(splits, slots)]
+        self.chips = [TrainingCore(network, layers=(first, stop), channels=channels,
+                                   slots=depth, **core_args)
+                      for (first, stop, channels), depth in zip(chips, slots)]
         self.links = [LinkPair(self.link_config, latency=link_latency)
                       for _ in range(len(splits) - 1)]
         super().__init__({
             "host": Out(HostSignature()),
             "err_masks": In(self.link_config.word_width).array(max(1, 2 * len(self.links))),
         })
+
+    def weight_address(self, layer, o, i=None, ky=0, kx=0):
+        """Host address of weight ``(o, i, ky, kx)`` of ``layer`` (bias ``o`` if ``i`` is None)."""
+        base = 0
+        for chip in self.chips:
+            names = [spec.name for spec in chip.specs]
+            if layer in names and not chip.split:
+                return base + chip.weight_address(layer, o, i, ky, kx)
+            if layer in names and chip.lo <= o < chip.hi:
+                return base + chip.weight_address(layer, o - chip.lo, i, ky, kx)
+            base += chip.weight_space
+        raise FpdeepError(f"no chip holds output channel {o} of layer {layer!r}")
 
     def elaborate(self, platform):
         m = Module()
@@ -91,29 +117,46 @@ class Cluster(wiring.Component):
             _join(m, link.b_o[act], down.host.sample)    # ... into the next chip's loader
             _join(m, down.err_out, link.b_i[err])        # errors up ...
             _join(m, link.a_o[err], up.err_in)
-            for vc in (VirtualChannel.WGT, VirtualChannel.CTL):
-                m.d.comb += [link.a_i[vc].valid.eq(0), link.b_i[vc].valid.eq(0),
-                             link.a_o[vc].ready.eq(1), link.b_o[vc].ready.eq(1)]
+            vc = VirtualChannel.WGT
+            m.d.comb += [link.a_i[vc].valid.eq(0), link.b_i[vc].valid.eq(0),
+                         link.a_o[vc].ready.eq(1), link.b_o[vc].ready.eq(1)]
+
+        # Weight access: each chip's router serves its own span of the cluster's
+        # weight addresses and passes the others down on the CTL channel.
+        ctl = VirtualChannel.CTL
+        total = sum(chip.weight_space for chip in self.chips)
+        routers, base = [], 0
+        for k, chip in enumerate(self.chips):
+            router = WeightAccessRouter(base=base, local_count=chip.weight_space,
+                                        total_count=total, has_next=k < len(self.chips) - 1,
+                                        has_prev=k > 0)
+            m.submodules[f"weights{k}"] = router
+            connect_weight_port(m, router.local, chip.host)
+            routers.append(router)
+            base += chip.weight_space
+        for k, link in enumerate(self.links):
+            _join(m, routers[k].down_o, link.a_i[ctl])
+            _join(m, link.b_o[ctl], routers[k + 1].up_i)
+            _join(m, routers[k + 1].up_o, link.b_i[ctl])
+            _join(m, link.a_o[ctl], routers[k].down_i)
 
         first, last = self.chips[0], self.chips[-1]
         host = self.host
-        _join(m, host.sample, first.host.sample)
+        # Samples wait until every weight write has landed: a chip drops writes
+        # while it trains.
+        writes_landed = ~routers[0].pending
+        m.d.comb += [first.host.sample.valid.eq(host.sample.valid & writes_landed),
+                     first.host.sample.payload.eq(host.sample.payload),
+                     host.sample.ready.eq(first.host.sample.ready & writes_landed)]
+        connect_weight_port(m, host, routers[0].host)
         m.d.comb += [
-            first.host.weight_addr.eq(host.weight_addr),
-            first.host.weight_read.eq(host.weight_read),
-            first.host.weight_write.eq(host.weight_write),
-            first.host.weight_wdata.eq(host.weight_wdata),
-            host.weight_rdata.eq(first.host.weight_rdata),
-            host.weight_rvalid.eq(first.host.weight_rvalid),
-            host.weight_count.eq(first.host.weight_count),
             host.samples.eq(first.host.samples),
             host.batches.eq(first.host.batches),
-            host.correct.eq(last.host.correct),
+            host.correct.eq(last.host.correct),       # the last chip holds the loss
             host.saturations.eq(sum(chip.host.saturations for chip in self.chips)),
-            host.busy.eq(Cat(*[chip.host.busy for chip in self.chips]).any()),
+            host.busy.eq(Cat(*[chip.host.busy for chip in self.chips]).any() |
+                         routers[0].full),
         ]
-        for chip in self.chips[1:]:
-            m.d.comb += [chip.host.weight_read.eq(0), chip.host.weight_write.eq(0)]
         return m
 
 

@@ -1,6 +1,6 @@
 """The single-chip training core: FP, loss, BP and WU of a whole network on one FPGA."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from amaranth import *
 from amaranth.lib import wiring, data, memory, stream
@@ -14,7 +14,8 @@ from .conv import ConvEngine, ConvGeometry, RowLayout
 from .host import HostSignature
 from .loss import LossUnit
 from .numerics import DEFAULT_NUMERICS
-from .rowlink import WORD, MapSender, RowDeserializer, RowSerializer
+from .partial import PartialSum
+from .rowlink import WORD, MapReceiver, MapSender, RowDeserializer, RowSerializer
 from .weight_update import WeightUpdateUnit
 
 __all__ = ["LayerSpec", "EngineSizes", "TrainingCore", "network_layers"]
@@ -169,7 +170,8 @@ class TrainingCore(wiring.Component):
     """
 
     def __init__(self, network, *, masters=None, numerics=DEFAULT_NUMERICS, batch_size=8,
-                 lr=0.02, momentum=0.9, engines=None, seed=0, layers=None, slots=2):
+                 lr=0.02, momentum=0.9, engines=None, seed=0, layers=None, channels=None,
+                 slots=2):
         self.network, self.numerics = network, numerics
         if not isinstance(slots, int) or slots < 1:
             raise FpdeepError(f"feature-memory slots must be a positive int, not {slots!r}")
@@ -186,6 +188,26 @@ class TrainingCore(wiring.Component):
         self.first_layer, self.stop_layer = first, stop
         self.is_last = stop == len(all_specs)
         self.specs = all_specs[first:stop]
+        # A slice of output channels [lo, hi) of a layer split across chips: the
+        # chip holds that layer alone. Its neighbours in the split hold the others.
+        layer_channels = self.specs[-1].geometry.cout
+        lo, hi = channels if channels is not None else (0, layer_channels)
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi <= layer_channels):
+            raise FpdeepError(f"channels {channels!r} is not a range of the {layer_channels} "
+                              f"output channels of layer {self.specs[-1].name!r}")
+        self.split = (lo, hi) != (0, layer_channels)
+        if self.split and stop - first != 1:
+            raise FpdeepError(f"a chip holding channels {lo}..{hi} of layer "
+                              f"{self.specs[-1].name!r} must hold that layer alone")
+        self.lo, self.hi, self.layer_channels = lo, hi, layer_channels
+        if self.split:
+            spec = self.specs[-1]
+            self.specs = [LayerSpec(spec.name, replace(spec.geometry, cout=hi - lo),
+                                    spec.relu, spec.pool)]
+        #: The chip ends the chain: it holds the loss (the last slice of the last layer).
+        self.has_loss = self.is_last and hi == layer_channels
+        #: Channels above this slice are computed by the chips behind, those below in front.
+        self.group_first, self.group_last = lo == 0, hi == layer_channels
         self.input_shape = network.input_shape if first == 0 else all_specs[first - 1].out_shape
         if not isinstance(batch_size, int) or batch_size < 1:
             raise FpdeepError(f"batch size must be a positive int, not {batch_size!r}")
@@ -211,10 +233,13 @@ class TrainingCore(wiring.Component):
         for index, (spec, size) in enumerate(zip(self.specs, self.sizes)):
             if spec.name not in masters:
                 raise FpdeepError(f"no initial weights for layer {spec.name!r}")
+            weights, biases = masters[spec.name]
+            if self.split:
+                weights, biases = weights[lo:hi], biases[lo:hi]
             self.units.append(WeightUpdateUnit(
                 geometry=spec.geometry, wu_rows=size.wu, fp_rows=size.fp,
                 bp_rows=size.bp if self.has_bp(index) else None, numerics=n,
-                masters=masters[spec.name],
+                masters=(weights, biases),
                 rate_q=self.rate_q, momentum_q=self.momentum_q, batch_size=batch_size))
         self.bases = []
         base = 0
@@ -237,12 +262,29 @@ class TrainingCore(wiring.Component):
             "perf_busy": Out(data.ArrayLayout(32, len(self.engine_names))),
             "perf_steps": Out(data.ArrayLayout(32, len(self.engine_names))),
         }
-        if not self.is_last:
+        if not self.has_loss:
             members["act_out"] = Out(stream.Signature(WORD))
             members["err_in"] = In(stream.Signature(WORD))
-        if first > 0:
+        if first > 0 or lo > 0:
             members["err_out"] = Out(stream.Signature(WORD))
         super().__init__(members)
+
+    def _route_errors(self, m, source, own, passed_up, gate=C(1)):
+        """Rows of errors at the last layer's output: this chip's channels (from ``lo``)
+        to ``own``, renumbered from 0; those below ``lo`` to ``passed_up``."""
+        mine = source.payload.channel >= self.lo
+        m.d.comb += [own.valid.eq(source.valid & gate & mine),
+                     own.payload.channel.eq(source.payload.channel - self.lo),
+                     own.payload.row.eq(source.payload.row),
+                     own.payload.values.eq(source.payload.values)]
+        if passed_up is None:
+            m.d.comb += source.ready.eq(gate & own.ready)
+            return
+        m.d.comb += [passed_up.i.valid.eq(source.valid & gate & ~mine),
+                     passed_up.i.payload.channel.eq(source.payload.channel),
+                     passed_up.i.payload.row.eq(source.payload.row),
+                     passed_up.i.payload.values.eq(source.payload.values),
+                     source.ready.eq(gate & Mux(mine, own.ready, passed_up.i.ready))]
 
     def has_bp(self, index):
         """Whether local layer ``index`` back-propagates (every layer but the network's first)."""
@@ -297,17 +339,27 @@ class TrainingCore(wiring.Component):
             shape=sample_layout.shape, depth=sample_layout.depth * slots, init=[])
         act_full, act_out, err_lane, err_row = [], [], [], []
         full_depths, out_depths = [], []
+        # The last layer's output map also gathers the channels the chips in front
+        # compute (``0 .. lo``, when the layer is split): it holds ``hi`` channels,
+        # this chip's from ``lo`` on. ``full_base``/``out_base`` are those offsets.
+        full_base, out_base = [], []
         for index, spec in enumerate(specs):
             g = spec.geometry
-            full_depths.append(g.cout * g.ho)
-            full = memory.Memory(shape=RowLayout(g.cout, g.ho, g.wo, n.act).shape,
-                                 depth=g.cout * g.ho * slots, init=[])
+            out_channels = self.hi if index == count - 1 else g.cout
+            offset = self.lo if index == count - 1 else 0
+            full_channels = g.cout if spec.pool else out_channels
+            full_base.append(0 if spec.pool else offset * g.ho)
+            out_base.append(offset * (g.ho // 2 if spec.pool else g.ho))
+            full_depths.append(full_channels * g.ho)
+            full = memory.Memory(shape=RowLayout(full_channels, g.ho, g.wo, n.act).shape,
+                                 depth=full_channels * g.ho * slots, init=[])
             m.submodules[f"{spec.name}_act"] = full
             act_full.append(full)
             if spec.pool:
-                out_depths.append(g.cout * (g.ho // 2))
-                pooled = memory.Memory(shape=RowLayout(g.cout, g.ho // 2, g.wo // 2, n.act).shape,
-                                       depth=g.cout * (g.ho // 2) * slots, init=[])
+                out_depths.append(out_channels * (g.ho // 2))
+                pooled = memory.Memory(shape=RowLayout(out_channels, g.ho // 2, g.wo // 2,
+                                                       n.act).shape,
+                                       depth=out_channels * (g.ho // 2) * slots, init=[])
                 m.submodules[f"{spec.name}_pooled"] = pooled
                 act_out.append(pooled)
             else:
@@ -349,12 +401,12 @@ class TrainingCore(wiring.Component):
             m.submodules[f"{spec.name}_post"] = writer
             writers.append(writer)
             sat_events.append(_connect_rows(m, fp.o, writer.i))
-            full_offset = fslot * full_depths[index]
+            full_offset = fslot * full_depths[index] + full_base[index]
             _connect_slot(m, writer.full_wr, act_full[index].write_port(), full_offset)
             if spec.pool:
                 _connect_slot(m, writer.full_rd, act_full[index].read_port(), full_offset)
                 _connect_slot(m, writer.pooled_wr, act_out[index].write_port(),
-                              fslot * out_depths[index])
+                              fslot * out_depths[index] + out_base[index])
 
             store = ErrorStore(channels=g.cout, h=g.ho, w=g.wo, fmt=n.error, lanes=size.wu,
                                rows=self.has_bp(index))
@@ -366,26 +418,48 @@ class TrainingCore(wiring.Component):
 
         # BP engines: layer l's BP emits the error at its input, which is the output of
         # layer l-1's post-ops. On this chip it goes through layer l-1's derivative into
-        # its error store; for the chip's first layer it leaves over the link.
+        # its error store; for the chip's first layer it leaves over the link. A split
+        # layer's slice emits exact partial sums instead, over its own channels: the
+        # chip behind adds its sums first (``partial_in``), and the first slice's chip
+        # requantizes the total (:class:`~fpdeep.rtl.partial.PartialSum`).
+        bp_out = []
+        partial_sum = partial_mem = None
         for index, spec in enumerate(specs):
             if not self.has_bp(index):
                 bp_engines.append(None)
+                bp_out.append(None)
                 continue
             g, size, unit = spec.geometry, self.sizes[index], self.units[index]
             bp = ConvEngine(geometry=g.transposed(), rows=size.bp, in_fmt=n.error,
                             weight_fmt=n.weight, out_fmt=n.error, acc_width=n.acc_width,
-                            bias=False)
+                            bias=False, raw=self.split)
             m.submodules[f"{spec.name}_bp"] = bp
             bp_engines.append(bp)
             wiring.connect(m, bp.w_rd, unit.bp_weights.read_port())
             wiring.connect(m, bp.x_rd, err_row[index].read_port())
+            bp_out.append(bp.o)
+            if self.split:
+                partial_layout = bp.out_layout
+                partial_sum = PartialSum(layout=partial_layout, incoming=not self.group_last,
+                                         requantize=self.group_first,
+                                         out_fmt=n.error if self.group_first else None)
+                m.submodules.partial_sum = partial_sum
+                _connect_rows(m, bp.o, partial_sum.i)
+                bp_out[index] = partial_sum.o
+                if not self.group_last:
+                    partial_mem = memory.Memory(shape=partial_layout.shape,
+                                                depth=partial_layout.depth, init=[])
+                    m.submodules.partial_in = partial_mem
+                    wiring.connect(m, partial_sum.rd, partial_mem.read_port())
 
         # Each layer's errors (except the loss's) arrive after its post-ops and go
-        # through their derivative into the layer's error store.
-        err_source = None
-        receiving = Signal()        # the backward path takes errors from the link
+        # through their derivative into the layer's error store. The last layer's
+        # come from the loss, or from the chip behind; of those, the rows of channels
+        # below ``lo`` belong to the chips in front and are passed on up.
+        receiving = Signal()            # the backward path takes error rows from the link
+        receiving_partials = Signal()   # ... and partial-sum rows
         for index, spec in enumerate(specs):
-            if index == count - 1 and self.is_last:
+            if index == count - 1 and self.has_loss:
                 derivs.append(None)
                 continue
             g = spec.geometry
@@ -393,48 +467,113 @@ class TrainingCore(wiring.Component):
                                     error_fmt=n.error, relu=spec.relu, pool=spec.pool)
             m.submodules[f"{spec.name}_deriv"] = deriv
             derivs.append(deriv)
-            full_offset = bslot * full_depths[index]
+            full_offset = bslot * full_depths[index] + full_base[index]
             if spec.relu or spec.pool:
                 _connect_slot(m, deriv.full_rd0, act_full[index].read_port(), full_offset)
             if spec.pool:
                 _connect_slot(m, deriv.full_rd1, act_full[index].read_port(), full_offset)
             wiring.connect(m, deriv.o, stores[index].i)
             if index < count - 1:
-                sat_events.append(_connect_rows(m, bp_engines[index + 1].o, deriv.i))
-            else:
-                oc, oh, ow = spec.out_shape
-                err_source = RowDeserializer(channels=oc, h=oh, w=ow, fmt=n.error)
-                m.submodules.err_in = err_source
-                wiring.connect(m, wiring.flipped(self.err_in), err_source.i)
-                # Errors are taken only while the backward path waits for them: the
-                # chip behind may already be sending a later sample's.
-                m.d.comb += [deriv.i.valid.eq(err_source.o.valid & receiving),
-                             deriv.i.payload.eq(err_source.o.payload),
-                             err_source.o.ready.eq(deriv.i.ready & receiving)]
+                sat_events.append(_connect_rows(m, bp_out[index + 1], deriv.i))
+
+        oc, oh, ow = specs[-1].out_shape
+        last_in = derivs[-1].i if derivs[-1] is not None else stores[-1].i
+        passed_up = None
+        if self.lo > 0:
+            passed_up = RowSerializer(channels=self.hi, h=oh, w=ow, fmt=n.error)
+            m.submodules.errors_up = passed_up
+        err_source = None
+        if not self.has_loss:
+            partial_rows = (bp_engines[0].out_layout if self.split and self.has_bp(0) and
+                            not self.group_last else None)
+            err_source = RowDeserializer(channels=self.hi, h=oh, w=ow, fmt=n.error,
+                                         partial=partial_rows)
+            m.submodules.err_in = err_source
+            wiring.connect(m, wiring.flipped(self.err_in), err_source.i)
+            # Errors are taken only while the backward path waits for them: the chip
+            # behind may already be sending a later sample's.
+            self._route_errors(m, err_source.o, last_in, passed_up, gate=receiving)
+            if partial_rows is not None:
+                partial_wr = partial_mem.write_port()
+                p = err_source.partial
+                m.d.comb += [p.ready.eq(receiving_partials),
+                             partial_wr.en.eq(p.valid & receiving_partials),
+                             partial_wr.addr.eq(p.payload.channel * partial_rows.h +
+                                                p.payload.row),
+                             partial_wr.data.eq(p.payload.values)]
+
+        # Up the chain: the errors passed on, then this chip's BP output.
         err_sink = None
         if self.has_bp(0):
             g = specs[0].geometry
-            err_sink = RowSerializer(channels=g.cin, h=g.h, w=g.w, fmt=n.error)
+            raw = self.split and not self.group_first
+            err_sink = RowSerializer(channels=g.cin, h=g.h, w=g.w,
+                                     fmt=bp_engines[0].acc_fmt if raw else n.error,
+                                     partial=raw)
             m.submodules.err_out = err_sink
-            sat_events.append(_connect_rows(m, bp_engines[0].o, err_sink.i))
-            wiring.connect(m, err_sink.o, wiring.flipped(self.err_out))
+            sat_events.append(_connect_rows(m, bp_out[0], err_sink.i))
+        if passed_up is not None and err_sink is not None:
+            # Never at once: errors pass up while the backward path receives them,
+            # BP runs after. Switch between whole frames all the same.
+            m.d.comb += [self.err_out.valid.eq(Mux(passed_up.busy, passed_up.o.valid,
+                                                   err_sink.o.valid)),
+                         self.err_out.payload.eq(Mux(passed_up.busy, passed_up.o.payload,
+                                                     err_sink.o.payload)),
+                         passed_up.o.ready.eq(passed_up.busy & self.err_out.ready),
+                         err_sink.o.ready.eq(~passed_up.busy & self.err_out.ready)]
+        elif passed_up is not None or err_sink is not None:
+            source = passed_up if passed_up is not None else err_sink
+            wiring.connect(m, source.o, wiring.flipped(self.err_out))
 
-        if self.is_last:
+        if self.has_loss:
             loss = LossUnit(classes=self.network.num_classes, numerics=n)
             m.submodules.loss = loss
             _connect_slot(m, loss.z_rd, act_full[-1].read_port(), bslot * full_depths[-1])
-            _connect_rows(m, loss.o, stores[-1].i)
-            act_sender = None
+            self._route_errors(m, loss.o, stores[-1].i, passed_up)
         else:
             loss = None
-            oc, oh, ow = specs[-1].out_shape
-            act_sender = MapSender(layout=RowLayout(oc, oh, ow, n.act))
+            # Rows of errors the chip behind sends back per sample (own and passed up).
+            err_rows_expected = self.hi * oh
+            err_rows = Signal(range(err_rows_expected + 1))
+            partial_expected = partial_rows.depth if partial_rows is not None else 0
+            partial_count = Signal(range(partial_expected + 1))
+            if partial_rows is not None:
+                with m.If(err_source.partial.valid & err_source.partial.ready):
+                    m.d.sync += partial_count.eq(partial_count + 1)
+
+        # Down the chain: the output map with a label (the layer's last slice), or,
+        # for a slice with more behind it, the label and the input map, then the
+        # channels gathered so far (``0 .. hi``, no label).
+        act_sender = input_sender = None
+        if not self.has_loss:
+            if self.group_last:
+                act_sender = MapSender(layout=RowLayout(self.hi, oh, ow, n.act))
+            else:
+                act_sender = MapSender(layout=RowLayout(self.hi, oh, ow, n.act), label=False)
+                input_sender = MapSender(layout=sample_layout)
+                m.submodules.input_out = input_sender
+                _connect_slot(m, input_sender.rd, sample_mem.read_port(),
+                              fslot * sample_layout.depth)
             m.submodules.act_out = act_sender
             _connect_slot(m, act_sender.rd, act_out[-1].read_port(), fslot * out_depths[-1])
-            wiring.connect(m, act_sender.o, wiring.flipped(self.act_out))
-            # Rows of errors the chip behind sends back per sample.
-            err_rows_expected = oc * oh
-            err_rows = Signal(range(err_rows_expected + 1))
+            if input_sender is None:
+                wiring.connect(m, act_sender.o, wiring.flipped(self.act_out))
+            else:
+                first_out = input_sender.busy
+                m.d.comb += [
+                    self.act_out.valid.eq(Mux(first_out, input_sender.o.valid,
+                                              act_sender.o.valid)),
+                    self.act_out.payload.eq(Mux(first_out, input_sender.o.payload,
+                                                act_sender.o.payload)),
+                    input_sender.o.ready.eq(first_out & self.act_out.ready),
+                    act_sender.o.ready.eq(~first_out & self.act_out.ready),
+                ]
+        # From the chip in front, after the input map: its gathered channels 0 .. lo.
+        gatherer = None
+        if self.lo > 0:
+            gatherer = MapReceiver(layout=RowLayout(self.hi, oh, ow, n.act), rows=self.lo * oh)
+            m.submodules.gather = gatherer
+            _connect_slot(m, gatherer.wr, act_out[-1].write_port(), fslot * out_depths[-1])
 
         # ---- sample loader: a label word, then pixels row-major, assembled into rows.
         sample_wr = sample_mem.write_port()
@@ -444,8 +583,14 @@ class TrainingCore(wiring.Component):
         pixel_row = Signal(range(c0 * h0 + 1))
         row_buffer = Signal(sample_layout.shape)
         loading = Signal()
-        m.d.comb += host.sample.ready.eq(loading)
-        with m.If(host.sample.valid & host.sample.ready):
+        gathering = Signal()
+        if gatherer is not None:
+            m.d.comb += [gatherer.i.valid.eq(host.sample.valid & gathering),
+                         gatherer.i.payload.eq(host.sample.payload)]
+            m.d.comb += host.sample.ready.eq(Mux(gathering, gatherer.i.ready, loading))
+        else:
+            m.d.comb += host.sample.ready.eq(loading)
+        with m.If(host.sample.valid & loading):
             with m.If(~have_label):
                 m.d.sync += [label.eq(host.sample.payload), have_label.eq(1)]
             with m.Else():
@@ -512,7 +657,8 @@ class TrainingCore(wiring.Component):
 
         def bp_idle(i):
             if i == 0:
-                return ~bp_engines[0].busy & ~err_sink.busy
+                idle = ~bp_engines[0].busy & ~err_sink.busy
+                return idle & ~partial_sum.busy if partial_sum is not None else idle
             return ~bp_engines[i].busy & derivs[i - 1].i.ready
 
         all_wu_idle = Cat(*[~unit.busy for unit in self.units]).all()
@@ -528,7 +674,7 @@ class TrainingCore(wiring.Component):
                         m.d.comb += unit.start_refresh.eq(1)
                     m.d.sync += dirty.eq(0)
                     m.next = "REFRESH"
-                with m.Elif(host.sample.valid & host.sample.ready & have_label &
+                with m.Elif(host.sample.valid & loading & have_label &
                             (pixel_x == w0 - 1) & (pixel_row == c0 * h0 - 1)):
                     m.d.sync += [pixel_row.eq(0), have_label.eq(0), flayer.eq(0),
                                  labels[fslot].eq(label)]
@@ -544,6 +690,10 @@ class TrainingCore(wiring.Component):
                     for index in range(count):
                         with m.Case(index):
                             m.d.comb += fp_engines[index].start.eq(1)
+                if input_sender is not None:
+                    # The chips behind in the split need this input too: send it now.
+                    m.d.comb += [input_sender.start.eq(1),
+                                 input_sender.label.eq(labels[fslot])]
                 m.d.sync += fsettle.eq(0)
                 m.next = "FP_WAIT"
             with m.State("FP_WAIT"):
@@ -555,16 +705,31 @@ class TrainingCore(wiring.Component):
                 # Two idle cycles: the writer's pooled row lands one cycle after the engine.
                 with m.If(done & (fsettle == 2)):
                     with m.If(flayer == count - 1):
-                        m.next = "DONE" if self.is_last else "SEND"
+                        m.next = ("GATHER" if gatherer is not None else
+                                  "SEND" if act_sender is not None else "DONE")
                     with m.Else():
                         m.d.sync += flayer.eq(flayer + 1)
                         m.next = "FP_START"
                 with m.Elif(done):
                     m.d.sync += fsettle.eq(fsettle + 1)
-            if not self.is_last:
+            if gatherer is not None:
+                with m.State("GATHER"):
+                    m.d.comb += gatherer.start.eq(1)
+                    m.next = "GATHER_WAIT"
+                with m.State("GATHER_WAIT"):
+                    m.d.comb += gathering.eq(1)
+                    with m.If(~gatherer.busy):
+                        m.next = "SEND" if act_sender is not None else "DONE"
+            if act_sender is not None:
                 with m.State("SEND"):
-                    m.d.comb += [act_sender.start.eq(1), act_sender.label.eq(labels[fslot])]
-                    m.next = "SEND_WAIT"
+                    if input_sender is None:
+                        m.d.comb += [act_sender.start.eq(1),
+                                     act_sender.label.eq(labels[fslot])]
+                        m.next = "SEND_WAIT"
+                    else:
+                        with m.If(~input_sender.busy):
+                            m.d.comb += act_sender.start.eq(1)
+                            m.next = "SEND_WAIT"
                 with m.State("SEND_WAIT"):
                     with m.If(~act_sender.busy):
                         m.next = "DONE"
@@ -580,24 +745,30 @@ class TrainingCore(wiring.Component):
         with m.FSM(name="backward") as bwd:
             with m.State("IDLE"):
                 with m.If(ahead != 0):
-                    m.next = "LOSS_START" if self.is_last else "RECEIVE"
-            if self.is_last:
+                    m.next = "LOSS_START" if self.has_loss else "RECEIVE"
+            if self.has_loss:
                 with m.State("LOSS_START"):
                     m.d.comb += [loss.start.eq(1), loss.label.eq(labels[bslot])]
                     m.next = "LOSS_WAIT"
                 with m.State("LOSS_WAIT"):
                     m.d.comb += loss.label.eq(labels[bslot])
-                    with m.If(~loss.busy):
+                    with m.If(~loss.busy & (~passed_up.busy if passed_up is not None else 1)):
                         m.d.sync += blayer.eq(count - 1)
                         m.next = "BACK_START"
             else:
                 # Take this sample's errors back through the last layer's derivative
                 # into its error store.
                 with m.State("RECEIVE"):
-                    m.d.comb += receiving.eq(1)
-                    with m.If((err_rows == err_rows_expected) & derivs[-1].i.ready &
-                              ~err_source.busy):
-                        m.d.sync += [err_rows.eq(0), blayer.eq(count - 1)]
+                    # Only this sample's rows: the next sample's may follow at once.
+                    m.d.comb += [receiving.eq(err_rows != err_rows_expected),
+                                 receiving_partials.eq(partial_count != partial_expected)]
+                    # (Counted rows have left the deserializer, which may already
+                    # hold the next sample's.)
+                    with m.If((err_rows == err_rows_expected) & last_in.ready &
+                              (partial_count == partial_expected) &
+                              (~passed_up.busy if passed_up is not None else 1)):
+                        m.d.sync += [err_rows.eq(0), partial_count.eq(0),
+                                     blayer.eq(count - 1)]
                         m.next = "BACK_START"
             with m.State("BACK_START"):
                 # WU of this layer and BP into the layer in front run side by side.
@@ -642,6 +813,8 @@ class TrainingCore(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += bsettle.eq(1)
+        #: The sequencers, for waveforms and for debugging a stalled run.
+        self.forward_fsm, self.backward_fsm = fwd, bwd
         busy = Signal()
         m.d.comb += busy.eq(~fwd.ongoing("LOAD") | have_label | ~bwd.ongoing("IDLE") |
                             (ahead != 0))

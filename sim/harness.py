@@ -170,7 +170,7 @@ class CoreRun:
                                for k in range(len(chip.engine_names))]
             result["masters"] = {}
             for chip in chips:
-                result["masters"].update(read_masters(ctx, chip))
+                read_masters(ctx, chip, into=result["masters"])
 
         sim = Simulator(top)
         sim.add_clock(1e-8)
@@ -244,9 +244,13 @@ async def send_sample(ctx, port, x, label):
     ctx.set(port.valid, 0)
 
 
-def read_masters(ctx, core):
-    """The master weights of every layer, read from the simulated memories."""
-    masters = {}
+def read_masters(ctx, core, into=None):
+    """The master weights of every layer, read from the simulated memories.
+
+    A chip holding a slice of a layer's output channels fills that slice of the
+    layer's arrays in ``into`` (made full size on first sight).
+    """
+    masters = {} if into is None else into
     for spec, unit in zip(core.specs, core.units):
         g = spec.geometry
         w = np.zeros((g.cout, g.cin, g.kh, g.kw), dtype=np.int64)
@@ -257,7 +261,13 @@ def read_masters(ctx, core):
                 for ky in range(g.kh):
                     w[o, i, ky] = list(ctx.get(unit.master.data[base + i * g.kh + ky]))
             b[o] = ctx.get(unit.master.data[base + g.cin * g.kh])[0]
-        masters[spec.name] = (w, b)
+        if not core.split:
+            masters[spec.name] = (w, b)
+            continue
+        full = masters.setdefault(spec.name, (
+            np.zeros((core.layer_channels,) + w.shape[1:], dtype=np.int64),
+            np.zeros(core.layer_channels, dtype=np.int64)))
+        full[0][core.lo:core.hi], full[1][core.lo:core.hi] = w, b
     return masters
 
 
