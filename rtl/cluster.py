@@ -62,14 +62,17 @@ class Cluster(wiring.Component):
         chips, layer, channel = [], 0, 0
         for chip, span in enumerate(splits):
             first, stop, *rest = span
-            cout = specs[min(first, len(specs) - 1)].geometry.cout
+            cout = specs[min(max(stop, 1), len(specs)) - 1].geometry.cout
             lo, hi = rest[0] if rest and rest[0] is not None else (0, cout)
             if first != layer or stop <= first or lo != channel:
                 where = (f"weighted layer {layer}" if channel == 0 else
                          f"channel {channel} of layer {specs[layer].name!r}")
                 raise FpdeepError(f"chip {chip}: {span!r} does not continue the chain at "
                                   f"{where}")
-            chips.append((first, stop, (lo, hi)))
+            if (lo, hi) != (0, cout) and stop != first + 1:
+                raise FpdeepError(f"chip {chip}: {span!r}: a chip holding some of a layer's "
+                                  f"channels must hold that layer alone")
+            chips.append((first, stop, None if (lo, hi) == (0, cout) else (lo, hi)))
             channel = hi if hi < cout else 0
             layer = stop if channel == 0 else first
         if layer != len(specs) or channel != 0:

@@ -12,10 +12,15 @@ from fpdeep.sim.reference import Reference, init_masters
 
 
 def train_cluster(network, splits, samples, labels, *, batch_size, lr=0.05, seed=0,
-                  error_rng=None, ber=0.0):
+                  error_rng=None, ber=0.0, slots=2, host_reads=0):
+    """Train a cluster on samples sent back to back; assert it equals the reference.
+
+    With ``host_reads``, also read that many weights (spread over every chip) and
+    write one on the last chip through the cluster's host port.
+    """
     masters = init_masters(network, N, seed)
     cluster = Cluster(network, splits=splits, masters=masters, batch_size=batch_size, lr=lr,
-                      momentum=0.9)
+                      momentum=0.9, slots=slots)
     reference = Reference(network, mode="int", masters=masters, batch_size=batch_size, lr=lr,
                           momentum=0.9)
     for start in range(0, len(labels), batch_size):
@@ -35,39 +40,91 @@ def train_cluster(network, splits, samples, labels, *, batch_size, lr=0.05, seed
                 ctx.set(mask, value)
             await ctx.tick()
 
-    async def tb(ctx):
+    async def producer(ctx):
         for x, label in zip(samples, labels):
             await send_sample(ctx, cluster.host.sample, x, label)
+
+    async def host_read(ctx, address):
+        host = cluster.host
+        ctx.set(host.weight_addr, address)
+        ctx.set(host.weight_read, 1)
+        await ctx.tick()
+        ctx.set(host.weight_read, 0)
+        while not ctx.get(host.weight_rvalid):
             await ctx.tick()
-            while ctx.get(cluster.host.busy):
-                await ctx.tick()
+        value = ctx.get(host.weight_rdata)
+        await ctx.tick()
+        return value
+
+    async def tb(ctx):
+        await ctx.tick().until(cluster.host.samples == len(labels))
+        while ctx.get(cluster.host.busy):
+            await ctx.tick()
         for chip in cluster.chips:
-            got.update(read_masters(ctx, chip))
+            read_masters(ctx, chip, into=got)
         got["counters"] = (ctx.get(cluster.host.samples), ctx.get(cluster.host.batches),
                            ctx.get(cluster.host.correct), ctx.get(cluster.host.saturations))
         statuses = [ctx.get(s) for link in cluster.links for s in (link.a_status, link.b_status)]
         got["bad_frames"] = sum(status.bad_frames for status in statuses)
         assert not any(status.overflow for status in statuses)
+        got["slots_peak"] = [ctx.get(chip.perf_slots_peak) for chip in cluster.chips]
+        if host_reads:
+            rng = np.random.default_rng(3)
+            layers = [name for name in got if name not in ("counters", "bad_frames",
+                                                           "slots_peak")]
+            for _ in range(host_reads):
+                layer = layers[int(rng.integers(len(layers)))]
+                w, b = got[layer]         # as read from the memories (and checked below)
+                o = int(rng.integers(w.shape[0]))
+                if rng.random() < 0.2:
+                    address, expected = cluster.weight_address(layer, o), b[o]
+                else:
+                    i, ky, kx = (int(rng.integers(s)) for s in w.shape[1:])
+                    address, expected = cluster.weight_address(layer, o, i, ky, kx), w[o, i, ky, kx]
+                assert await host_read(ctx, address) == expected, (layer, o)
+            # A write to the last chip's last bias lands there, as read back.
+            layer = layers[-1]
+            address = cluster.weight_address(layer, got[layer][1].size - 1)
+            assert address < ctx.get(cluster.host.weight_count)
+            ctx.set(cluster.host.weight_wdata, -12345)
+            ctx.set(cluster.host.weight_addr, address)
+            ctx.set(cluster.host.weight_write, 1)
+            await ctx.tick()
+            ctx.set(cluster.host.weight_write, 0)
+            assert await host_read(ctx, address) == -12345
+            got[layer][1][-1] = reference.params[layer][1][-1]   # that one, written on purpose
 
     sim = Simulator(cluster)
     sim.add_clock(1e-8)
+    sim.add_testbench(producer, background=True)
     sim.add_testbench(tb)
     if ber:
         sim.add_process(errors)
     sim.run()
     counters = got.pop("counters")
     bad_frames = got.pop("bad_frames")
+    slots_peak = got.pop("slots_peak")
     assert (bad_frames > 0) == (ber > 0), "errors were injected and caught, or none were"
     equal, total, first = compare_weights(got, reference)
     assert equal == total, first
     assert counters == (len(labels), len(labels) // batch_size, reference.correct,
                         sum(reference.saturations.values()))
+    return cluster, slots_peak
 
 
-def test_digits_on_two_chips_is_bit_exact():
-    floats, labels = digits_samples(4, seed=2)
+@pytest.mark.parametrize("splits", [
+    [(0, 2)],
+    [(0, 1), (1, 2)],
+    [(0, 1, (0, 2)), (0, 1, (2, 4)), (1, 2, (0, 5)), (1, 2, (5, 10))],
+], ids=["1 chip", "2 chips", "4 chips, both layers split"])
+def test_digits_is_bit_exact_on_1_2_and_4_chips(splits):
+    """Two mini-batches, samples back to back; every chip's FP overlaps earlier BP/WU."""
+    floats, labels = digits_samples(8, seed=2)
     samples = [N.act.from_float(x) for x in floats]
-    train_cluster(digits_cnn(), [(0, 1), (1, 2)], samples, labels, batch_size=2)
+    cluster, slots_peak = train_cluster(digits_cnn(), splits, samples, labels, batch_size=4,
+                                        slots=3, host_reads=12)
+    # The chips ran ahead as far as the feature memories let them, and no further.
+    assert max(slots_peak) == 3 and all(1 <= peak <= 3 for peak in slots_peak)
 
 
 def test_three_chips_with_conv_backprop_over_links_and_bit_errors():
@@ -85,8 +142,31 @@ def test_three_chips_with_conv_backprop_over_links_and_bit_errors():
                   error_rng=random.Random(5), ber=1e-3)
 
 
+def test_split_conv_layer_sends_partial_sums_up_over_bit_errors():
+    """A conv layer with BP split three ways: its input's errors are the sum of three
+    chips' 48-bit partial sums, added up the chain before one requantization."""
+    network = Network("deep", (2, 6, 4), [
+        Conv2d("c1", 2, 3, kernel=3, padding=1), ReLU("r1"), MaxPool2d("p1"),
+        Conv2d("c2", 3, 5, kernel=(3, 1), padding=(1, 0)), ReLU("r2"),
+        Linear("fc", 5 * 3 * 2, 4), SoftmaxCrossEntropy("loss"),
+    ])
+    rng = np.random.default_rng(12)
+    samples = [N.act.from_float(rng.uniform(-1, 3, size=(2, 6, 4))) for _ in range(4)]
+    labels = rng.integers(0, 4, size=4)
+    import random
+    train_cluster(network, [(0, 1), (1, 2, (0, 2)), (1, 2, (2, 3)), (1, 2, (3, 5)), (2, 3)],
+                  samples, labels, batch_size=2, error_rng=random.Random(6), ber=1e-3,
+                  host_reads=10)
+
+
 def test_refuses_bad_splits():
     with pytest.raises(FpdeepError, match="chip 1"):
         Cluster(digits_cnn(), splits=[(0, 1), (0, 2)])
     with pytest.raises(FpdeepError, match="cover 1 of the 2"):
         Cluster(digits_cnn(), splits=[(0, 1)])
+    with pytest.raises(FpdeepError, match="chip 1: .* channel 2 of layer 'conv1'"):
+        Cluster(digits_cnn(), splits=[(0, 1, (0, 2)), (0, 1, (3, 4)), (1, 2)])
+    with pytest.raises(FpdeepError, match="and 2 channels of layer 'conv1'"):
+        Cluster(digits_cnn(), splits=[(0, 1, (0, 2))])
+    with pytest.raises(FpdeepError, match="must hold that layer alone"):
+        Cluster(digits_cnn(), splits=[(0, 2, (0, 5))])
