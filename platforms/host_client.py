@@ -20,8 +20,19 @@ COUNTERS     ``02``                         ``82 samples:u32 correct:u32
 READ_WEIGHT  ``03 addr:u24``                ``83 value:s32`` (5 bytes)
 WRITE_WEIGHT ``04 addr:u24 value:s32``      ``84`` after the write
 WEIGHT_COUNT ``05``                         ``85 count:u24`` (4 bytes)
+COUNTERS_    ``06``                         ``86 samples:u32 correct:u32
+LOSS                                        batches:u32 saturations:u32
+                                            loss_sum:u32 status:u8``
+                                            (22 bytes)
 (other)      ``xx``                         ``FE xx``: unknown command, ignored
 ============ ============================== ===================================
+
+COUNTERS_LOSS is COUNTERS with the loss counter added; COUNTERS stays as it was,
+so that hosts written before the loss counter keep working. ``loss_sum`` is the
+saturating sum of the per-sample softmax cross-entropies, in bits, with
+:data:`fpdeep.rtl.numerics.LOSS_FRAC` (8) fraction bits: the mean loss of ``n``
+samples is ``loss_sum / 256 / n`` bits, or that times ``ln 2`` in nats. It
+stops at ``2**32 - 1`` (16.7 million bits) rather than wrap.
 
 A weight command that cannot be served replies with an error status in place of
 the ``8x`` byte, followed by zeros to the command's reply length:
@@ -29,9 +40,10 @@ the ``8x`` byte, followed by zeros to the command's reply length:
 * ``FB``: the core is busy (weights are only accessed while ``busy`` is low);
 * ``FD``: the address is not below the core's ``weight_count``.
 
-``status`` in the COUNTERS reply: bit 0 is the core's ``busy``; bit 1 is set if a
+``status`` in both counters replies: bit 0 is the core's ``busy``; bit 1 is set if a
 received byte was lost (UART overrun or framing error) and bit 2 if an unknown
-command byte arrived, both since the previous COUNTERS command, which clears them.
+command byte arrived, both since the previous counters command (of either kind),
+which clears them.
 
 Flow control: a UART receiver cannot stall the sender, so the device buffers
 received bytes in a FIFO of :data:`RX_FIFO_DEPTH` bytes. The host keeps at most
@@ -55,6 +67,7 @@ class Op(enum.IntEnum):
     READ_WEIGHT = 0x03
     WRITE_WEIGHT = 0x04
     WEIGHT_COUNT = 0x05
+    COUNTERS_LOSS = 0x06
 
 
 class Status(enum.IntEnum):
@@ -75,6 +88,7 @@ REPLY_LENGTH = {
     Op.READ_WEIGHT: 5,
     Op.WRITE_WEIGHT: 1,
     Op.WEIGHT_COUNT: 4,
+    Op.COUNTERS_LOSS: 22,
 }
 
 #: Bytes the device can buffer between the UART receiver and the command parser.
@@ -93,6 +107,8 @@ class HostError(RuntimeError):
 
 @dataclass(frozen=True)
 class Counters:
+    """The core's counters, sampled in one cycle. ``loss_sum`` (bits, 8 fraction bits)
+    is ``None`` when read with the COUNTERS command, which does not carry it."""
     samples: int
     correct: int
     batches: int
@@ -100,6 +116,7 @@ class Counters:
     busy: bool
     rx_error: bool
     bad_command: bool
+    loss_sum: int = None
 
 
 @dataclass(frozen=True)
@@ -127,12 +144,16 @@ class Request:
         if status != Status.ok(self.op):
             raise HostError(f"{self.op.name}: unexpected reply {reply.hex()}")
         body = reply[1:]
-        if self.op == Op.COUNTERS:
-            samples, correct, batches, saturations, status = struct.unpack("<IIIIB", body)
-            return Counters(samples, correct, batches, saturations,
-                            busy=bool(status & STATUS_BUSY),
+        if self.op in (Op.COUNTERS, Op.COUNTERS_LOSS):
+            if self.op == Op.COUNTERS:
+                *counts, status = struct.unpack("<IIIIB", body)
+                loss_sum = None
+            else:
+                *counts, loss_sum, status = struct.unpack("<IIIIIB", body)
+            return Counters(*counts, busy=bool(status & STATUS_BUSY),
                             rx_error=bool(status & STATUS_RX_ERROR),
-                            bad_command=bool(status & STATUS_BAD_COMMAND))
+                            bad_command=bool(status & STATUS_BAD_COMMAND),
+                            loss_sum=loss_sum)
         if self.op == Op.READ_WEIGHT:
             return struct.unpack("<i", body)[0]
         if self.op == Op.WEIGHT_COUNT:
@@ -194,8 +215,11 @@ class HostClient:
         return Request(Op.SAMPLE, payload, REPLY_LENGTH[Op.SAMPLE])
 
     @staticmethod
-    def counters_request():
-        return Request(Op.COUNTERS, bytes([Op.COUNTERS]), REPLY_LENGTH[Op.COUNTERS])
+    def counters_request(*, loss=True):
+        """COUNTERS_LOSS, or with ``loss=False`` the COUNTERS command that bitstreams
+        built before the loss counter understand."""
+        op = Op.COUNTERS_LOSS if loss else Op.COUNTERS
+        return Request(op, bytes([op]), REPLY_LENGTH[op])
 
     @staticmethod
     def read_weight_request(addr):
@@ -237,8 +261,8 @@ class HostClient:
         """Send one training sample: its label, then its C*H*W pixels, row-major."""
         self.push_words([label, *pixels])
 
-    def counters(self):
-        return self.transact(self.counters_request())
+    def counters(self, *, loss=True):
+        return self.transact(self.counters_request(loss=loss))
 
     def weight_count(self):
         return self.transact(self.weight_count_request())

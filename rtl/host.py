@@ -39,6 +39,12 @@ class HostSignature(wiring.Signature):
     samples, correct, batches, saturations : Out(unsigned(32))
         Counters: samples trained, samples classified correctly, mini-batches
         completed, saturation events.
+    loss_sum : Out(unsigned(32))
+        Sum of the per-sample softmax cross-entropies
+        (:func:`~fpdeep.rtl.numerics.cross_entropy_np`), in bits with
+        :data:`~fpdeep.rtl.numerics.LOSS_FRAC` fraction bits. It saturates at
+        ``2**32 - 1`` (16.7 million bits) and never wraps
+        (:func:`~fpdeep.rtl.numerics.saturating_add_hw`).
     busy : Out(1)
         The core is working; weight accesses are only made while it is low.
     weight_addr : In(unsigned(20))
@@ -64,6 +70,7 @@ class HostSignature(wiring.Signature):
             "correct": Out(unsigned(32)),
             "batches": Out(unsigned(32)),
             "saturations": Out(unsigned(32)),
+            "loss_sum": Out(unsigned(32)),
             "busy": Out(1),
             "weight_addr": In(unsigned(WEIGHT_ADDR_WIDTH)),
             "weight_read": In(1),
@@ -240,6 +247,8 @@ class HostBridge(wiring.Component):
     ``03 addr:u24``                       ``83 value:s32``
     ``04 addr:u24 value:s32``             ``84``
     ``05``                                ``85 weight_count:u24``
+    ``06``                                ``86 samples correct batches
+                                          saturations loss_sum:u32 status:u8``
     any other byte ``xx``                 ``FE xx``; the byte is ignored
     ====================================  =====================================
 
@@ -247,12 +256,13 @@ class HostBridge(wiring.Component):
     ``weight_count``) instead of ``83``/``84``, padded with zeros, and does not
     touch the core. ``status`` bit 0 is ``busy``; bits 1 (a byte was lost to a
     UART overrun or framing error) and 2 (an unknown command came) are sticky
-    and cleared by the COUNTERS command that reports them.
+    and cleared by the counters command (``02`` or ``06``) that reports them.
 
     Received bytes pass through a FIFO of ``fifo_depth`` bytes, because a UART
     cannot stall its sender; the host keeps at most that many bytes in flight.
-    The counters in a COUNTERS reply are sampled in one cycle, so they are
-    consistent with one another.
+    The counters in a counters reply are sampled in one cycle, so they are
+    consistent with one another (``loss_sum / samples`` is a mean over the
+    same samples).
 
     Throughput is the UART's, one byte per ``10 * divisor`` cycles each way (a
     sample word takes 20 bit times); the bridge itself adds two cycles per
@@ -372,12 +382,17 @@ class HostBridge(wiring.Component):
                         with m.Case(Op.WRITE_WEIGHT):
                             m.d.sync += last_arg.eq(6)
                             m.next = "ARGS"
+                        status = Cat(core.busy, rx_error, bad_command, C(0, 5))
+                        counters = [core.samples, core.correct, core.batches,
+                                    core.saturations]
                         with m.Case(Op.COUNTERS):
-                            status = Cat(core.busy, rx_error, bad_command)
                             m.d.comb += clear_status.eq(1)
-                            send(C(Status.ok(Op.COUNTERS), 8), core.samples, core.correct,
-                                 core.batches, core.saturations, status.as_unsigned(),
+                            send(C(Status.ok(Op.COUNTERS), 8), *counters, status,
                                  length=REPLY_LENGTH[Op.COUNTERS])
+                        with m.Case(Op.COUNTERS_LOSS):
+                            m.d.comb += clear_status.eq(1)
+                            send(C(Status.ok(Op.COUNTERS_LOSS), 8), *counters, core.loss_sum,
+                                 status, length=REPLY_LENGTH[Op.COUNTERS_LOSS])
                         with m.Case(Op.WEIGHT_COUNT):
                             send(C(Status.ok(Op.WEIGHT_COUNT), 8), core.weight_count,
                                  length=REPLY_LENGTH[Op.WEIGHT_COUNT])

@@ -6,19 +6,28 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .numerics import (EXP2_LUT, EXP2_LUT_BITS, EXP2_LUT_FRAC, LOG2E_FRAC, LOG2E_Q,
+                       LOG2_LUT, LOG2_LUT_FRAC, LOSS_WIDTH, cross_entropy_hw, log2_parts_hw,
                        shift_round_hw)
 
 __all__ = ["LossUnit"]
 
 
 class LossUnit(wiring.Component):
-    """Computes :func:`fpdeep.rtl.numerics.softmax_error_np` over the stored logits.
+    """Computes :func:`fpdeep.rtl.numerics.softmax_error_np` over the stored logits,
+    and the sample's loss, :func:`fpdeep.rtl.numerics.cross_entropy_np`.
 
     Three passes over the ``classes`` logits, one class per cycle for the first
     two: find the first largest logit; compute the base-2 exponentials of
     ``z - max`` from a 256-entry table and sum them; then divide each by the sum
     with a restoring divider (one quotient bit per cycle) and emit the error.
-    About ``classes * (quotient_bits + 4)`` cycles in all.
+    With ``o.ready`` held high, ``busy`` falls ``4 + classes * (error.frac + 8)``
+    cycles after ``start``; each cycle ``o.ready`` is low adds one.
+
+    The loss takes no cycles of its own: the exponential pass also keeps the
+    label's exponent argument, and while the first division runs, a priority
+    encoder and a 257-entry table take ``log2`` of the sum (one cycle to the
+    table address, one to ``loss``). ``loss_valid`` pulses three cycles after the
+    exponential pass, always while ``busy`` is still high.
 
     Parameters
     ----------
@@ -37,6 +46,12 @@ class LossUnit(wiring.Component):
         The error of each class, as 1x1 rows.
     correct : Out(1)
         Pulses when the first largest logit is the label's.
+    loss : Out(unsigned(LOSS_WIDTH))
+        The sample's softmax cross-entropy in bits, unsigned Q8.8
+        (:func:`~fpdeep.rtl.numerics.cross_entropy_np`). Valid from the cycle
+        ``loss_valid`` is high and held until the next sample's ``loss_valid``.
+    loss_valid : Out(1)
+        Pulses once per sample, while ``busy`` is high.
     """
 
     def __init__(self, *, classes, numerics):
@@ -57,6 +72,8 @@ class LossUnit(wiring.Component):
                 "values": data.ArrayLayout(numerics.error.shape, 1),
             }))),
             "correct": Out(1),
+            "loss": Out(unsigned(LOSS_WIDTH)),
+            "loss_valid": Out(1),
         })
 
     def elaborate(self, platform):
@@ -71,6 +88,9 @@ class LossUnit(wiring.Component):
                                                  depth=classes, init=[])
         exps_rd = exps.read_port()
         exps_wr = exps.write_port()
+        m.submodules.log2_lut = log2_lut = memory.Memory(
+            shape=unsigned(LOG2_LUT_FRAC + 1), depth=len(LOG2_LUT), init=LOG2_LUT)
+        log2_rd = log2_lut.read_port()
 
         index = Signal(range(classes + 1))
         z_max = Signal(n.act.shape)
@@ -92,6 +112,18 @@ class LossUnit(wiring.Component):
         t_valid = Signal()
         t_index = Signal(range(classes))
         e_valid = Signal()
+
+        # The loss: the label's exponent argument, then log2 of the final sum.
+        t_label = Signal(signed(n.act.width + 2))
+        log2_k = Signal(range(total_bits))
+        log2_start = Signal()               # the cycle after the exponential pass
+        log2_ready = Signal()               # the table data is log2_rd's
+        k, log2_index = log2_parts_hw(total)
+        m.d.comb += log2_rd.addr.eq(log2_index)
+        m.d.sync += [log2_k.eq(k), log2_ready.eq(log2_start), log2_start.eq(0),
+                     self.loss_valid.eq(log2_ready)]
+        with m.If(log2_ready):
+            m.d.sync += self.loss.eq(cross_entropy_hw(log2_k, log2_rd.data, t_label, n))
 
         m.d.sync += self.correct.eq(0)      # a one-cycle pulse, set below
         with m.FSM() as fsm:
@@ -120,6 +152,8 @@ class LossUnit(wiring.Component):
                 t = Signal(signed(n.act.width + 2))
                 m.d.comb += t.eq(shift_round_hw(d * LOG2E_Q, LOG2E_FRAC))
                 m.d.comb += lut_rd.addr.eq((t[:frac]) >> (frac - EXP2_LUT_BITS))
+                with m.If(index == self.label + 1):
+                    m.d.sync += t_label.eq(t)
                 neg_int = Signal(signed(n.act.width + 2))
                 m.d.comb += neg_int.eq(-(t >> frac))
                 m.d.sync += [
@@ -136,7 +170,7 @@ class LossUnit(wiring.Component):
                     m.d.sync += total.eq(total + e)
                 m.d.sync += index.eq(index + 1)
                 with m.If(t_valid & (t_index == classes - 1)):
-                    m.d.sync += index.eq(0)
+                    m.d.sync += [index.eq(0), log2_start.eq(1)]
                     m.next = "DIV_READ"
             with m.State("DIV_READ"):
                 m.d.comb += exps_rd.addr.eq(index)

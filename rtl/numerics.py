@@ -39,13 +39,39 @@ Softmax cross-entropy's gradient is ``p - onehot(label)``. Hardware computes
    ``2**(j/256)`` in Q1.15;
 4. ``p_i = round(e_i / sum(e))`` in the error format, by a restoring divider;
 5. ``err_i = p_i - (i == label)``.
+
+The loss value
+--------------
+The host's loss counter sums a per-sample cross-entropy in **bits**
+(``-log2 p_label``; times ``ln 2`` for nats), unsigned Q8.8
+(:data:`LOSS_FRAC` = 8, :data:`LOSS_WIDTH` = 16), from the same ``t_i`` and
+``sum(e)`` as the gradient (:func:`cross_entropy_np`). Because every ``t_i`` is
+already relative to the largest logit (``t_max = 0``, ``e_max = 2**15``):
+
+1. ``loss = log2(sum(e) / 2**15) - t_label``, which stays exact however far
+   ``p_label`` underflows;
+2. ``log2(sum(e)) ~= k + LOG2_LUT[m] / 2**12``: ``k`` is the position of the
+   leading one of the sum (``>= 15``), ``m`` the next 8 bits rounded to nearest
+   (ties up, ``0 .. 256``), and ``LOG2_LUT`` a 257-entry table of
+   ``log2(1 + m / 256)`` in Q1.12 (:func:`log2_parts_np`);
+3. the sum, with ``max(12, act.frac)`` fraction bits, is rounded to Q8.8 and
+   clamped to ``LOSS_MAX`` (255.996 bits; reached only by logit gaps the Q6.10
+   default cannot hold, whose largest loss is 92.3 + log2(classes) bits).
+
+Against the exact cross-entropy of the same logits, the error is at most 0.0060
+bits (1.5 LSBs) at 2 to 10 classes and 0.0116 bits at 1000 classes, measured
+over random logits (``tests/rtl/test_numerics.py``), with a mean of -0.0004
+bits. The exponential table's truncated 8-bit index dominates it (each ``e_i``
+is low by up to 2**-8 of an octave); the log2 table adds at most 0.0029 bits
+and the final rounding 0.002. The host sums the losses into a 32-bit counter
+that saturates (:func:`saturating_add_np`) rather than wrap, at 16.7 million bits.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from amaranth.hdl import Mux, signed, Value
+from amaranth.hdl import C, Mux, signed, Value
 
 from ..plan.errors import FpdeepError
 
@@ -55,6 +81,11 @@ __all__ = [
     "shift_round_hw", "saturate_hw", "requantize_hw",
     "sgd_step_np", "master_to_weight_np",
     "EXP2_LUT", "LOG2E_Q", "LOG2E_FRAC", "softmax_error_np",
+    "exp2_args_np", "exp2_parts_np",
+    "LOG2_LUT", "LOG2_LUT_BITS", "LOG2_LUT_FRAC", "LOSS_FRAC", "LOSS_WIDTH", "LOSS_MAX",
+    "LOSS_SUM_WIDTH", "log2_parts_np", "cross_entropy_combine_np", "cross_entropy_sum_np",
+    "cross_entropy_np", "saturating_add_np",
+    "log2_parts_hw", "cross_entropy_hw", "saturating_add_hw",
 ]
 
 
@@ -261,11 +292,16 @@ EXP2_LUT = [int(np.floor(2.0 ** (j / (1 << EXP2_LUT_BITS)) * (1 << EXP2_LUT_FRAC
             for j in range(1 << EXP2_LUT_BITS)]
 
 
+def exp2_args_np(logits):
+    """Steps 1 and 2 of the loss: ``t = round((z - max(z)) * log2(e))``, activation
+    format, ``<= 0`` (``0`` at every largest logit)."""
+    z = np.asarray(logits, dtype=np.int64)
+    return shift_round_np((z - z.max()) * LOG2E_Q, LOG2E_FRAC)
+
+
 def exp2_parts_np(logits, numerics):
     """Steps 1 to 3 of the loss: base-2 exponentials of ``z - max(z)`` in Q1.15."""
-    z = np.asarray(logits, dtype=np.int64)
-    d = z - z.max()
-    t = shift_round_np(d * LOG2E_Q, LOG2E_FRAC)                 # activation format, <= 0
+    t = exp2_args_np(logits)
     frac_bits = numerics.act.frac
     if frac_bits < EXP2_LUT_BITS:
         raise FpdeepError(f"numerics: the loss needs at least {EXP2_LUT_BITS} activation "
@@ -290,6 +326,67 @@ def softmax_error_np(logits, label, numerics):
     return error, int(np.argmax(logits))
 
 
+LOG2_LUT_BITS = 8
+LOG2_LUT_FRAC = 12
+#: ``log2(1 + m / 256)`` in Q1.12 for ``m = 0 .. 256``; the last entry is exactly 1.0.
+LOG2_LUT = [int(np.floor(np.log2(1.0 + m / (1 << LOG2_LUT_BITS)) * (1 << LOG2_LUT_FRAC) + 0.5))
+            for m in range((1 << LOG2_LUT_BITS) + 1)]
+LOSS_FRAC = 8
+LOSS_WIDTH = 16
+#: Largest per-sample loss, ``255.996`` bits; larger losses saturate to it.
+LOSS_MAX = (1 << LOSS_WIDTH) - 1
+LOSS_SUM_WIDTH = 32
+
+
+def log2_parts_np(total):
+    """``log2(total)`` as ``(k, index)``: ``k`` is the position of the leading one and
+    ``index`` the 8 bits below it rounded to nearest (ties up), ``0 .. 256``, so that
+    ``log2(total) ~= k + LOG2_LUT[index] / 2**12``. ``total`` must be positive."""
+    total = np.asarray(total, dtype=np.int64)
+    if np.any(total < 1):
+        raise FpdeepError("numerics: log2 of a value below 1")
+    k = np.frexp(total.astype(np.float64))[1].astype(np.int64) - 1     # exact below 2**53
+    mantissa = total - (np.int64(1) << k)
+    shift = k - (LOG2_LUT_BITS + 1)
+    bits = np.where(shift >= 0, mantissa >> np.maximum(shift, 0),
+                    mantissa << np.maximum(-shift, 0))                  # 9 bits
+    return k, (bits + 1) >> 1
+
+
+def cross_entropy_combine_np(k, log2_frac, t_label, numerics):
+    """Step 3 of the loss value: ``k - 15 + log2_frac / 2**12 - t_label``, rounded to
+    :data:`LOSS_FRAC` fraction bits and clamped to ``0 .. LOSS_MAX``."""
+    f = max(LOG2_LUT_FRAC, numerics.act.frac)
+    x = (((np.asarray(k, dtype=np.int64) - EXP2_LUT_FRAC) << f)
+         + (np.asarray(log2_frac, dtype=np.int64) << (f - LOG2_LUT_FRAC))
+         - (np.asarray(t_label, dtype=np.int64) << (f - numerics.act.frac)))
+    return np.clip(shift_round_np(x, f - LOSS_FRAC), 0, LOSS_MAX)
+
+
+def cross_entropy_sum_np(total, t_label, numerics):
+    """The loss value from the sum of the exponentials (Q1.15 units) and the label's
+    exponent argument: ``log2(total / 2**15) - t_label``."""
+    k, index = log2_parts_np(total)
+    return cross_entropy_combine_np(k, np.asarray(LOG2_LUT, dtype=np.int64)[index], t_label,
+                                    numerics)
+
+
+def cross_entropy_np(logits, label, numerics):
+    """The hardware's per-sample softmax cross-entropy, in bits, unsigned Q8.8.
+
+    ``log2(sum_i 2**t_i) - t_label`` with the ``t_i`` and the sum of
+    :func:`softmax_error_np` (``-log2 p_label``, or ``ln(2)`` times that in nats).
+    """
+    t = exp2_args_np(logits)
+    total = int(exp2_parts_np(logits, numerics).sum())
+    return int(cross_entropy_sum_np(total, int(t[label]), numerics))
+
+
+def saturating_add_np(acc, x, width):
+    """``acc + x`` clamped to ``2**width - 1``, for unsigned counters."""
+    return min(int(acc) + int(x), (1 << width) - 1)
+
+
 # ---- Amaranth -------------------------------------------------------------------------------
 
 def shift_round_hw(x, shift):
@@ -310,3 +407,42 @@ def saturate_hw(x, fmt):
 def requantize_hw(acc, acc_frac, fmt):
     """Amaranth twin of :func:`requantize_np`: returns ``(value, saturated)``."""
     return saturate_hw(shift_round_hw(Value.cast(acc), acc_frac - fmt.frac), fmt)
+
+
+def log2_parts_hw(total):
+    """Amaranth twin of :func:`log2_parts_np`: ``(k, index)`` of an unsigned ``total``.
+
+    A priority encoder and a normalising left shift; combinational.
+    """
+    total = Value.cast(total)
+    width = max(len(total), LOG2_LUT_BITS + 2)
+    total = total.as_unsigned()
+    k = C(0, range(width))
+    shift = C(width - 1, range(width))
+    for i in range(len(total)):
+        k = Mux(total[i], i, k)
+        shift = Mux(total[i], width - 1 - i, shift)
+    normal = (total << shift)[:width]                   # the leading one at width - 1
+    bits = normal[width - 1 - (LOG2_LUT_BITS + 1):width - 1]
+    return k, (bits + 1) >> 1
+
+
+def cross_entropy_hw(k, log2_frac, t_label, numerics):
+    """Amaranth twin of :func:`cross_entropy_combine_np`: an ``unsigned(LOSS_WIDTH)``
+    expression of ``k``, ``LOG2_LUT[index]`` and the signed ``t_label``."""
+    f = max(LOG2_LUT_FRAC, numerics.act.frac)
+    k, log2_frac = Value.cast(k).as_unsigned(), Value.cast(log2_frac).as_unsigned()
+    t_label = Value.cast(t_label).as_signed()
+    x = ((k << f) + (log2_frac << (f - LOG2_LUT_FRAC)) - (EXP2_LUT_FRAC << f)
+         - (t_label << (f - numerics.act.frac)))
+    r = shift_round_hw(x, f - LOSS_FRAC)
+    return Mux(r < 0, 0, Mux(r > LOSS_MAX, LOSS_MAX, r)).as_unsigned()[:LOSS_WIDTH]
+
+
+def saturating_add_hw(acc, x):
+    """Amaranth twin of :func:`saturating_add_np`: ``acc + x`` clamped to the all-ones
+    value of ``acc``'s width (both unsigned)."""
+    acc = Value.cast(acc)
+    top = (1 << len(acc)) - 1
+    s = acc + x
+    return Mux(s > top, top, s)[:len(acc)]

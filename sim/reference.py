@@ -25,8 +25,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..plan.errors import FpdeepError
 from ..plan.network import Conv2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy
-from ..rtl.numerics import (DEFAULT_NUMERICS, master_to_weight_np, requantize_np,
-                            sgd_step_np, softmax_error_np)
+from ..rtl.numerics import (DEFAULT_NUMERICS, LOSS_FRAC, LOSS_SUM_WIDTH, cross_entropy_np,
+                            master_to_weight_np, requantize_np, saturating_add_np, sgd_step_np,
+                            softmax_error_np)
 
 __all__ = ["Reference", "init_masters", "weighted_layers", "layer_geometry",
            "conv_forward_acc", "conv_backward_acc", "conv_weight_grad_acc",
@@ -134,6 +135,22 @@ class Reference:
     masters : dict, optional
         Initial int64 master weights (``init_masters``); by default ``init_masters(seed)``.
         The float mode starts from the same values.
+
+    Attributes
+    ----------
+    samples, correct, batches : int
+        The host counters: samples trained, first largest logit equal to the label,
+        mini-batches completed.
+    loss_sum : int or float
+        The host's loss counter. Int mode: the gateware's value exactly, the saturating
+        32-bit sum of :func:`~fpdeep.rtl.numerics.cross_entropy_np` (bits, with
+        ``LOSS_FRAC`` fraction bits). Float mode: the sum of the exact cross-entropies,
+        in bits.
+    loss_sum_exact : float
+        Both modes: the sum of the exact softmax cross-entropies, in bits, of the logits
+        this mode computed, to compare the fixed-point loss with.
+    saturations : dict
+        Saturation events of FP, BP and the weight update (int mode).
     """
 
     def __init__(self, network, *, mode="int", numerics=DEFAULT_NUMERICS, lr=0.1, momentum=0.0,
@@ -163,7 +180,8 @@ class Reference:
             self.velocity[name] = [np.zeros_like(w), np.zeros_like(b)]
         self.saturations = {"fp": 0, "bp": 0, "update": 0}
         self.samples = self.correct = self.batches = 0
-        self.loss_sum = 0.0
+        self.loss_sum = 0 if mode == "int" else 0.0
+        self.loss_sum_exact = 0.0
         self._refresh_weights(count=False)    # the gateware's initial copies are elaborated
 
     # -- weights -------------------------------------------------------------------------
@@ -227,12 +245,15 @@ class Reference:
         if integer:
             error, predicted = softmax_error_np(logits, label, n)
             loss, _ = softmax_cross_entropy(n.act.to_float(logits), label)
+            self.loss_sum = saturating_add_np(self.loss_sum, cross_entropy_np(logits, label, n),
+                                              LOSS_SUM_WIDTH)
         else:
             loss, error = softmax_cross_entropy(logits, label)
             predicted = int(np.argmax(logits))
+            self.loss_sum += loss / np.log(2)
         self.samples += 1
         self.correct += int(predicted == label)
-        self.loss_sum += loss
+        self.loss_sum_exact += loss / np.log(2)
         e = error[:, None, None]
         grads = {}
         first = self.weighted[0]
@@ -323,6 +344,12 @@ class Reference:
             self.params[name] = [w, b]
             self.velocity[name] = [vw, vb]
         self._refresh_weights()
+
+    @property
+    def mean_loss(self):
+        """Mean cross-entropy per sample so far, in bits, from ``loss_sum``."""
+        scale = (1 << LOSS_FRAC) if self.mode == "int" else 1
+        return self.loss_sum / scale / self.samples if self.samples else 0.0
 
     def predict(self, x):
         logits, _ = self.forward(x)

@@ -2,8 +2,8 @@ import struct
 
 import pytest
 
-from fpdeep.platforms.host_client import (HostClient, HostError, Op, Status, RX_FIFO_DEPTH,
-                                          MAX_SAMPLE_WORDS, REPLY_LENGTH)
+from fpdeep.platforms.host_client import (Counters, HostClient, HostError, Op, Status,
+                                          RX_FIFO_DEPTH, MAX_SAMPLE_WORDS, REPLY_LENGTH)
 
 
 class FakeDevice:
@@ -57,6 +57,10 @@ class FakeDevice:
                 self.outbox += bytes([0x82]) + struct.pack("<IIIIB", len(self.words), 2, 3, 4,
                                                            int(self.busy))
                 i += 1
+            elif op == Op.COUNTERS_LOSS:
+                self.outbox += bytes([0x86]) + struct.pack("<IIIIIB", len(self.words), 2, 3, 4,
+                                                           0xFFFF_FFFF, int(self.busy))
+                i += 1
             else:
                 self.outbox += bytes([Status.BAD_COMMAND, op])
                 i += 1
@@ -67,7 +71,9 @@ def test_encodings():
     assert HostClient.read_weight_request(0x12345).payload == bytes([3, 0x45, 0x23, 0x01])
     assert HostClient.write_weight_request(1, -2).payload == bytes([4, 1, 0, 0,
                                                                     0xFE, 0xFF, 0xFF, 0xFF])
-    assert HostClient.counters_request().payload == b"\x02"
+    assert HostClient.counters_request().payload == b"\x06"
+    assert HostClient.counters_request(loss=False).payload == b"\x02"
+    assert REPLY_LENGTH[Op.COUNTERS] == 18 and REPLY_LENGTH[Op.COUNTERS_LOSS] == 22
     assert HostClient.weight_count_request().payload == b"\x05"
     for request in (HostClient.sample_request([0] * MAX_SAMPLE_WORDS),
                     HostClient.write_weight_request(0, 0)):
@@ -99,9 +105,11 @@ def test_client_against_fake_device():
     client.push_sample(3, pixels)
     assert device.words == [3, *pixels]
     counters = client.counters()
-    assert (counters.samples, counters.correct, counters.batches, counters.saturations) == \
-        (65, 2, 3, 4)
+    assert (counters.samples, counters.correct, counters.batches, counters.saturations,
+            counters.loss_sum) == (65, 2, 3, 4, 0xFFFF_FFFF)
     assert not counters.busy
+    assert client.counters(loss=False) == Counters(65, 2, 3, 4, busy=False, rx_error=False,
+                                                   bad_command=False, loss_sum=None)
     assert device.peak == RX_FIFO_DEPTH     # pipelining fills the FIFO, never more
 
 
@@ -113,7 +121,7 @@ def test_client_errors():
     device.busy = True
     with pytest.raises(HostError, match="busy"):
         client.write_weight(0, 5)
-    assert client.counters().busy
+    assert client.counters().busy and client.counters(loss=False).busy
 
     class Silent:
         def write(self, data):
@@ -125,4 +133,6 @@ def test_client_errors():
     with pytest.raises(HostError, match="timed out"):
         HostClient(Silent()).counters()
     with pytest.raises(HostError, match="unexpected reply"):
-        HostClient.counters_request().decode(bytes([Status.BAD_COMMAND, 2]) + bytes(16))
+        HostClient.counters_request().decode(bytes([Status.BAD_COMMAND, 6]) + bytes(20))
+    with pytest.raises(HostError, match="expected 22 reply bytes, got 18"):
+        HostClient.counters_request().decode(bytes([0x82]) + bytes(17))

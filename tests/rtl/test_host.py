@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import pytest
@@ -6,7 +7,7 @@ from amaranth.lib import wiring, memory
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from fpdeep.platforms.host_client import (HostClient, HostError, Op, Status, Request,
+from fpdeep.platforms.host_client import (HostClient, HostError, Op, Status,
                                           RX_FIFO_DEPTH, MAX_SAMPLE_WORDS)
 from fpdeep.rtl.host import HostSignature, UartRx, UartTx, HostBridge
 from tests.stream_helpers import stream_put, stream_get
@@ -156,11 +157,13 @@ class ModelCore(wiring.Component):
     """Test-only core: a weight Memory, counters with known values, controllable busy.
 
     ``samples`` counts sample words taken, ``batches`` weight writes and
-    ``saturations`` weight reads; ``correct`` is a constant. Reads answer three
-    cycles after the strobe. ``stall`` holds ``sample.ready`` low.
+    ``saturations`` weight reads; ``correct`` is a constant and ``loss_sum`` another
+    plus the sample words taken. Reads answer three cycles after the strobe.
+    ``stall`` holds ``sample.ready`` low.
     """
 
     CORRECT = 0x1234_5678
+    LOSS_SUM = 0x9ABC_0000
 
     def __init__(self, weights):
         self._weights = list(weights)
@@ -186,6 +189,7 @@ class ModelCore(wiring.Component):
             host.weight_rvalid.eq(pending[1]),
             host.weight_count.eq(len(self._weights)),
             host.correct.eq(self.CORRECT),
+            host.loss_sum.eq(self.LOSS_SUM + host.samples),
             host.busy.eq(self.force_busy),
             host.sample.ready.eq(~self.stall),
         ]
@@ -350,7 +354,8 @@ def test_bridge_samples_and_counters():
     async def script(ctx, bench):
         counters = await bench.transact(ctx, HostClient.counters_request())
         assert (counters.samples, counters.correct, counters.batches,
-                counters.saturations) == (0, ModelCore.CORRECT, 0, 0)
+                counters.saturations, counters.loss_sum) == \
+            (0, ModelCore.CORRECT, 0, 0, ModelCore.LOSS_SUM)
         # Chunked as HostClient.push_sample does.
         words = [label, *pixels, -2**15, 2**15 - 1]
         for start in range(0, len(words), MAX_SAMPLE_WORDS):
@@ -361,7 +366,14 @@ def test_bridge_samples_and_counters():
         counters = await bench.transact(ctx, HostClient.counters_request())
         assert counters.samples == len(words)
         assert counters.correct == ModelCore.CORRECT
+        assert counters.loss_sum == ModelCore.LOSS_SUM + len(words)     # the same cycle
         assert not (counters.busy or counters.rx_error or counters.bad_command)
+        # The COUNTERS command of hosts older than the loss counter: 18 bytes, as before.
+        request = HostClient.counters_request(loss=False)
+        await bench.send(ctx, request.payload)
+        reply = await bench.receive(ctx, 18)
+        assert reply[:5] == bytes([Status.ok(Op.COUNTERS)]) + len(words).to_bytes(4, "little")
+        assert request.decode(reply) == dataclasses.replace(counters, loss_sum=None)
 
     bench.run(script)
 
@@ -379,5 +391,10 @@ def test_bridge_bad_command_reported_and_ignored():
         assert counters.bad_command and not counters.rx_error
         counters = await bench.transact(ctx, HostClient.counters_request())
         assert not counters.bad_command     # cleared by the read that reported it
+        # The same with the COUNTERS command of older hosts.
+        await bench.send(ctx, bytes([0x42]))
+        assert await bench.receive(ctx, 2) == bytes([Status.BAD_COMMAND, 0x42])
+        assert (await bench.transact(ctx, HostClient.counters_request(loss=False))).bad_command
+        assert not (await bench.transact(ctx, HostClient.counters_request())).bad_command
 
     bench.run(script)

@@ -5,12 +5,13 @@ from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
 from fpdeep.rtl.loss import LossUnit
-from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, softmax_error_np
+from fpdeep.rtl.numerics import (DEFAULT_NUMERICS as N, FixedFormat, LOSS_MAX, Numerics,
+                                 cross_entropy_np, softmax_error_np)
 
 
 class LossBench(Elaboratable):
-    def __init__(self, classes):
-        self.unit = LossUnit(classes=classes, numerics=N)
+    def __init__(self, classes, numerics=N):
+        self.unit = LossUnit(classes=classes, numerics=numerics)
         self.z_mem = memory.Memory(shape=self.unit.z_rd.data.shape(), depth=classes, init=[])
 
     def elaborate(self, platform):
@@ -21,8 +22,67 @@ class LossBench(Elaboratable):
         return m
 
 
+def run_samples(bench, cases, labels, rng, *, cycles=None):
+    """Each sample through the unit with random ``ready`` stalls; returns the per-sample
+    ``(errors, correct pulses, losses seen with loss_valid)``; ``cycles`` receives the
+    cycles from ``start`` to ``busy`` falling."""
+    unit = bench.unit
+    classes = len(cases[0])
+    results = []
+    pulses = []         # (loss, busy) at every loss_valid
+
+    async def monitor(ctx):
+        while True:
+            _, _, valid, loss, busy = await ctx.tick().sample(unit.loss_valid, unit.loss,
+                                                              unit.busy)
+            if valid:
+                pulses.append((loss, busy))
+
+    async def tb(ctx):
+        for logits, label in zip(cases, labels):
+            for k, z in enumerate(logits):
+                ctx.set(bench.z_mem.data[k], [int(z)])
+            seen = len(pulses)
+            ctx.set(unit.label, label)
+            ctx.set(unit.start, 1)
+            await ctx.tick()
+            ctx.set(unit.start, 0)
+            correct = 0
+            got = []
+            elapsed = 1
+            for k in range(classes):
+                while True:
+                    correct += ctx.get(unit.correct)
+                    if ctx.get(unit.o.valid) and rng.random() > 0.3:
+                        break
+                    await ctx.tick()
+                    elapsed += 1
+                beat = ctx.get(unit.o.payload)
+                assert beat.channel == k
+                got.append(beat.values[0])
+                ctx.set(unit.o.ready, 1)
+                await ctx.tick()
+                elapsed += 1
+                ctx.set(unit.o.ready, 0)
+            assert not ctx.get(unit.busy)
+            if cycles is not None:
+                cycles.append(elapsed)
+            losses = [loss for loss, busy in pulses[seen:]]
+            assert all(busy for _, busy in pulses[seen:])
+            assert ctx.get(unit.loss) == losses[-1]          # held after busy falls
+            results.append((got, correct, losses))
+            await ctx.tick()
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-6)
+    sim.add_testbench(monitor, background=True)
+    sim.add_testbench(tb)
+    sim.run()
+    return results
+
+
 @pytest.mark.parametrize("classes,seed", [(10, 0), (2, 1), (7, 2)])
-def test_errors_match_reference(classes, seed):
+def test_errors_and_loss_match_reference(classes, seed):
     rng = np.random.default_rng(seed)
     cases = [
         rng.integers(-3000, 3000, size=classes),                   # ordinary logits
@@ -31,38 +91,36 @@ def test_errors_match_reference(classes, seed):
         rng.integers(N.act.min, N.act.max + 1, size=classes),
     ]
     labels = [int(rng.integers(classes)) for _ in cases]
-    bench = LossBench(classes)
-    unit = bench.unit
+    labels[2] = 1                                # the label's exponential underflows to 0
+    results = run_samples(LossBench(classes), cases, labels, rng)
+    for logits, label, (got, correct, losses) in zip(cases, labels, results):
+        expect, predicted = softmax_error_np(logits, label, N)
+        assert got == list(expect)
+        assert correct == int(predicted == label)
+        assert losses == [cross_entropy_np(logits, label, N)]    # one pulse per sample
+    assert results[2][2] == [cross_entropy_np(cases[2], 1, N)] != [LOSS_MAX]
 
-    async def tb(ctx):
-        for logits, label in zip(cases, labels):
-            for k, z in enumerate(logits):
-                ctx.set(bench.z_mem.data[k], [int(z)])
-            expect, predicted = softmax_error_np(logits, label, N)
-            ctx.set(unit.label, label)
-            ctx.set(unit.start, 1)
-            await ctx.tick()
-            ctx.set(unit.start, 0)
-            correct = 0
-            got = []
-            for k in range(classes):
-                while True:
-                    correct += ctx.get(unit.correct)
-                    if ctx.get(unit.o.valid) and rng.random() > 0.3:
-                        break
-                    await ctx.tick()
-                beat = ctx.get(unit.o.payload)
-                assert beat.channel == k
-                got.append(beat.values[0])
-                ctx.set(unit.o.ready, 1)
-                await ctx.tick()
-                ctx.set(unit.o.ready, 0)
-            assert got == list(expect)
-            assert correct == int(predicted == label)
-            await ctx.tick()
-            assert not ctx.get(unit.busy)
 
-    sim = Simulator(bench)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+def test_loss_saturates_and_takes_no_extra_cycles():
+    """With Q8.8 activations a logit gap of 511.99 is 738.6 bits: the loss clamps to
+    LOSS_MAX. With ``ready`` held high, ``busy`` still falls 4 + classes * (error.frac + 8)
+    cycles after ``start``, as it did before the unit had a loss output."""
+    numerics = Numerics(act=FixedFormat(16, 8))
+    classes = 3
+    cases = [np.array([numerics.act.max, numerics.act.min, 0]),
+             np.array([0, -1, 5]),
+             np.array([-7, -7, -7])]
+    labels = [1, 0, 2]
+
+    class AlwaysReady:
+        def random(self):
+            return 1.0
+
+    cycles = []
+    results = run_samples(LossBench(classes, numerics), cases, labels, AlwaysReady(),
+                          cycles=cycles)
+    losses = [r[2] for r in results]
+    # Three equal logits: log2(3) = 1.58496 bits = 405.75 LSBs of Q8.8, rounded to 406.
+    assert losses == [[LOSS_MAX], [cross_entropy_np(cases[1], 0, numerics)], [406]]
+    assert cross_entropy_np(cases[0], 1, numerics) == LOSS_MAX
+    assert cycles == [4 + classes * (N.error.frac + 8)] * len(cases)

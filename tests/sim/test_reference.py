@@ -12,8 +12,8 @@ import pytest
 from fpdeep.plan.errors import FpdeepError
 from fpdeep.plan.network import (Conv2d, Linear, MaxPool2d, Network, ReLU,
                                  SoftmaxCrossEntropy, digits_cnn)
-from fpdeep.rtl.numerics import (DEFAULT_NUMERICS, EXP2_LUT, LOG2E_Q, sgd_step_np,
-                                 softmax_error_np)
+from fpdeep.rtl.numerics import (DEFAULT_NUMERICS, EXP2_LUT, LOG2E_Q, cross_entropy_np,
+                                 sgd_step_np, softmax_error_np)
 from fpdeep.sim.reference import (Reference, init_masters, maxpool_backward, maxpool_forward,
                                   softmax_cross_entropy)
 
@@ -271,6 +271,9 @@ def test_int_step_matches_hand_computation():
 
     ref.train_batch([x], [0])
     assert (ref.samples, ref.correct, ref.batches) == (2, 2, 1)   # output_errors counted too
+    # Two equal logits: 1 bit of loss each, 256 in Q8.8 (and exactly 1.0 bit in float).
+    assert ref.loss_sum == 2 * 256 and ref.loss_sum_exact == pytest.approx(2.0)
+    assert ref.mean_loss == 1.0
     assert ref.saturations == {"fp": 0, "bp": 0, "update": 0}
 
     # WU, 10 + 13 fraction bits; the step is round(3 * g / 2**11) master LSBs.
@@ -419,6 +422,36 @@ def test_softmax_error_close_to_float_softmax():
         worst = max(worst, np.abs(error - exact * N.error.one).max())
         assert predicted == int(np.argmax(logits))
     assert worst <= 8, worst
+
+
+def test_loss_sum_counts_the_hardware_loss_and_saturates():
+    """Int mode sums :func:`cross_entropy_np` of every sample's logits exactly as the
+    gateware's saturating 32-bit counter does; float mode sums the exact loss in bits."""
+    network = digits_cnn()
+    rng = np.random.default_rng(5)
+    masters = init_masters(network, N, seed=5)
+    xs = rng.uniform(0, 1, size=(8, 1, 8, 8))
+    labels = rng.integers(10, size=8)
+    ref = Reference(network, mode="int", batch_size=4, masters=masters)
+    fl = Reference(network, mode="float", batch_size=4, masters=masters)
+    expect, exact = 0, 0.0
+    for start in (0, 4):
+        batch = [ref.quantize_input(x) for x in xs[start:start + 4]]
+        for x, label in zip(batch, labels[start:start + 4]):
+            logits, _ = ref.forward(x)
+            expect += cross_entropy_np(logits, int(label), N)
+            exact += softmax_cross_entropy(N.act.to_float(logits), int(label))[0] / np.log(2)
+        ref.train_batch(batch, labels[start:start + 4])
+        fl.train_batch([fl.quantize_input(x) for x in xs[start:start + 4]],
+                       labels[start:start + 4])
+    assert isinstance(ref.loss_sum, int) and ref.loss_sum == expect
+    assert ref.loss_sum_exact == pytest.approx(exact)
+    assert abs(ref.mean_loss - ref.loss_sum_exact / 8) < 2 / 256       # Q8.8, 2 LSBs
+    assert fl.loss_sum == pytest.approx(fl.loss_sum_exact) and fl.mean_loss > 0
+    assert abs(fl.mean_loss - ref.mean_loss) < 0.1 * fl.mean_loss      # same training
+    ref.loss_sum = (1 << 32) - 10
+    ref.output_errors(ref.quantize_input(xs[0]), 0)
+    assert ref.loss_sum == (1 << 32) - 1
 
 
 def test_maxpool_picks_first_of_tied_maxima():
