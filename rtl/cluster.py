@@ -156,6 +156,7 @@ class Cluster(wiring.Component):
             host.samples.eq(first.host.samples),
             host.batches.eq(first.host.batches),
             host.correct.eq(last.host.correct),       # the last chip holds the loss
+            host.loss_sum.eq(last.host.loss_sum),
             host.saturations.eq(sum(chip.host.saturations for chip in self.chips)),
             host.busy.eq(Cat(*[chip.host.busy for chip in self.chips]).any() |
                          routers[0].full),

@@ -13,7 +13,7 @@ from .backprop import ErrorDerivative, ErrorStore
 from .conv import ConvEngine, ConvGeometry, RowLayout
 from .host import HostSignature
 from .loss import LossUnit
-from .numerics import DEFAULT_NUMERICS
+from .numerics import DEFAULT_NUMERICS, saturating_add_hw
 from .partial import PartialSum
 from .rowlink import WORD, MapReceiver, MapSender, RowDeserializer, RowSerializer
 from .weight_update import WeightUpdateUnit
@@ -828,6 +828,8 @@ class TrainingCore(wiring.Component):
         if loss is not None:
             with m.If(loss.correct):
                 m.d.sync += host.correct.eq(host.correct + 1)
+            with m.If(loss.loss_valid):
+                m.d.sync += host.loss_sum.eq(saturating_add_hw(host.loss_sum, loss.loss))
         else:
             with m.If(err_source.o.valid & err_source.o.ready):
                 m.d.sync += err_rows.eq(err_rows + 1)

@@ -105,13 +105,16 @@ def run(args):
     equal, total, first = compare_weights(result.masters, reference)
     exact = equal == total
     counters_equal = (result.correct == reference.correct and
-                      result.saturations == sum(reference.saturations.values()))
+                      result.saturations == sum(reference.saturations.values()) and
+                      result.loss_sum == reference.loss_sum)
     print()
     print(f"weights: {equal}/{total} equal the integer reference bit for bit"
           + ("" if exact else f"; first difference {first}"))
     print(f"counters: {result.samples} samples, {result.correct} correct, {result.batches} "
-          f"batches, {result.saturations} saturations (reference: {reference.correct} correct, "
-          f"{sum(reference.saturations.values())} saturations)")
+          f"batches, {result.saturations} saturations, mean loss "
+          f"{result.loss_sum / 256 / max(1, result.samples):.4f} bits (reference: "
+          f"{reference.correct} correct, {sum(reference.saturations.values())} saturations, "
+          f"{reference.loss_sum / 256 / max(1, len(labels)):.4f} bits)")
     print(f"cycles per sample: {result.cycles_per_sample:.1f} "
           f"(SGD steps amortized; {result.wall_seconds:.1f} s simulated at "
           f"{result.total_cycles / result.wall_seconds:.0f} cycles/s)")

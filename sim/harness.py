@@ -20,6 +20,9 @@ from ..rtl.core import TrainingCore
 from ..rtl.numerics import DEFAULT_NUMERICS
 from .reference import Reference, init_masters
 
+#: The host counters a run reads back.
+COUNTERS = ("samples", "correct", "batches", "saturations", "loss_sum")
+
 __all__ = ["CoreRun", "RunResult", "EngineFigures", "compare_weights", "digits_samples",
            "send_sample", "read_masters"]
 
@@ -48,6 +51,8 @@ class RunResult:
     correct: int
     batches: int
     saturations: int
+    #: Sum of per-sample cross-entropies in bits, Q8.8 (:func:`~fpdeep.rtl.numerics.cross_entropy_np`).
+    loss_sum: int
     #: Cycles between one sample's completion (its WU done) and the next's.
     sample_cycles: list
     total_cycles: int
@@ -160,7 +165,7 @@ class CoreRun:
                 await ctx.tick()
             result["sample_cycles"] = sample_cycles
             result["counters"] = {name: ctx.get(getattr(top.host, name))
-                                  for name in ("samples", "correct", "batches", "saturations")}
+                                  for name in COUNTERS}
             # Chip 0 is busy from a sample's first word until its errors are back.
             result["total_cycles"] = max(ctx.get(chip.perf_cycles) for chip in chips)
             result["slots_peak"] = [ctx.get(chip.perf_slots_peak) for chip in chips]
@@ -202,7 +207,7 @@ class CoreRun:
         result = {
             "sample_cycles": raw["sample_cycles"],
             "counters": {name: outputs[f"host__{name}"]
-                         for name in ("samples", "correct", "batches", "saturations")},
+                         for name in COUNTERS},
             "total_cycles": outputs["perf_cycles"],
             "slots_peak": [outputs["perf_slots_peak"]],
             "busy": verilator.port_array(outputs["perf_busy"], count),
@@ -228,7 +233,7 @@ def _run_result(chips, result, *, wall_seconds, backend="pysim", build_seconds=0
     counters = result["counters"]
     return RunResult(masters=result["masters"], samples=counters["samples"],
                      correct=counters["correct"], batches=counters["batches"],
-                     saturations=counters["saturations"],
+                     saturations=counters["saturations"], loss_sum=counters["loss_sum"],
                      sample_cycles=result["sample_cycles"],
                      total_cycles=result["total_cycles"], engines=engines,
                      wall_seconds=wall_seconds, backend=backend, build_seconds=build_seconds,

@@ -63,7 +63,8 @@ def train_cluster(network, splits, samples, labels, *, batch_size, lr=0.05, seed
         for chip in cluster.chips:
             read_masters(ctx, chip, into=got)
         got["counters"] = (ctx.get(cluster.host.samples), ctx.get(cluster.host.batches),
-                           ctx.get(cluster.host.correct), ctx.get(cluster.host.saturations))
+                           ctx.get(cluster.host.correct), ctx.get(cluster.host.saturations),
+                           ctx.get(cluster.host.loss_sum))
         statuses = [ctx.get(s) for link in cluster.links for s in (link.a_status, link.b_status)]
         got["bad_frames"] = sum(status.bad_frames for status in statuses)
         assert not any(status.overflow for status in statuses)
@@ -108,7 +109,8 @@ def train_cluster(network, splits, samples, labels, *, batch_size, lr=0.05, seed
     equal, total, first = compare_weights(got, reference)
     assert equal == total, first
     assert counters == (len(labels), len(labels) // batch_size, reference.correct,
-                        sum(reference.saturations.values()))
+                        sum(reference.saturations.values()), reference.loss_sum)
+    assert reference.loss_sum > 0
     return cluster, slots_peak
 
 

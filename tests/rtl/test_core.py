@@ -26,6 +26,7 @@ def train_and_compare(network, samples, labels, *, batch_size, engines=None, mom
     assert result.batches == len(labels) // batch_size
     assert result.correct == reference.correct
     assert result.saturations == sum(reference.saturations.values())
+    assert result.loss_sum == reference.loss_sum > 0
     return result, reference
 
 
