@@ -12,7 +12,11 @@ __all__ = ["write_waves", "core_traces"]
 def core_traces(core):
     """``{group: signals}`` of an elaborated :class:`~fpdeep.rtl.core.TrainingCore`."""
     groups = {"host": [core.host.busy, core.host.samples, core.host.correct,
-                       core.host.batches, core.host.saturations, core.host.sample]}
+                       core.host.batches, core.host.saturations, core.host.loss_sum,
+                       core.host.sample],
+              # The two sequencers run different samples at once (states by name).
+              "pipeline": [core.forward_fsm.state, core.backward_fsm.state,
+                           core.perf_slots_peak]}
     for name, engine in core.engines_by_name.items():
         signals = [engine.start, engine.busy, engine.step]
         if hasattr(engine, "o"):
