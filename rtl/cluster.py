@@ -1,7 +1,7 @@
 """A chain of training chips joined by reliable serial links, in simulation."""
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..plan.errors import FpdeepError
@@ -36,6 +36,8 @@ class Cluster(wiring.Component):
     link_config : LinkConfig, optional
     link_latency : int
         Wire latency of each link, in cycles.
+    engines : dict or list of dict, optional
+        ``{layer: EngineSizes}`` for every chip, or one such dict per chip.
     slots : int or list of int
         Feature-memory slots of each chip: how many samples its forward path may
         run ahead of its backward path (the round trip behind it needs about
@@ -52,10 +54,12 @@ class Cluster(wiring.Component):
         on each, over the links' CTL channel).
     err_masks : In(word_width).array(2 * (N - 1))
         Bit-error masks of the wires, down and up for each link in turn.
+    perf_link_words : Out(ArrayLayout(32, (N - 1) * 6))
+        Payload words sent per link and :attr:`LINK_TRAFFIC` channel.
     """
 
     def __init__(self, network, *, splits, link_config=None, link_latency=4, slots=2,
-                 **core_args):
+                 engines=None, **core_args):
         specs = network_layers(network)
         if not splits:
             raise FpdeepError("a cluster needs at least one chip")
@@ -84,15 +88,29 @@ class Cluster(wiring.Component):
         if len(slots) != len(splits):
             raise FpdeepError(f"{len(slots)} feature-memory depths given for "
                               f"{len(splits)} chips")
-        self.chips = [TrainingCore(network, layers=(first, stop), channels=channels,
-                                   slots=depth, **core_args)
-                      for (first, stop, channels), depth in zip(chips, slots)]
+        engines = (list(engines) if isinstance(engines, (list, tuple)) else
+                   [engines] * len(splits))
+        if len(engines) != len(splits):
+            raise FpdeepError(f"{len(engines)} engine sizings given for {len(splits)} chips")
+        self.chips = []
+        for (first, stop, channels), depth, sizes in zip(chips, slots, engines):
+            names = {spec.name for spec in specs[first:stop]}
+            sizes = {name: size for name, size in (sizes or {}).items() if name in names}
+            self.chips.append(TrainingCore(network, layers=(first, stop), channels=channels,
+                                           slots=depth, engines=sizes, **core_args))
         self.links = [LinkPair(self.link_config, latency=link_latency)
                       for _ in range(len(splits) - 1)]
         super().__init__({
             "host": Out(HostSignature()),
             "err_masks": In(self.link_config.word_width).array(max(1, 2 * len(self.links))),
+            "perf_link_words": Out(data.ArrayLayout(32, max(1, len(self.links) * len(
+                self.LINK_TRAFFIC)))),
         })
+
+    #: What ``perf_link_words`` counts for each link, in this order: payload words
+    #: taken by the link's sending ends (direction, virtual channel).
+    LINK_TRAFFIC = (("down", "act"), ("up", "err"), ("down", "wgt"), ("up", "wgt"),
+                    ("down", "ctl"), ("up", "ctl"))
 
     def weight_address(self, layer, o, i=None, ky=0, kx=0):
         """Host address of weight ``(o, i, ky, kx)`` of ``layer`` (bias ``o`` if ``i`` is None)."""
@@ -123,6 +141,14 @@ class Cluster(wiring.Component):
             vc = VirtualChannel.WGT
             m.d.comb += [link.a_i[vc].valid.eq(0), link.b_i[vc].valid.eq(0),
                          link.a_o[vc].ready.eq(1), link.b_o[vc].ready.eq(1)]
+
+        for k, link in enumerate(self.links):
+            ends = {"down": link.a_i, "up": link.b_i}
+            for j, (direction, vc) in enumerate(self.LINK_TRAFFIC):
+                port = ends[direction][getattr(VirtualChannel, vc.upper())]
+                counter = self.perf_link_words[k * len(self.LINK_TRAFFIC) + j]
+                with m.If(port.valid & port.ready):
+                    m.d.sync += counter.eq(counter + 1)
 
         # Weight access: each chip's router serves its own span of the cluster's
         # weight addresses and passes the others down on the CTL channel.

@@ -59,6 +59,12 @@ class RunResult:
     engines: list = field(default_factory=list)
     #: Per chip, the most feature-memory slots in use at once.
     slots_peak: list = field(default_factory=list)
+    #: Cycles from the first sample word to the last chip going idle (pysim).
+    run_cycles: int = 0
+    #: Per chip, its busy cycles (``perf_cycles``).
+    chip_cycles: list = field(default_factory=list)
+    #: ``{(link, "down"|"up", "act"|"err"|"wgt"|"ctl"): payload words}`` (clusters).
+    link_words: dict = field(default_factory=dict)
     #: Seconds the simulation took (Verilator: the simulator process, build excluded).
     wall_seconds: float = 0.0
     backend: str = "pysim"
@@ -107,6 +113,10 @@ class CoreRun:
             self.top = Cluster(network, splits=splits, **args)
             self.chips = self.top.chips
         else:
+            # One chip: per-chip lists (as a plan gives them) have one entry.
+            for key in ("engines", "slots"):
+                if isinstance(args[key], (list, tuple)):
+                    args[key] = args[key][0]
             self.top = TrainingCore(network, **args)
             self.chips = [self.top]
         self.core = self.chips[0]
@@ -163,6 +173,14 @@ class CoreRun:
                                       f"{max_cycles_per_sample} cycles")
             while ctx.get(top.host.busy):
                 await ctx.tick()
+                cycles += 1
+            result["run_cycles"] = cycles
+            result["chip_cycles"] = [ctx.get(chip.perf_cycles) for chip in chips]
+            if isinstance(top, Cluster):
+                traffic = top.LINK_TRAFFIC
+                result["link_words"] = {
+                    (k, direction, vc): ctx.get(top.perf_link_words[k * len(traffic) + j])
+                    for k in range(len(top.links)) for j, (direction, vc) in enumerate(traffic)}
             result["sample_cycles"] = sample_cycles
             result["counters"] = {name: ctx.get(getattr(top.host, name))
                                   for name in COUNTERS}
@@ -237,7 +255,9 @@ def _run_result(chips, result, *, wall_seconds, backend="pysim", build_seconds=0
                      sample_cycles=result["sample_cycles"],
                      total_cycles=result["total_cycles"], engines=engines,
                      wall_seconds=wall_seconds, backend=backend, build_seconds=build_seconds,
-                     slots_peak=result["slots_peak"])
+                     slots_peak=result["slots_peak"], run_cycles=result.get("run_cycles", 0),
+                     chip_cycles=result.get("chip_cycles", []),
+                     link_words=result.get("link_words", {}))
 
 
 async def send_sample(ctx, port, x, label):
