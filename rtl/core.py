@@ -527,7 +527,7 @@ class TrainingCore(wiring.Component):
 
         if self.has_loss:
             loss = LossUnit(classes=self.network.num_classes, numerics=n)
-            m.submodules.loss = loss
+            m.submodules.loss_unit = loss
             _connect_slot(m, loss.z_rd, act_full[-1].read_port(), bslot * full_depths[-1])
             self._route_errors(m, loss.o, stores[-1].i, passed_up)
         else:

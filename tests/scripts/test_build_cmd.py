@@ -49,6 +49,6 @@ def test_verilog_only_real_core(tmp_path, capsys):
                  "output [159:0] perf_busy;", "output [159:0] perf_steps;"):
         assert port in text           # the core's counters are ports, not dangling
     for block in ("core.conv1_fp", "core.conv1_wu", "core.fc1_fp", "core.fc1_bp", "core.fc1_wu",
-                  "core.loss", "bridge"):
+                  "core.loss_unit", "bridge"):
         assert f"module \\top.{block} (" in text
     assert "wrote" in capsys.readouterr().out
