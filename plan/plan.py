@@ -39,6 +39,10 @@ Schema (``version`` 1; keys are stable)::
                  "bounds_images_per_s": {"compute", "link", "memory"},
                  "link_utilisation", "pe_utilisation", "macs_per_sample", ...}}
 
+Every plan has a top-level ``"target"``: ``"paper"`` (the default: paper-scale
+engines, the schema above) or ``"gateware"`` (what :mod:`fpdeep.rtl` builds; see
+below).
+
 ``out_channels`` and ``rows`` are half-open ranges of the layer's output map
 (before its post-ops); ``in_channels`` the input channels the slice reads. Cycle
 counts are in the chip's own clock.
@@ -54,12 +58,46 @@ are the columns of its K-slice (plus the biases on the chip with input feature
 inside the layer) as activations and the output error sent back to every chip
 of the layer as errors. Its buffers hold its slice of the input for WU, the
 output error and the partial sums.
+
+The gateware target
+-------------------
+``plan_network(..., target="gateware")`` plans what the gateware builds
+(:mod:`.gateware`): a chip holds whole layers (``"split": "layers"``) or one slice
+of one layer split by output channels (``"split": "channels"``, contiguous ranges
+on consecutive chips). Each slice's ``engines`` give the rows and columns as
+built: FP ``rows x Wo``, BP ``rows x W`` (rows = input channels at once; none in
+the network's first layer), WU ``rows x kw``; ``cycles_per_sample`` is the
+engine's busy cycles per sample. The elaborator reads
+:meth:`Plan.gateware_slices`. Predictions come from :func:`.gateware.simulate`::
+
+    "target": "gateware",
+    "chips": [{...,
+        "predicted": {..., "multipliers": n,
+            "gateware": {"cycles_per_sample", "engines": {"conv1.fp": {"rows", "cols",
+                             "pes", "busy_cycles_per_sample", "steps_per_sample",
+                             "busy_fraction", "step_fraction"}, ...},
+                         "phases_per_sample": {"load", "fp", "send", "done", "idle",
+                             "loss", "receive", "bp", "wu_wait", "sgd"},
+                         "loss_cycles", "sgd_cycles_per_batch",
+                         "feature_slots_peak", "slots_in_use_max",
+                         "link_down": {"words_per_sample", "frames_per_sample",
+                                       "symbols_per_sample"} | null,   # ACT to i + 1
+                         "link_up": {...} | null,                      # ERR from i + 1
+                         "estimate": {"forward", "backward"},
+                         "memory_bits": {"features", "errors", "weights", "relay",
+                                         "total"}}}}],
+    "summary": {..., "gateware": {"cycles_per_sample", "images_per_s", "latency_cycles",
+                                  "run_cycles": {"1": c, ...},
+                                  "perf_cycles": {"1": c, ...}, "slots", "limit",
+                                  "bounds": {"round_trip", "busiest_chip"},
+                                  "with_more_slots": {"3": c, "4": c},
+                                  "candidates": [...], "timing": {...}}}
 """
 
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import FpdeepError
 from .network import Network, atomic_write_text
@@ -67,7 +105,7 @@ from .partition import partition, ACT_BITS
 from . import perf
 from ..platforms.resources import Cluster
 
-__all__ = ["Plan", "plan_network", "PLAN_VERSION"]
+__all__ = ["Plan", "plan_network", "PLAN_VERSION", "TARGETS"]
 
 PLAN_VERSION = 1
 
@@ -88,6 +126,69 @@ class Plan:
     @property
     def network(self):
         return Network.from_dict(self.data["network"])
+
+    @property
+    def target(self):
+        """``"paper"`` or ``"gateware"`` (plans saved before targets existed are paper)."""
+        return self.data.get("target", "paper")
+
+    def check_network(self, network):
+        """Check that this is a gateware plan, made for ``network``, that the gateware
+        can build.
+
+        Raises
+        ------
+        FpdeepError
+            In one line, if the plan is not a gateware plan, was made for another
+            network, or its chips do not form a buildable chain for it.
+        """
+        self._require_gateware()
+        mine = self.data["network"]
+        if network.to_dict() != mine:
+            name = mine.get("name") if isinstance(mine, dict) else None
+            if name == network.name:
+                raise FpdeepError(f"the plan was made for another network called {name!r}: "
+                                  f"its layers differ from the one given")
+            raise FpdeepError(f"the plan was made for network {name!r}, not "
+                              f"{network.name!r}")
+        _check_gateware_chips(self.gateware_slices(), network)
+
+    def gateware_slices(self):
+        """Per chip, its slices as the elaborator builds them.
+
+        Returns
+        -------
+        list of list of (layer, (lo, hi), {"fp": rows, "bp": rows, "wu": rows})
+            ``(lo, hi)`` are the slice's output channels; ``"bp"`` is 0 for the
+            network's first layer, which has no BP engine.
+
+        Raises
+        ------
+        FpdeepError
+            If this is not a gateware plan, or a slice lacks its channels or rows.
+        """
+        self._require_gateware()
+        out = []
+        for chip in self.chips:
+            slices = []
+            for sl in chip.get("slices", []):
+                engines = sl.get("engines", {})
+                try:
+                    rows = {kind: int(engines[kind]["rows"]) if kind in engines else 0
+                            for kind in ("fp", "bp", "wu")}
+                    lo, hi = (int(v) for v in sl["out_channels"])
+                except (KeyError, TypeError, ValueError):
+                    raise FpdeepError(f"plan: chip {chip.get('index')}: slice "
+                                      f"{sl.get('layer')!r} lacks its channels or engine "
+                                      f"rows") from None
+                slices.append((sl.get("layer"), (lo, hi), rows))
+            out.append(slices)
+        return out
+
+    def _require_gateware(self):
+        if self.target != "gateware":
+            raise FpdeepError(f"the plan is for the {self.target!r} target, not the "
+                              f"gateware; make one with 'fpdeep plan --target gateware'")
 
     def to_dict(self):
         return self.data
@@ -405,19 +506,32 @@ def _model(layers, chips, boards, cluster, batch_size):
             "factor": factor, "latency_s": latency_s, "images": images}
 
 
-def plan_network(network, cluster, batch_size=64, *, efficiency=None):
+TARGETS = ("paper", "gateware")
+
+
+def plan_network(network, cluster, batch_size=64, *, efficiency=None, target="paper"):
     """Plan training of ``network`` on ``cluster`` with mini-batches of ``batch_size``.
+
+    ``target`` is ``"paper"`` (paper-scale engines, :mod:`.partition`) or
+    ``"gateware"`` (what :mod:`fpdeep.rtl` builds, its timing predicted by
+    :mod:`.gateware`; ``efficiency`` does not apply).
 
     Raises
     ------
     FpdeepError
-        If the batch size is not positive, the network has fewer work units than
-        chips, a chip cannot hold its engines, or the weights do not fit.
+        If the batch size is not positive, the target unknown, the network has fewer
+        work units than chips, a chip cannot hold its engines, or the weights do not
+        fit; for the gateware also if it cannot build a layer.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise FpdeepError(f"batch size must be a positive integer, not {batch_size!r}")
     if not isinstance(cluster, Cluster):
         raise FpdeepError("plan_network needs a Cluster")
+    if target not in TARGETS:
+        raise FpdeepError(f"unknown plan target {target!r}; choose one of "
+                          f"{', '.join(TARGETS)}")
+    if target == "gateware":
+        return _gateware_plan(network, cluster, batch_size)
     efficiency = dict(efficiency or perf.ENGINE_EFFICIENCY)
     n = len(cluster)
     boards = [cluster.board(i) for i in range(n)]
@@ -505,6 +619,171 @@ def plan_network(network, cluster, batch_size=64, *, efficiency=None):
                         "local_weight_bits": perf.LOCAL_WEIGHT_BITS,
                         "cache_samples": perf.CACHE_SAMPLES},
     }
-    return Plan({"version": PLAN_VERSION, "network": network.to_dict(),
+    return Plan({"version": PLAN_VERSION, "target": "paper", "network": network.to_dict(),
+                 "cluster": cluster.to_dict(), "batch_size": batch_size,
+                 "chips": chip_dicts, "summary": summary})
+
+
+def _check_gateware_chips(chips, network):
+    """Raise FpdeepError unless ``chips`` (as :meth:`Plan.gateware_slices`) cover the
+    network's weighted layers as the gateware builds them: whole layers in order, or
+    one layer's output channels in contiguous ranges on consecutive chips, one slice
+    per such chip; FP and WU rows positive, BP rows positive except in the first
+    layer (0)."""
+    from .gateware import gateware_layers
+    layers = gateware_layers(network)
+    index, channel = 0, 0
+    for c, slices in enumerate(chips):
+        if not slices:
+            raise FpdeepError(f"plan: chip {c} holds no layer")
+        for name, (lo, hi), rows in slices:
+            if index >= len(layers):
+                raise FpdeepError(f"plan: chip {c}: layer {name!r} is past the network's "
+                                  f"last weighted layer")
+            layer = layers[index]
+            cout = layer.geometry.cout
+            if name != layer.name:
+                raise FpdeepError(f"plan: chip {c} holds {name!r} where the chain needs "
+                                  f"{layer.name!r}")
+            if lo != channel or not lo < hi <= cout:
+                raise FpdeepError(f"plan: chip {c}: channels [{lo}, {hi}) of {name!r} do not "
+                                  f"continue the layer's channels at {channel} (of {cout})")
+            if (lo, hi) != (0, cout) and len(slices) != 1:
+                raise FpdeepError(f"plan: chip {c} holds a slice of {name!r} and other "
+                                  f"layers; a chip with a slice holds nothing else")
+            for kind in ("fp", "wu") + (("bp",) if index else ()):
+                if rows[kind] < 1:
+                    raise FpdeepError(f"plan: chip {c}: {name!r} needs a {kind} engine of "
+                                      f"at least one row, not {rows[kind]}")
+            if not index and rows["bp"]:
+                raise FpdeepError(f"plan: chip {c}: {name!r} is the first layer and has no "
+                                  f"BP engine, not {rows['bp']} rows")
+            if hi == cout:
+                index, channel = index + 1, 0
+            else:
+                channel = hi
+    if index < len(layers):
+        raise FpdeepError(f"plan: the chips stop before layer {layers[index].name!r}")
+
+
+def _gateware_plan(network, cluster, batch_size):
+    """:func:`plan_network` for ``target="gateware"``: see :mod:`.gateware`."""
+    from . import gateware as gw
+    from .workload import workload
+    n = len(cluster)
+    boards = [cluster.board(i) for i in range(n)]
+    timing = gw.TIMING
+    layers, chips, result, candidates = gw.plan_chips(network, boards, batch_size=batch_size,
+                                                      timing=timing)
+    works = {w.name: w for w in workload(network)}
+    reason, bounds = gw.limit(result, chips, timing=timing)
+    cps = result["cycles_per_sample"]
+    clock = boards[0].clock_hz
+    chip_dicts = []
+    total_macs = 0
+    for c, chip in enumerate(chips):
+        r = result["chips"][c]
+        board = boards[c]
+        memory = gw.memory_bits(chip, layers, timing=timing)
+        slices, macs = [], 0
+        for s in chip.slices:
+            g, layer = s.geometry, s.layer
+            engines = {}
+            for kind, (rows, cols) in s.engine_shapes().items():
+                kind_macs = g.macs + (0 if kind == "bp" else g.cout * g.ho * g.wo)
+                macs += kind_macs
+                engines[kind] = {"rows": rows, "cols": cols, "pes": rows * cols,
+                                 "macs": kind_macs, "cycles_per_sample":
+                                     r["engines"][f"{layer.name}.{kind}"]
+                                     ["busy_cycles_per_sample"]}
+            if chip.split:
+                first = c - chip.part
+                why = (f"split by output channels over chips {first}..{first + chip.parts - 1}: "
+                       f"the fastest chain simulated (the gateware splits layers by output "
+                       f"channels only)")
+            else:
+                why = "whole layer"
+            slices.append({
+                "layer": layer.name, "kind": layer.kind,
+                "split": "channels" if chip.split else "layers", "reason": why,
+                "out_channels": [s.lo, s.hi], "rows": [0, g.ho],
+                "in_channels": [0, g.cin], "in_features": [0, g.cin * g.h * g.w],
+                "post_ops": list(works[layer.name].post_ops),
+                "engines": engines,
+            })
+        total_macs += macs
+        down, up = r["link_down"], r["link_up"]
+        words_down = down["words_per_sample"] if down else 0.0
+        words_up = up["words_per_sample"] if up else 0.0
+        symbols = max(down["symbols_per_sample"], up["symbols_per_sample"]) if down else 0.0
+        gateware = dict(r)
+        gateware["estimate"] = {"forward": chip.estimate[0], "backward": chip.estimate[1]}
+        gateware["memory_bits"] = memory
+        weights = sum(s.geometry.weights for s in chip.slices)
+        chip_dicts.append({
+            "index": c, "board": board.name, "slices": slices,
+            "weights": {"local": [{"layer": s.layer.name, "count": s.geometry.weights}
+                                  for s in chip.slices],
+                        "stored_for": [], "stored_at": []},
+            "buffers": {"feature_cache_bits": memory["features"], "line_buffer_bits": 0,
+                        "batch_buffer_bits": 0},
+            "predicted": {
+                "cycles_per_sample": r["cycles_per_sample"], "pes": chip.pes(),
+                "multipliers": chip.multipliers(last=c == n - 1, timing=timing),
+                "multipliers_capacity": board.multipliers,
+                "macs_per_sample": macs,
+                "pe_utilisation": macs / (chip.pes() * r["cycles_per_sample"]),
+                "memory_bits": memory["total"], "memory_capacity_bits": board.bram_bits,
+                "weight_bits": memory["weights"], "weights": weights,
+                "dram_bits_per_sample": 0.0,
+                "link_bits_per_sample": {
+                    "fwd": {"act": words_down * 16, "weights": 0.0},
+                    "bwd": {"err": words_up * 16, "weights": 0.0}, "weights": 0.0},
+                "link_utilisation": symbols / r["cycles_per_sample"],
+                "gateware": gateware,
+            },
+        })
+    estimates = [max(chip.estimate) for chip in chips]
+    images = clock / cps
+    limiting = ("slots" if reason.startswith("round trip") else
+                "compute" if reason.startswith("chip") else "link")
+    summary = {
+        "chips": n,
+        "balance": max(estimates) / (sum(estimates) / n),
+        "images_per_s": images,
+        "images_per_s_steady": images,
+        "gops": images * total_macs * perf.OPS_PER_MAC / 1e9,
+        "limiting_factor": limiting,
+        "cycles_per_sample": cps,
+        "latency_cycles": result["latency_cycles"],
+        "latency_s": result["latency_cycles"] / clock,
+        "bubble_cycles_per_batch": max(0.0, batch_size * (cps - max(estimates))),
+        "macs_per_sample": total_macs,
+        "pe_utilisation": total_macs / (sum(chip.pes() for chip in chips) * cps),
+        "link_utilisation_max": max((d["predicted"]["link_utilisation"] for d in chip_dicts),
+                                    default=0.0),
+        "memory_bits_max": max(d["predicted"]["memory_bits"] for d in chip_dicts),
+        "row_split_layers": {},
+        "input_split_layers": {},
+        "gateware": {
+            "cycles_per_sample": cps,
+            "images_per_s": images,
+            "latency_cycles": result["latency_cycles"],
+            "run_cycles": {str(k): v for k, v in result["run_cycles"].items()},
+            "perf_cycles": {str(k): v for k, v in result["perf_cycles"].items()},
+            "slots": timing.slots,
+            "batch_size": batch_size,
+            "limit": reason,
+            "bounds": bounds,
+            "with_more_slots": {
+                str(slots): gw.simulate(chips, layers, batch_size=batch_size,
+                                        timing=replace(timing, slots=slots))
+                ["cycles_per_sample"]
+                for slots in (timing.slots + 1, timing.slots + 2)},
+            "candidates": candidates,
+            "timing": timing.to_dict(),
+        },
+    }
+    return Plan({"version": PLAN_VERSION, "target": "gateware", "network": network.to_dict(),
                  "cluster": cluster.to_dict(), "batch_size": batch_size,
                  "chips": chip_dicts, "summary": summary})

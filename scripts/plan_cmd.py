@@ -6,6 +6,11 @@ Examples::
     fpdeep plan --net lenet5 --board ulx3s-85f --chips 4 --compare
     fpdeep plan --sweep --out-dir docs/scaling
     fpdeep plan --balance lenet5 vgg16
+    fpdeep plan --net digits --chips 4 --target gateware -o digits4.json
+
+``--target gateware`` plans what the gateware builds (whole layers or output-channel
+slices, engines as built) and prints the gateware model's predictions: cycles per
+sample, engine busy fractions, link words and feature-slot use per chip.
 """
 
 import os
@@ -27,7 +32,12 @@ def register(subparsers):
     parser.add_argument("--link-gbps", type=float, default=None,
                         help="total link bandwidth per FPGA, per direction (overrides board)")
     parser.add_argument("--link-latency-ns", type=float, default=500.0)
-    parser.add_argument("--batch", type=int, default=64, help="mini-batch size")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="mini-batch size (default 64; 8 with --target gateware, the "
+                             "training core's default)")
+    parser.add_argument("--target", choices=("paper", "gateware"), default="paper",
+                        help="paper-scale engines (default), or what the gateware builds, "
+                             "with its predicted timing")
     parser.add_argument("-o", "--output", help="write the plan JSON here")
     parser.add_argument("--compare", action="store_true",
                         help="also print the baselines' balance and throughput")
@@ -96,11 +106,63 @@ def print_plan(plan):
         print(f"input split {layer}: {reason}")
 
 
+def print_gateware(plan):
+    """Print a gateware plan: per chip its slices and engines, then the predictions."""
+    s = plan.summary["gateware"]
+    print(f"{'chip':>4} {'board':<10} {'slices (engines rows x cols)':<44} {'PEs':>4} "
+          f"{'mult':>9} {'cycles/sample':>13} {'fwd/bwd est':>11} {'slots':>5} "
+          f"{'down w/s':>8} {'up w/s':>7}")
+    for chip in plan.chips:
+        p = chip["predicted"]
+        g = p["gateware"]
+        slices = " ".join(
+            f"{sl['layer']}[{sl['out_channels'][0]}:{sl['out_channels'][1]}]("
+            + ",".join(f"{k}{e['rows']}x{e['cols']}" for k, e in sl["engines"].items()) + ")"
+            for sl in chip["slices"])
+        down = g["link_down"]["words_per_sample"] if g["link_down"] else 0
+        up = g["link_up"]["words_per_sample"] if g["link_up"] else 0
+        est = g["estimate"]
+        print(f"{chip['index']:>4} {chip['board']:<10} {slices:<44} {p['pes']:>4} "
+              f"{p['multipliers']:>4}/{p['multipliers_capacity']:<4} "
+              f"{p['cycles_per_sample']:>13.1f} {est['forward']:>5.0f}/{est['backward']:<5.0f} "
+              f"{g['feature_slots_peak']:>5} {down:>8.1f} {up:>7.1f}")
+    print("\nengine busy cycles per sample (share of the chip's cycles per sample):")
+    for chip in plan.chips:
+        engines = chip["predicted"]["gateware"]["engines"]
+        print(f"  chip {chip['index']}: " + "  ".join(
+            f"{name} {e['busy_cycles_per_sample']} ({100 * e['busy_fraction']:.0f}%)"
+            for name, e in engines.items()))
+    print("\nsequencer cycles per sample by phase:")
+    for chip in plan.chips:
+        phases = chip["predicted"]["gateware"]["phases_per_sample"]
+        print(f"  chip {chip['index']}: " + "  ".join(
+            f"{name} {value:.0f}" for name, value in phases.items() if value))
+    batch = s["batch_size"]
+    runs = ", ".join(f"{k} batch{'es' if k != '1' else ''} {v / (int(k) * batch):.1f}"
+                     for k, v in s["perf_cycles"].items())
+    print(f"\ncluster: {s['cycles_per_sample']:.1f} cycles per sample (steady state, SGD "
+          f"amortized over batches of {s['batch_size']}), {s['images_per_s']:.4g} images/s "
+          f"at {plan.chips[0]['board']}'s clock; latency {s['latency_cycles']} cycles; "
+          f"{s['slots']} feature slots")
+    print(f"from a cold start, as fpdeep sim reports it (busiest chip's busy cycles per "
+          f"sample): {runs}")
+    more = ", ".join(f"{k} slots {v:.1f}" for k, v in s["with_more_slots"].items())
+    print(f"with more feature slots: {more} cycles per sample")
+    print(f"limit: {s['limit']}")
+    bounds = s["bounds"]
+    print(f"bounds: round trip / slots {bounds['round_trip']:.0f}, busiest chip "
+          f"{bounds['busiest_chip']:.0f} cycles per sample")
+    if len(s["candidates"]) > 1:
+        print("chains simulated (cycles per sample):")
+        for cand in s["candidates"]:
+            print(f"  {cand['cycles_per_sample']:>9.1f}  {' | '.join(cand['chips'])}")
+
+
 def run_sweep(args):
     from ..plan.scaling import sweep, summarise
     os.makedirs(args.out_dir, exist_ok=True)
     args.max_chips = args.max_chips or 128
-    rows = sweep(chips=range(1, args.max_chips + 1), batch_size=args.batch)
+    rows = sweep(chips=range(1, args.max_chips + 1), batch_size=args.batch or 64)
     table = os.path.join(args.out_dir, "scaling.md")
     lines = ["| net | link | N | images/s | speedup | efficiency | balance | limit |",
              "|---|---|---|---|---|---|---|---|"]
@@ -164,8 +226,14 @@ def run(args):
         raise FpdeepError(f"--chips must be a positive integer, not {args.chips}")
     network = load_net(args.net)
     cluster = make_cluster(args)
-    plan = plan_network(network, cluster, batch_size=args.batch)
-    print_plan(plan)
+    if args.target == "gateware" and args.compare:
+        raise FpdeepError("--compare compares paper-target plans; drop it or --target gateware")
+    batch = args.batch if args.batch is not None else (8 if args.target == "gateware" else 64)
+    plan = plan_network(network, cluster, batch_size=batch, target=args.target)
+    if args.target == "gateware":
+        print_gateware(plan)
+    else:
+        print_plan(plan)
     if args.compare:
         from ..plan.baselines import compare
         boards = [cluster.board(i) for i in range(len(cluster))]

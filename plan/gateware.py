@@ -1,0 +1,1531 @@
+"""The gateware target: plans the RTL can build, and a model of its timing.
+
+The paper-scale planner (:mod:`.partition`) models ideal R×C arrays and may split
+layers by rows or by inputs. The gateware (:mod:`fpdeep.rtl`) builds a subset, with
+its own timing. This module plans for that subset and predicts what the gateware
+measures, cycle for cycle where it can.
+
+What the gateware builds
+------------------------
+* A chip holds either a contiguous run of whole weighted layers, or one slice of
+  one layer split by **output channels** (contiguous ranges on consecutive chips;
+  such a chip holds nothing else).
+* Engines: FP is ``rows × Wo`` (``rows`` output channels at once), WU is
+  ``rows × kw``, BP is the FP engine on :meth:`Geometry.transposed`, ``rows × W``
+  of the layer input (``rows`` input channels at once). The network's first layer
+  has no BP. One multiplier per PE, plus the multipliers outside the engines
+  (:class:`GatewareTiming`, ``reserved_multipliers_*``).
+* Every layer must be gateware-supported (:meth:`Network.gateware_unsupported`), a
+  Conv2d or Linear optionally followed by ReLU and then a 2×2 max-pool.
+
+The chip schedule (``rtl/core.py``)
+-----------------------------------
+Per sample, a *forward* sequencer: LOAD the label and input words (1 word per
+cycle, from the host or the link; a slice chip ``j > 0`` of a split layer also
+receives the slices of the chips before it), then per local layer the FP engine
+(busy + :attr:`~GatewareTiming.engine_overhead`), then SEND (not on the last
+chip) the label and output words, 1 per cycle plus a pause per row. A chip with a
+non-last slice sends the label, its input map, the slices before it and its own.
+
+A *backward* sequencer: LOSS on the last chip (with a split last layer, the last
+slice's chip takes the loss over all logits and sends the other slices' errors
+up), else RECEIVE framed error rows (``w + 2`` words; partial-sum rows of a split
+layer's BP are ``3w + 2``); then from the last local layer to the first, BP
+(busy + overhead) with the layer's WU engine started alongside; then wait for
+every WU engine. Per mini-batch of B samples, an SGD walk over every local weight.
+
+Forward of sample ``s + 1`` overlaps backward of ``s``: the feature memories hold
+``slots`` samples and forward waits while ``slots`` samples are forwarded but not
+yet backed. The first forward of batch ``b + 1`` waits for batch ``b``'s SGD step.
+
+The model
+---------
+:func:`fp_run`, :func:`bp_run`, :func:`wu_run` give an engine's exact busy cycles
+from the tile-by-tile behaviour of :class:`~fpdeep.rtl.systolic.SystolicArray`
+(:func:`array_run`); :func:`loss_cycles` and :func:`sgd_cycles` those of the loss
+and the SGD walk. :class:`LinkDirection` follows words through one direction of
+a link (packer, credits, replay slots, framer, receiver). :func:`simulate` runs the
+chain's two sequencers per chip, sample by sample, over a few mini-batches and
+returns the steady-state figures. Every timing constant is in
+:class:`GatewareTiming`, with the RTL behaviour it mirrors, so that a measurement
+can correct it in one place.
+
+Known approximations: CTRL frames (ACK and credit updates sent while a direction has
+no data) are not modelled as taking the wire (a :class:`LinkPair` carrying traffic
+both ways delivered as fast as with one way: the updates ride in the data frames'
+headers), nor are periodic refresh frames; credit and ACK returns are fixed delays;
+an engine stalled by a full serializer is not slowed further than the link it feeds;
+a slice chip receives the partial sums of the chips after it before its own BP.
+
+Planning
+--------
+:func:`plan_chips` costs every way of grouping the layers into chips, choosing each
+chip's engine rows (:func:`choose_rows`) by a quick estimate of its forward and
+backward paths (:func:`_estimate`), simulates the best few chains, moves the channel
+boundaries of split layers while the simulation improves, and keeps the fastest.
+"""
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass, replace
+
+from .errors import FpdeepError
+from .network import Conv2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy
+
+__all__ = ["GatewareTiming", "TIMING", "Geometry", "GatewareLayer", "gateware_layers",
+           "EngineRun", "array_run", "fp_tiles", "wu_tiles", "fp_run", "bp_run", "wu_run",
+           "loss_cycles", "loss_emit_cycle", "sgd_cycles", "map_sender_cycles",
+           "LinkDirection", "SliceSpec", "ChipSpec", "simulate", "memory_bits", "choose_rows",
+           "plan_chips", "limit", "max_chips"]
+
+
+@dataclass(frozen=True)
+class GatewareTiming:
+    """Every timing constant of the gateware model, and the RTL behaviour it mirrors.
+
+    Engines (``rtl/systolic.py``, ``rtl/conv.py``, ``rtl/weight_update.py``)
+        first_step
+            Cycles from an engine's ``start`` pulse to its first step entering the
+            array: one cycle to issue the memory addresses, one in the ``s1`` register.
+        drain_delay
+            A tile's first result row is offered ``rows + cols + 1`` cycles (the
+            array's ``tile_latency``) plus this after its last step (the
+            ``ready_tiles`` register). The array has two result banks: a tile's
+            last step waits until the tile two before it has drained.
+        rmw_tail
+            :class:`WeightUpdateUnit` stays busy this long after its engine (the
+            read-modify-write of the last gradient row).
+    Row sinks (``rtl/backprop.py``, ``rtl/rowlink.py``, ``rtl/partial.py``)
+        deriv_none, deriv_relu, deriv_pool
+            Cycles per row that :class:`ErrorDerivative` takes: without post-ops (a
+            pass-through), with ReLU only (take, look up, emit), with max-pool (two
+            rows out).
+        serializer_gap
+            :class:`RowSerializer` takes a new row this many cycles after the last
+            word of the previous one left.
+        partial_words
+            Words per value of a partial-sum row (a 48-bit sum).
+        partial_latency
+            :class:`PartialSum`: a row accepted in cycle ``n`` leaves in ``n + 2``.
+    Sequencers (``rtl/core.py``)
+        engine_overhead
+            FP_START / BACK_START (one cycle) plus three cycles of FP_WAIT /
+            BACK_WAIT after the engine's busy falls (two settle cycles and the
+            cycle that moves on).
+        loss_overhead
+            LOSS_START plus the cycle LOSS_WAIT sees the loss unit idle.
+        send_overhead
+            SEND plus the cycle SEND_WAIT sees the sender idle.
+        done_cycles
+            The forward DONE state.
+        idle_cycles
+            The backward IDLE state between samples (it sees ``ahead`` one cycle
+            after the forward DONE).
+        receive_tail
+            RECEIVE ends this many cycles after the last error word is taken, plus
+            the derivative's period (the row leaves the deserializer, then the
+            derivative must be ready again).
+        sgd_overhead
+            Cycles around the SGD walk: the WU_WAIT cycle that starts it, and
+            UPDATE_WAIT's settle and exit.
+    Loss (``rtl/loss.py``)
+        loss_base, loss_per_class
+            The :class:`LossUnit` is busy ``loss_base + classes * (error_frac +
+            loss_per_class)`` cycles: two passes of one class per cycle, then a
+            restoring divider (``error_frac + 2`` quotient bits) per class.
+        error_frac
+            Fraction bits of the error format (``DEFAULT_NUMERICS.error.frac``).
+    SGD walk (``WeightUpdateUnit.start_update``)
+        sgd_drain
+            One cycle per gradient word plus one per weight, then this many cycles
+            of pipeline drain.
+    Host
+        host_words_per_cycle
+            The host feeds chip 0 one word per cycle while it loads (the simulation
+            harness does).
+    Links (``rtl/link``, defaults of ``LinkConfig``; measured in pysim with a
+    :class:`LinkPair` at ``wire_latency`` 4 and BER 0)
+        wire_latency
+            One-way wire latency in cycles (``Cluster``'s ``link_latency``).
+        frame_overhead
+            Wire symbols per frame besides the payload: 2 header, 2 CRC, 1 idle.
+        max_payload
+            Words per frame at most.
+        packer_grant
+            The packer spends one cycle granting a VC before it takes a frame's
+            first word; a frame closes on a pause in the source, when credits run
+            out, or at ``max_payload`` words.
+        rx_delay
+            From the frame's last CRC symbol leaving the sender to its first word
+            at the receiver's FIFO output: ``rx_delay + wire_latency``.
+        ack_delay
+            From a frame's last symbol to its replay slot being free again at the
+            sender: ``ack_delay + 2 * wire_latency``.
+        credit_delay
+            From a word leaving the receiver's FIFO to its credit being usable by
+            the sender's packer: ``credit_delay + wire_latency``.
+        replay_slots, rx_depth
+            Frames awaiting ACK (go-back-N window) and credits per virtual channel.
+    Chip
+        slots
+            Feature-memory slots (``TrainingCore(slots=2)``).
+        reserved_multipliers_per_layer, reserved_multipliers_loss
+            Multipliers outside the engines (SGD scaling, address arithmetic, the
+            loss). From the ULX3S builds of the digits core: 123 used for 110 PEs,
+            38 for 20 PEs; 9 per layer and 2 for the loss cover both.
+    """
+    first_step: int = 2
+    drain_delay: int = 1
+    rmw_tail: int = 1
+    deriv_none: int = 1
+    deriv_relu: int = 3
+    deriv_pool: int = 4
+    serializer_gap: int = 1
+    partial_words: int = 3
+    partial_latency: int = 2
+    engine_overhead: int = 4
+    loss_overhead: int = 2
+    send_overhead: int = 2
+    done_cycles: int = 1
+    idle_cycles: int = 1
+    receive_tail: int = 2
+    sgd_overhead: int = 2
+    loss_base: int = 3
+    loss_per_class: int = 8
+    error_frac: int = 13
+    sgd_drain: int = 5
+    host_words_per_cycle: int = 1
+    wire_latency: int = 4
+    frame_overhead: int = 5
+    max_payload: int = 16
+    packer_grant: int = 1
+    rx_delay: int = 5
+    ack_delay: int = 10
+    credit_delay: int = 7
+    replay_slots: int = 8
+    rx_depth: int = 64
+    slots: int = 2
+    reserved_multipliers_per_layer: int = 9
+    reserved_multipliers_loss: int = 2
+
+    def deriv(self, relu, pool):
+        """Cycles per row of the error derivative of a layer's post-ops."""
+        return self.deriv_pool if pool else self.deriv_relu if relu else self.deriv_none
+
+    def to_dict(self):
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, spec):
+        try:
+            return cls(**spec)
+        except TypeError as error:
+            raise FpdeepError(f"gateware timing: {error}") from None
+
+
+#: The constants of the gateware as built now.
+TIMING = GatewareTiming()
+
+
+# ---------------------------------------------------------------------------------------
+# Layers as the gateware sees them.
+
+@dataclass(frozen=True)
+class Geometry:
+    """A stride-1 zero-padded convolution, as :class:`fpdeep.rtl.conv.ConvGeometry`.
+
+    A fully-connected layer is the convolution whose kernel covers its whole input.
+    """
+    cin: int
+    cout: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    ph: int = 0
+    pw: int = 0
+
+    @property
+    def ho(self):
+        return self.h + 2 * self.ph - self.kh + 1
+
+    @property
+    def wo(self):
+        return self.w + 2 * self.pw - self.kw + 1
+
+    @property
+    def macs(self):
+        return self.cout * self.cin * self.kh * self.kw * self.ho * self.wo
+
+    @property
+    def weights(self):
+        return self.cout * (self.cin * self.kh * self.kw + 1)
+
+    def transposed(self):
+        """The convolution that back-propagates errors: ``(cout, ho, wo) -> (cin, h, w)``."""
+        return Geometry(cin=self.cout, cout=self.cin, h=self.ho, w=self.wo, kh=self.kh,
+                        kw=self.kw, ph=self.kh - 1 - self.ph, pw=self.kw - 1 - self.pw)
+
+    def channels(self, lo, hi):
+        """The slice of output channels ``[lo, hi)``."""
+        return replace(self, cout=hi - lo)
+
+
+@dataclass(frozen=True)
+class GatewareLayer:
+    """A weighted layer (``index`` among them) with the post-ops the gateware runs after it."""
+    name: str
+    index: int
+    geometry: Geometry
+    relu: bool
+    pool: bool
+    linear: bool = False
+
+    @property
+    def kind(self):
+        return "linear" if self.linear else "conv"
+
+    @property
+    def out_shape(self):
+        """The map after the post-ops: what the next layer reads."""
+        g = self.geometry
+        return (g.cout, g.ho // 2, g.wo // 2) if self.pool else (g.cout, g.ho, g.wo)
+
+    @property
+    def post_ops(self):
+        return tuple(op for op, on in (("relu", self.relu), ("pool", self.pool)) if on)
+
+
+def gateware_layers(network):
+    """The weighted layers of ``network`` as the gateware builds them.
+
+    Mirrors :func:`fpdeep.rtl.core.network_layers`.
+
+    Raises
+    ------
+    FpdeepError
+        Naming a layer the gateware cannot build.
+    """
+    bad = network.gateware_unsupported()
+    if bad:
+        raise FpdeepError(f"network {network.name!r}: the gateware cannot build "
+                          f"{', '.join(map(repr, bad))} (stride > 1 or a pool other than "
+                          f"2x2/2)")
+    layers = network.layers
+    specs = []
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        if isinstance(layer, SoftmaxCrossEntropy):
+            break
+        if not isinstance(layer, (Conv2d, Linear)):
+            raise FpdeepError(f"network {network.name!r}: layer {layer.name!r} "
+                              f"({type(layer).__name__}) must follow a Conv2d or Linear "
+                              f"layer for the gateware")
+        cin, h, w = network.input_shape_of(index)
+        if isinstance(layer, Conv2d):
+            (kh, kw), (ph, pw) = layer.kernel_hw, layer.padding_hw
+            g = Geometry(cin, layer.out_channels, h, w, kh, kw, ph, pw)
+        else:
+            g = Geometry(cin, layer.out_features, h, w, h, w)
+        index += 1
+        relu = pool = False
+        if index < len(layers) and isinstance(layers[index], ReLU):
+            relu, index = True, index + 1
+        if index < len(layers) and isinstance(layers[index], MaxPool2d):
+            pool, index = True, index + 1
+        if index < len(layers) and isinstance(layers[index], (ReLU, MaxPool2d)):
+            raise FpdeepError(f"network {network.name!r}: layer {layers[index].name!r} "
+                              f"cannot follow the post-ops of {layer.name!r} for the "
+                              f"gateware (ReLU then max-pool is the supported order)")
+        specs.append(GatewareLayer(layer.name, len(specs), g, relu, pool,
+                                   linear=isinstance(layer, Linear)))
+    if specs[-1].relu or specs[-1].pool:
+        raise FpdeepError(f"network {network.name!r}: the last weighted layer "
+                          f"{specs[-1].name!r} feeds the loss and cannot have post-ops "
+                          f"on the gateware")
+    return specs
+
+
+# ---------------------------------------------------------------------------------------
+# Engines.
+
+@dataclass(frozen=True)
+class EngineRun:
+    """One run of an engine over a sample.
+
+    ``busy`` counts the cycles its ``busy`` output is high (from the cycle after
+    ``start``); ``steps`` the steps through its array; ``rows`` the cycle (after
+    ``start``) at which each used result row left, in output order, with its
+    ``(channel, row)``.
+    """
+    busy: int
+    steps: int
+    rows: tuple = ()
+
+
+def array_run(tiles, rows, cols, *, sink_period=1, timing=TIMING, keep_rows=False):
+    """Busy cycles of an engine that feeds ``tiles`` through a ``rows × cols`` array.
+
+    ``tiles`` is a sequence of runs ``(steps, used, count, tag)``: ``count`` tiles
+    (accumulations) of ``steps`` steps each, of which ``used`` of the ``rows``
+    result rows are used (lanes past the layer's channels drain in one cycle each,
+    unseen). ``tag`` ``(t, y)`` names the run's first tile; tile ``j`` of the run
+    is ``(t, y + j)`` (for ``keep_rows``). A used row leaves when the sink is
+    ready: at most one per ``sink_period`` cycles.
+
+    This follows :class:`~fpdeep.rtl.systolic.SystolicArray` cycle by cycle: steps
+    enter one per cycle from :attr:`GatewareTiming.first_step`; a tile's result
+    rows are offered ``rows + cols + 1 + drain_delay`` cycles after its last step
+    and leave one per cycle; with two result banks, a tile's last step waits until
+    the tile two before it has drained. Within a run the recurrence is shift
+    invariant, so once one tile moves the whole state by the same number of cycles
+    the rest of the run follows in one step, exactly.
+    """
+    latency = rows + cols + 1 + timing.drain_delay
+    period = sink_period
+    prev_last = timing.first_step - 1      # the last step of the "previous" tile
+    d1 = d2 = None                         # the last two tiles' final result rows
+    sink_free = 0
+    steps = 0
+    out = []
+    for run_steps, used, count, tag in tiles:
+        j = 0
+        while j < count:
+            before = (prev_last, d1, d2, sink_free)
+            last = prev_last + run_steps
+            if d2 is not None:
+                last = max(last, d2 + 1)
+            offered = last + latency
+            if d1 is not None:
+                offered = max(offered, d1 + 1)
+            first = max(offered, sink_free)
+            last_used = first + (used - 1) * period
+            sink_free = last_used + period
+            d2, d1 = d1, last_used + rows - used
+            prev_last = last
+            steps += run_steps
+            if keep_rows:
+                out += [(first + r * period, (tag[0], tag[1] + j), r) for r in range(used)]
+            j += 1
+            after = (prev_last, d1, d2, sink_free)
+            if j < count and None not in before:
+                deltas = {a - b for a, b in zip(after, before)}
+                if len(deltas) == 1:
+                    delta, rest = deltas.pop(), count - j
+                    if keep_rows:
+                        base = out[-used:]
+                        for k in range(1, rest + 1):
+                            out += [(cycle + k * delta, (tag[0], tag[1] + j - 1 + k), r)
+                                    for cycle, _, r in base]
+                    prev_last += rest * delta
+                    d1 += rest * delta
+                    d2 += rest * delta
+                    sink_free += rest * delta
+                    steps += rest * run_steps
+                    j = count
+    return EngineRun(busy=d1, steps=steps, rows=tuple(out))
+
+
+def _valid_rows(g, ky):
+    """Output rows whose input row ``y + ky - ph`` is in range (at least one)."""
+    lo = max(0, g.ph - ky)
+    hi = min(g.ho - 1, g.h - 1 + g.ph - ky)
+    return max(1, hi - lo + 1)
+
+
+def _valid_taps(g, y):
+    """Kernel rows with an input row in range for output row ``y``."""
+    lo = max(0, g.ph - y)
+    hi = min(g.kh - 1, g.h - 1 + g.ph - y)
+    return max(1, hi - lo + 1)
+
+
+def _runs(items):
+    """Run-length encode ``(steps, used, tag)`` tiles into ``(steps, used, count, tag)``."""
+    runs = []
+    for steps, used, tag in items:
+        if runs and runs[-1][:2] == (steps, used):
+            runs[-1][2] += 1
+        else:
+            runs.append([steps, used, 1, tag])
+    return [tuple(run) for run in runs]
+
+
+def fp_tiles(g, rows, *, bias=True):
+    """Tiles of :class:`~fpdeep.rtl.conv.ConvEngine`: per tile of ``rows`` output
+    channels and output row ``y``, ``cin * (valid kernel rows) * kw`` steps (+1 bias).
+
+    Returned as runs for :func:`array_run`.
+    """
+    per_row = _runs((g.cin * _valid_taps(g, y) * g.kw + (1 if bias else 0), 0, (0, y))
+                    for y in range(g.ho))
+    tiles = []
+    for t in range(-(-g.cout // rows)):
+        used = min(rows, g.cout - t * rows)
+        tiles += [(steps, used, count, (t, tag[1])) for steps, _, count, tag in per_row]
+    return tiles
+
+
+def wu_tiles(g, rows):
+    """Tiles of :class:`~fpdeep.rtl.weight_update.WeightGradientEngine`: per tile of
+    ``rows`` output channels, one per ``(i, ky)`` of ``(valid output rows) * wo``
+    steps, then the bias over all ``ho * wo`` pixels. Returned as runs."""
+    per_channel = [(_valid_rows(g, ky) * g.wo, 0, None) for ky in range(g.kh)] * g.cin
+    per_channel.append((g.ho * g.wo, 0, None))
+    per_channel = _runs(per_channel)
+    tiles = []
+    for t in range(-(-g.cout // rows)):
+        used = min(rows, g.cout - t * rows)
+        tiles += [(steps, used, count, (t, 0)) for steps, _, count, _ in per_channel]
+    return tiles
+
+
+def fp_run(g, rows, *, timing=TIMING):
+    """The FP engine (``rows × wo``) over one sample; its sink never stalls."""
+    return array_run(fp_tiles(g, rows), rows, g.wo, timing=timing)
+
+
+def bp_run(g, rows, *, sink_period=1, timing=TIMING, keep_rows=False):
+    """The BP engine (``rows × w``): the FP engine on the transposed geometry, no bias.
+
+    ``sink_period``: cycles per row its consumer takes (:meth:`GatewareTiming.deriv`,
+    or a serializer's row time). With ``keep_rows`` the run lists each row's
+    ``(cycle, (tile, y), lane)``.
+    """
+    t = g.transposed()
+    return array_run(fp_tiles(t, rows, bias=False), rows, t.wo, sink_period=sink_period,
+                     timing=timing, keep_rows=keep_rows)
+
+
+def wu_run(g, rows, *, timing=TIMING):
+    """The WU engine (``rows × kw``) over one sample; its sink never stalls."""
+    return array_run(wu_tiles(g, rows), rows, g.kw, timing=timing)
+
+
+def loss_cycles(classes, *, timing=TIMING):
+    """Cycles :class:`~fpdeep.rtl.loss.LossUnit` is busy (its output never stalls)."""
+    return timing.loss_base + classes * (timing.error_frac + timing.loss_per_class)
+
+
+def loss_emit_cycle(classes, index, *, timing=TIMING):
+    """Cycle (after ``start``) at which the loss emits class ``index``'s error."""
+    per_class = timing.error_frac + timing.loss_per_class - 2
+    return timing.loss_base + 2 * classes + 1 + index * per_class + per_class - 1
+
+
+def sgd_cycles(g, *, timing=TIMING):
+    """Busy cycles of one SGD walk over a layer (slice): one per gradient word (a
+    row of ``kw`` weights, or a bias) plus one per weight, plus the drain."""
+    words = g.cout * (g.cin * g.kh + 1)
+    return words + g.weights + timing.sgd_drain
+
+
+def map_sender_cycles(rows, width):
+    """Cycles :class:`~fpdeep.rtl.rowlink.MapSender` is busy with an always-ready sink:
+    the label, then each row's words with one read cycle between rows."""
+    return 1 + rows * width + (rows - 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Links.
+
+class LinkDirection:
+    """Words through one direction of a link, message after message.
+
+    A message is a list of *runs*, groups of words that the source offers back to
+    back (a row), each with the earliest cycle its first word can be offered; between
+    runs the source pauses, which closes the packer's frame. The packer takes a word
+    when it has a credit (at most ``rx_depth`` words between it and the consumer),
+    and a frame needs a free replay slot when it starts. The framer sends committed
+    frames one after another; the consumer takes a frame's words from the receiver's
+    FIFO one per cycle, from the cycle it is ready.
+    """
+
+    def __init__(self, timing=TIMING):
+        self.t = timing
+        self.framer_next = 0          # first cycle the framer may start a frame
+        self.packer_idle = 0          # first cycle the packer may grant
+        self.consumed = []            # cycle each word left the receiver's FIFO
+        self.frame_ends = []          # the last symbol of each frame
+        self.words = 0
+        self.frames = 0
+
+    @property
+    def symbols(self):
+        """Wire symbols sent so far, payload and framing."""
+        return self.words + self.frames * self.t.frame_overhead
+
+    def send(self, runs, consumer_ready):
+        """Send one message.
+
+        Parameters
+        ----------
+        runs : list of (earliest_offer, words, gap)
+            The source offers a run's first word no earlier than ``earliest_offer``
+            and ``gap + 1`` cycles after the previous run's last word was taken.
+        consumer_ready : int
+            The first cycle the consumer takes words.
+
+        Returns
+        -------
+        (accepted, consumed) : lists with, per word, the cycle the packer took it and
+        the cycle the consumer took it.
+        """
+        t = self.t
+        accepted, consumed = [], []
+        open_frame = 0                # words in the frame being packed
+        last = None                   # cycle the previous word was taken
+        for earliest, words, gap in runs:
+            for p in range(words):
+                if p == 0:
+                    offer = earliest if last is None else max(earliest, last + 1 + gap)
+                    if open_frame:      # the source paused: the frame closed
+                        self._close(open_frame, last + 1, consumed, consumer_ready)
+                        open_frame = 0
+                else:
+                    offer = last + 1
+                credit = self._credit(len(self.consumed) + open_frame)
+                if open_frame == t.max_payload:
+                    self._close(open_frame, last, consumed, consumer_ready)
+                    open_frame = 0
+                elif open_frame and credit > offer:
+                    # Out of credits: the frame closes in the cycle the word waits.
+                    self._close(open_frame, offer, consumed, consumer_ready)
+                    open_frame = 0
+                if open_frame:
+                    take = offer
+                else:
+                    take = max(offer, self.packer_idle, credit, self._slot_free()) + \
+                        t.packer_grant
+                accepted.append(take)
+                open_frame += 1
+                last = take
+        if open_frame:
+            self._close(open_frame, last + 1, consumed, consumer_ready)
+        return accepted, consumed
+
+    def _credit(self, index):
+        """First cycle word ``index`` of this direction has a credit at the packer."""
+        k = index - self.t.rx_depth
+        if k < 0:
+            return 0
+        return self.consumed[k] + self.t.credit_delay + self.t.wire_latency
+
+    def _slot_free(self):
+        """First cycle a new frame has a replay slot."""
+        k = len(self.frame_ends) - self.t.replay_slots
+        if k < 0:
+            return 0
+        return self.frame_ends[k] + self.t.ack_delay + 2 * self.t.wire_latency
+
+    def _close(self, length, cycle, consumed, consumer_ready):
+        """Commit the frame of ``length`` words closed in ``cycle``; send and deliver it."""
+        t = self.t
+        self.packer_idle = cycle + 1
+        begin = max(cycle + 1, self.framer_next)        # the framer's GAP cycle
+        end = begin + 2 + length + 2                    # header, payload, CRC
+        self.framer_next = end + 1                      # at least one idle symbol
+        self.frame_ends.append(end)
+        self.frames += 1
+        self.words += length
+        # The frame's words reach the FIFO's output one per cycle from ``first``; the
+        # consumer takes one per cycle once ready, after the words before.
+        first = end + t.rx_delay + t.wire_latency
+        previous = self.consumed[-1] if self.consumed else -1
+        begin = max(first, previous + 1, consumer_ready)
+        words = range(begin, begin + length)
+        consumed.extend(words)
+        self.consumed.extend(words)
+
+
+# ---------------------------------------------------------------------------------------
+# Chips.
+
+@dataclass
+class SliceSpec:
+    """Output channels ``[lo, hi)`` of a layer on one chip, and the rows of its engines."""
+    layer: GatewareLayer
+    lo: int
+    hi: int
+    fp: int = 1
+    bp: int = 0          # 0 for the network's first layer, which has no BP
+    wu: int = 1
+
+    @property
+    def geometry(self):
+        return self.layer.geometry.channels(self.lo, self.hi)
+
+    @property
+    def has_bp(self):
+        return self.layer.index > 0
+
+    @property
+    def channels(self):
+        return self.hi - self.lo
+
+    def pes(self):
+        g = self.geometry
+        return self.fp * g.wo + self.wu * g.kw + (self.bp * g.w if self.has_bp else 0)
+
+    def engine_shapes(self):
+        """``{kind: (rows, cols)}`` of the engines as built."""
+        g = self.geometry
+        shapes = {"fp": (self.fp, g.wo), "wu": (self.wu, g.kw)}
+        if self.has_bp:
+            shapes["bp"] = (self.bp, g.w)
+        return shapes
+
+
+@dataclass
+class ChipSpec:
+    """One chip: whole layers (``parts == 1``), or slice ``part`` of ``parts`` of a layer."""
+    index: int
+    slices: list
+    part: int = 0
+    parts: int = 1
+    #: ``(forward, backward)`` cycles per sample by :func:`_estimate`, once planned.
+    estimate: tuple = None
+
+    @property
+    def split(self):
+        return self.parts > 1
+
+    @property
+    def first_layer(self):
+        return self.slices[0].layer
+
+    @property
+    def last_layer(self):
+        return self.slices[-1].layer
+
+    def pes(self):
+        return sum(s.pes() for s in self.slices)
+
+    def multipliers(self, *, last, timing=TIMING):
+        """PEs plus the multipliers outside the engines."""
+        return (self.pes() + timing.reserved_multipliers_per_layer * len(self.slices)
+                + (timing.reserved_multipliers_loss if last else 0))
+
+    def describe(self):
+        if self.split:
+            s = self.slices[0]
+            return f"{s.layer.name}[{s.lo}:{s.hi}]"
+        return "+".join(s.layer.name for s in self.slices)
+
+
+def _map_rows(shape):
+    """Word counts of a map's rows, as :class:`~fpdeep.rtl.rowlink.MapSender` sends them."""
+    c, h, w = shape
+    return [w] * (c * h)
+
+
+def _input_shape(layer, layers):
+    g = layer.geometry
+    return (g.cin, g.h, g.w) if layer.index == 0 else layers[layer.index - 1].out_shape
+
+
+def _messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
+    """The traffic of one chip, per sample.
+
+    Returns a dict of row lists: ``act_in`` and ``act_out`` (word counts per run, the
+    label with the first), ``err_in`` and ``err_out`` (``(words, kind, channel)`` per
+    framed row, kind ``"error"`` or ``"partial"``).
+    """
+    first, last = chip.first_layer, chip.last_layer
+    x_rows = _map_rows(_input_shape(first, layers))
+    oc, oh, ow = first.out_shape
+
+    def labelled(rows):
+        return [1 + rows[0]] + rows[1:]
+
+    def slices_before(hi):
+        return _map_rows((hi, oh, ow)) if hi else []
+
+    def up_rows(part, lo):
+        """What slice ``part`` (first channel ``lo``) of ``first`` sends up."""
+        rows = [(ow + 2, "error", ch) for ch in range(lo) for _ in range(oh)] if part else []
+        if first.index > 0:
+            g = first.geometry
+            words = timing.partial_words * g.w + 2 if part else g.w + 2
+            rows += [(words, "partial" if part else "error", ch)
+                     for ch in range(g.cin) for _ in range(g.h)]
+        return rows
+
+    lo, hi = chip.slices[0].lo, chip.slices[0].hi
+    if chain_first:
+        act_in = labelled(x_rows)
+    elif chip.split and chip.part:
+        act_in = labelled(x_rows + slices_before(lo))
+    else:
+        act_in = labelled(x_rows)
+    if chain_last:
+        act_out, err_in = [], []
+    elif chip.split and chip.part < chip.parts - 1:
+        act_out = labelled(x_rows + slices_before(hi))
+        err_in = up_rows(chip.part + 1, hi)
+    else:
+        lc, lh, lw = last.out_shape
+        act_out = labelled(_map_rows(last.out_shape))
+        err_in = [(lw + 2, "error", ch) for ch in range(lc) for _ in range(lh)]
+    err_out = up_rows(chip.part if chip.split else 0, lo if chip.split else 0)
+    if first.index == 0 and not (chip.split and chip.part):
+        err_out = []
+    return {"act_in": act_in, "act_out": act_out, "err_in": err_in, "err_out": err_out}
+
+
+@functools.lru_cache(maxsize=None)
+def _fp_cached(g, rows, timing):
+    return fp_run(g, rows, timing=timing)
+
+
+@functools.lru_cache(maxsize=None)
+def _wu_cached(g, rows, timing):
+    return wu_run(g, rows, timing=timing)
+
+
+@functools.lru_cache(maxsize=None)
+def _bp_cached(g, rows, sink, timing, keep_rows=False):
+    return bp_run(g, rows, sink_period=sink, timing=timing, keep_rows=keep_rows)
+
+
+@dataclass
+class _ChipRuns:
+    """The engine runs of one chip, and what its backward path sends up."""
+    fp: list                  # per slice: EngineRun
+    bp: list                  # per slice: EngineRun or None
+    wu: list                  # per slice: EngineRun
+    sgd: int                  # busy cycles of the SGD walk (the slowest layer's)
+    loss: int                 # 0 unless the chip takes the loss
+    up_offsets: list          # per BP row sent up: cycle after BACK_START it is offered
+    up_words: int
+    up_channels: list         # per BP row sent up: its channel (the BP's output order)
+    recv_period: int          # derivative period behind RECEIVE
+
+
+def _chip_runs(chip, layers, *, chain_last, timing):
+    fp, bp, wu = [], [], []
+    up_offsets, up_words, up_channels = [], 0, []
+    for k, s in enumerate(chip.slices):
+        g = s.geometry
+        fp.append(_fp_cached(g, s.fp, timing))
+        wu.append(_wu_cached(g, s.wu, timing))
+        if not s.has_bp:
+            bp.append(None)
+        elif k == 0:
+            # Into the serializer (via PartialSum on a chip that adds the slices after it).
+            raw = chip.split and chip.part > 0
+            up_words = timing.partial_words * g.w + 2 if raw else g.w + 2
+            run = _bp_cached(g, s.bp, up_words + timing.serializer_gap, timing, True)
+            adds = chip.split and chip.part < chip.parts - 1
+            delay = 1 + (timing.partial_latency if adds else 0)
+            up_offsets = [cycle + delay for cycle, _, _ in run.rows]
+            up_channels = [tile * s.bp + lane for _, (tile, _), lane in run.rows]
+            bp.append(run)
+        else:
+            prev = chip.slices[k - 1].layer
+            bp.append(_bp_cached(g, s.bp, timing.deriv(prev.relu, prev.pool), timing))
+    sgd = max(sgd_cycles(s.geometry, timing=timing) for s in chip.slices)
+    loss = loss_cycles(layers[-1].geometry.cout, timing=timing) if chain_last else 0
+    last = chip.last_layer
+    return _ChipRuns(fp, bp, wu, sgd, loss, up_offsets, up_words, up_channels,
+                     timing.deriv(last.relu, last.pool))
+
+
+# ---------------------------------------------------------------------------------------
+# The chain.
+
+def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
+    """Run the chain's schedule over ``batches`` mini-batches and return its figures.
+
+    Samples are walked in order: the forward path of sample ``s`` on every chip,
+    front to back, then its backward path, back to front. That order respects every
+    dependency of the schedule (forward of ``s`` waits at most for backward of
+    ``s - 1``; backward of ``s`` never waits for a later sample).
+
+    Parameters
+    ----------
+    chips : list of ChipSpec
+    layers : list of GatewareLayer
+    batch_size : int
+    batches : int
+        At least 3; the steady state is measured between the end of the SGD steps
+        of the second and of the last batch.
+
+    Returns
+    -------
+    dict
+        ``cycles_per_sample`` of the cluster (steady state, SGD amortized),
+        ``latency_cycles`` (chip 0, first sample, load to backward done),
+        ``run_cycles`` (per ``k``, cycles from the first load to the end of
+        batch ``k``'s SGD step on every chip), ``perf_cycles`` (per ``k``, the
+        largest ``perf_cycles`` counter of a chip after ``k`` batches from a cold
+        start: a chip counts from its first word; ``fpdeep sim`` reports it over
+        the samples), and per chip in ``chips``:
+        ``cycles_per_sample``, ``engines`` (busy cycles, steps and busy fraction per
+        sample), ``phases_per_sample`` (cycles per sample each sequencer spends
+        per phase), ``feature_slots_peak`` (as ``perf_slots_peak``: the most
+        samples forwarded and not yet backed), ``slots_in_use_max`` (counting the
+        sample being loaded), ``link_down`` / ``link_up`` (on the link to the next
+        chip: payload words, frames and wire symbols per sample).
+    """
+    if batches < 3:
+        raise ValueError("simulate needs at least 3 batches")
+    n = len(chips)
+    msgs = [_messages(chip, layers, chain_first=c == 0, chain_last=c == n - 1, timing=timing)
+            for c, chip in enumerate(chips)]
+    runs = [_chip_runs(chip, layers, chain_last=c == n - 1, timing=timing)
+            for c, chip in enumerate(chips)]
+    _order_errors(chips, layers, msgs, runs)
+    down = [LinkDirection(timing) for _ in range(n - 1)]   # chip c -> c + 1: activations
+    up = [LinkDirection(timing) for _ in range(n - 1)]     # chip c + 1 -> c: errors
+    samples = batches * batch_size
+    slots, ox = timing.slots, timing.engine_overhead
+
+    first_word = [0] * n               # the cycle each chip takes its first word
+    fwd_free = [0] * n                 # first cycle the forward path may load
+    idle_from = [0] * n                # first cycle of the backward path's IDLE
+    load = [[0] * samples for _ in range(n)]
+    fdone = [[0] * samples for _ in range(n)]
+    bdone = [[0] * samples for _ in range(n)]
+    sgd_done = [[] for _ in range(n)]
+    phase_names = ("load", "fp", "send", "done", "idle", "loss", "receive", "bp", "wu_wait",
+                   "sgd")
+    phases = [dict.fromkeys(phase_names, 0) for _ in range(n)]
+
+    for s in range(samples):
+        batch, index = divmod(s, batch_size)
+        # ---- forward: the first cycle each chip may load sample s, then chip by chip.
+        for c in range(n):
+            start = fwd_free[c]
+            if s >= slots:
+                start = max(start, bdone[c][s - slots] + 1)
+            if index == 0 and batch:
+                start = max(start, sgd_done[c][batch - 1])
+            load[c][s] = start
+        arrived = None
+        for c, chip in enumerate(chips):
+            r, p = runs[c], phases[c]
+            start = load[c][s]
+            if c == 0:
+                words = sum(msgs[0]["act_in"])
+                t = start + math.ceil(words / timing.host_words_per_cycle)
+                first_word[0] = load[0][0]
+            else:
+                t = arrived[-1] + 1
+                if s == 0:
+                    first_word[c] = arrived[0]
+            p["load"] += t - start
+            for run in r.fp:
+                t += run.busy + ox
+                p["fp"] += run.busy + ox
+            if c < n - 1:
+                send = t
+                rows = msgs[c]["act_out"]
+                accepted, arrived = down[c].send(
+                    [(send + 1, rows[0], 0)] + [(0, words, 1) for words in rows[1:]],
+                    load[c + 1][s])
+                t = accepted[-1] + timing.send_overhead
+                p["send"] += t - send
+            fdone[c][s] = t
+            p["done"] += timing.done_cycles
+            fwd_free[c] = t + timing.done_cycles
+        # ---- backward: from the last chip to the first.
+        begin = [max(idle_from[c], fdone[c][s] + 1) + timing.idle_cycles for c in range(n)]
+        arrived = None
+        for c in reversed(range(n)):
+            chip, r, p = chips[c], runs[c], phases[c]
+            t = begin[c]
+            p["idle"] += t - idle_from[c]
+            relay = []                  # rows of other slices' errors, sent on up
+            if c == n - 1:
+                if chip.split:
+                    classes = layers[-1].geometry.cout
+                    relay = [(t + loss_emit_cycle(classes, k, timing=timing) + 1, 3,
+                              timing.serializer_gap) for k in range(chip.slices[0].lo)]
+                t += r.loss + timing.loss_overhead
+                p["loss"] += r.loss + timing.loss_overhead
+            else:
+                if chip.split and chip.part:
+                    taken = 0
+                    for words, kind, channel in msgs[c]["err_in"]:
+                        taken += words
+                        if kind == "error" and channel < chip.slices[0].lo:
+                            relay.append((arrived[taken - 1] + 2, words,
+                                          timing.serializer_gap))
+                end = arrived[-1] + timing.receive_tail + r.recv_period
+                p["receive"] += end - t
+                t = end
+            wu_idle = 0
+            for k in reversed(range(len(chip.slices))):
+                wu_idle = max(wu_idle, t + r.wu[k].busy + timing.rmw_tail + 1)
+                if r.bp[k] is None:
+                    end = t + ox
+                else:
+                    end = t + r.bp[k].busy + ox
+                if k == 0 and c > 0:
+                    rows = relay + [(t + offset, r.up_words, timing.serializer_gap)
+                                    for offset in r.up_offsets]
+                    accepted, arrived = up[c - 1].send(rows, begin[c - 1])
+                    if r.up_offsets:
+                        end = max(end, accepted[-1] + ox)
+                p["bp"] += end - t
+                t = end
+            done = max(t, wu_idle)
+            p["wu_wait"] += done - t + 1
+            bdone[c][s] = done
+            if index == batch_size - 1:
+                finished = done + r.sgd + timing.sgd_overhead
+                p["sgd"] += finished - done - 1
+                sgd_done[c].append(finished)
+                idle_from[c] = finished
+            else:
+                idle_from[c] = done + 1
+
+    per = batch_size * (batches - 2)
+    out = []
+    for c, chip in enumerate(chips):
+        r = runs[c]
+        period = (sgd_done[c][-1] - sgd_done[c][1]) / per
+        engines = {}
+        for k, s_ in enumerate(chip.slices):
+            for kind, run in (("fp", r.fp[k]), ("bp", r.bp[k]), ("wu", r.wu[k])):
+                if run is None:
+                    continue
+                rows, cols = s_.engine_shapes()[kind]
+                engines[f"{s_.layer.name}.{kind}"] = {
+                    "rows": rows, "cols": cols, "pes": rows * cols,
+                    "busy_cycles_per_sample": run.busy, "steps_per_sample": run.steps,
+                    "busy_fraction": run.busy / period,
+                    "step_fraction": run.steps / period}
+        out.append({
+            "cycles_per_sample": period,
+            "engines": engines,
+            "phases_per_sample": {k: v / samples for k, v in phases[c].items()},
+            "loss_cycles": r.loss,
+            "sgd_cycles_per_batch": r.sgd,
+            "feature_slots_peak": _peak([(fdone[c][s] + 1, 1) for s in range(samples)] +
+                                        [(bdone[c][s] + 1, -1) for s in range(samples)]),
+            "slots_in_use_max": _peak([(load[c][s], 1) for s in range(samples)] +
+                                      [(bdone[c][s] + 1, -1) for s in range(samples)]),
+            "link_down": _link_figures(down[c], samples) if c < n - 1 else None,
+            "link_up": _link_figures(up[c], samples) if c < n - 1 else None,
+        })
+    first = load[0][0]
+    return {"cycles_per_sample": max(chip["cycles_per_sample"] for chip in out),
+            "latency_cycles": bdone[0][0] - first,
+            "run_cycles": {k + 1: max(sgd_done[c][k] for c in range(n)) - first
+                           for k in range(batches)},
+            "perf_cycles": {k + 1: max(sgd_done[c][k] - first_word[c] - 1 for c in range(n))
+                            for k in range(batches)},
+            "chips": out}
+
+
+def _order_errors(chips, layers, msgs, runs):
+    """Put each chip's error rows in the order they travel: relayed rows in the order
+    they arrived (classes in order from the loss), then BP rows in the engine's
+    output order (tile, row, lane)."""
+    n = len(chips)
+    for c in reversed(range(1, n)):
+        chip = chips[c]
+        relay = []
+        if chip.split and chip.part:
+            lo = chip.slices[0].lo
+            if c == n - 1:
+                relay = [(3, "error", k) for k in range(lo)]
+            else:
+                relay = [row for row in msgs[c]["err_in"]
+                         if row[1] == "error" and row[2] < lo]
+        kind = "partial" if chip.split and chip.part else "error"
+        bp = [(runs[c].up_words, kind, channel) for channel in runs[c].up_channels]
+        rows = relay + bp
+        if sorted(rows) != sorted(msgs[c]["err_out"]):
+            raise AssertionError(f"chip {c}: error rows out of step with the message plan")
+        msgs[c]["err_out"] = rows
+        msgs[c - 1]["err_in"] = rows
+
+
+def _peak(events):
+    """Most intervals open at once; ``events`` are ``(cycle, +1 / -1)``, ends first on ties."""
+    level = peak = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        level += delta
+        peak = max(peak, level)
+    return peak
+
+
+def _link_figures(link, samples):
+    return {"words_per_sample": link.words / samples,
+            "frames_per_sample": link.frames / samples,
+            "symbols_per_sample": link.symbols / samples}
+
+
+# ---------------------------------------------------------------------------------------
+# Planning: which layers go where, and the engines' rows.
+
+#: Candidate chains (cheapest by the estimate) that :func:`plan_chips` runs through
+#: :func:`simulate` before choosing.
+SIMULATED_CANDIDATES = 6
+#: At most this many groupings of layers into chips are costed; beyond, the groupings
+#: with the fewest splits come first.
+GROUPING_LIMIT = 20_000
+#: Channel ranges of a split layer: all compositions when there are at most this many,
+#: else the even split and its neighbours.
+RANGE_LIMIT = 64
+#: Rounds of moving split boundaries by one channel (:func:`_refine`).
+REFINE_ROUNDS = 8
+#: How many larger row counts :func:`choose_rows` tries per engine and step.
+ROW_LOOKAHEAD = 8
+#: Mini-batches :func:`simulate` runs while choosing among chains (the fewest that
+#: give a steady state), and for the chosen plan's figures.
+SEARCH_BATCHES = 3
+SIMULATED_BATCHES = 4
+
+
+def max_chips(layers):
+    """Most chips the gateware can spread ``layers`` over: one output channel each."""
+    return sum(layer.geometry.cout for layer in layers)
+
+
+def memory_bits(chip, layers, *, timing=TIMING):
+    """Block RAM bits one chip needs, roughly, by use.
+
+    ``features``: ``slots`` copies of each local layer's input and output maps (and
+    the pooled map); ``errors``: the error stores (lane and row layouts);
+    ``weights``: per weight the FP and BP 16-bit copies, the 32-bit master, the
+    48-bit gradient sum and the 32-bit velocity; ``relay``: on a slice chip, the
+    slices before it (``slots`` copies) and the 48-bit partial sums it adds.
+    """
+    out = dict.fromkeys(("features", "errors", "weights", "relay"), 0)
+    for k, s in enumerate(chip.slices):
+        g = s.geometry
+        if k == 0:
+            c, h, w = _input_shape(s.layer, layers)
+            out["features"] += c * h * w * 16 * timing.slots
+        maps = g.cout * g.ho * g.wo
+        out["features"] += maps * 16 * timing.slots * (1.25 if s.layer.pool else 1)
+        out["errors"] += -(-g.cout // s.wu) * s.wu * g.ho * g.wo * 16
+        if s.has_bp:
+            out["errors"] += maps * 16
+            out["weights"] += -(-g.cin // s.bp) * s.bp * g.cout * g.kh * g.kw * 16
+        out["weights"] += -(-g.cout // s.fp) * s.fp * (g.cin * g.kh * g.kw + 1) * 16
+        out["weights"] += g.cout * (g.cin * g.kh + 1) * g.kw * (32 + 48 + 32)
+    if chip.split:
+        layer = chip.first_layer
+        _, h, w = layer.out_shape
+        out["relay"] += chip.slices[0].lo * h * w * 16 * timing.slots
+        if layer.index > 0:
+            g = layer.geometry
+            out["relay"] += g.cin * g.h * g.w * 48
+    out = {key: int(value) for key, value in out.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _wire(rows, timing):
+    """Cycles a message of ``rows`` (word counts) takes on the wire, first to last word."""
+    if not rows:
+        return 0
+    words = sum(rows)
+    frames = sum(-(-w // timing.max_payload) for w in rows)
+    return words + frames * timing.frame_overhead + timing.rx_delay + timing.wire_latency
+
+
+def _estimate(chip, layers, msgs, *, chain_first, chain_last, batch_size, timing):
+    """Quick ``(forward, backward)`` cycles per sample of one chip, links at wire speed."""
+    r = _chip_runs(chip, layers, chain_last=chain_last, timing=timing)
+    ox = timing.engine_overhead
+    fwd = sum(msgs["act_in"]) if chain_first else _wire(msgs["act_in"], timing)
+    fwd += sum(run.busy + ox for run in r.fp) + timing.done_cycles
+    if not chain_last:
+        fwd += _wire(msgs["act_out"], timing) + timing.send_overhead
+    if chain_last:
+        bwd = r.loss + timing.loss_overhead
+    else:
+        bwd = (_wire([w for w, _, _ in msgs["err_in"]], timing) + timing.receive_tail
+               + r.recv_period)
+    t = wu_idle = 0
+    for k in reversed(range(len(chip.slices))):
+        wu_idle = max(wu_idle, t + r.wu[k].busy + timing.rmw_tail + 1)
+        step = ox if r.bp[k] is None else r.bp[k].busy + ox
+        if k == 0 and msgs["err_out"]:
+            step = max(step, _wire([w for w, _, _ in msgs["err_out"]], timing) + ox)
+        t += step
+    bwd += max(t, wu_idle) + 1 + timing.idle_cycles
+    bwd += (r.sgd + timing.sgd_overhead) / batch_size
+    return fwd, bwd
+
+
+def _row_options(n):
+    """Rows worth trying for ``n`` channels: the fewest rows for each tile count."""
+    return sorted({-(-n // tiles) for tiles in range(1, n + 1)})
+
+
+def choose_rows(chip, layers, msgs, board, *, chain_first, chain_last, batch_size,
+                timing=TIMING):
+    """Give the chip's engines rows so that they finish a sample in about the same
+    cycles, within the board's multipliers.
+
+    Starting from one row each, repeatedly grow the engine to the row count (among
+    its next :data:`ROW_LOOKAHEAD` larger ones: an engine's cycles are not monotonic
+    in its rows, a ragged last tile drains unused lanes) that lowers the chip's
+    estimated cycles per sample (the slower of its forward and backward paths,
+    :func:`_estimate`) the most per added PE, while the PEs and the multipliers
+    outside the engines fit. Modifies ``chip``; returns its estimate
+    ``(forward, backward)``, or None if even one-row engines do not fit.
+    """
+    budget = board.multipliers
+
+    def cost(fb):
+        return max(fb) + 1e-3 * sum(fb)
+
+    def estimate():
+        return _estimate(chip, layers, msgs, chain_first=chain_first, chain_last=chain_last,
+                         batch_size=batch_size, timing=timing)
+
+    engines = []
+    for s in chip.slices:
+        s.fp = s.wu = 1
+        s.bp = 1 if s.has_bp else 0
+        engines += [(s, "fp", _row_options(s.channels)), (s, "wu", _row_options(s.channels))]
+        if s.has_bp:
+            engines.append((s, "bp", _row_options(s.layer.geometry.cin)))
+    if chip.multipliers(last=chain_last, timing=timing) > budget:
+        return None
+    current = estimate()
+    while True:
+        best = None
+        for s, kind, options in engines:
+            rows = getattr(s, kind)
+            before = chip.pes()
+            for larger in [o for o in options if o > rows][:ROW_LOOKAHEAD]:
+                setattr(s, kind, larger)
+                if chip.multipliers(last=chain_last, timing=timing) > budget:
+                    break
+                trial = estimate()
+                gain = (cost(current) - cost(trial)) / (chip.pes() - before)
+                if gain > 0 and (best is None or gain > best[0]):
+                    best = (gain, s, kind, larger, trial)
+            setattr(s, kind, rows)
+        if best is None:
+            return current
+        _, s, kind, rows, current = best
+        setattr(s, kind, rows)
+
+
+def _groupings(layers, chips):
+    """Ways to cover ``layers`` with ``chips`` chips: lists of ``("layers", l0, l1)``
+    (whole layers on one chip) and ``("split", l, k)`` (layer ``l`` over ``k`` chips)."""
+    count = len(layers)
+
+    def walk(l, left):
+        if l == count:
+            if left == 0:
+                yield []
+            return
+        if left <= 0:
+            return
+        for l1 in range(l + 1, count + 1):
+            for rest in walk(l1, left - 1):
+                yield [("layers", l, l1)] + rest
+        for k in range(2, min(left, layers[l].geometry.cout) + 1):
+            for rest in walk(l + 1, left - k):
+                yield [("split", l, k)] + rest
+
+    return walk(0, chips)
+
+
+def _count_groupings(layers, chips):
+    """How many groupings :func:`_groupings` yields, without listing them."""
+    count = len(layers)
+
+    @functools.lru_cache(maxsize=None)
+    def ways(l, left):
+        if l == count:
+            return 1 if left == 0 else 0
+        if left <= 0:
+            return 0
+        total = sum(ways(l1, left - 1) for l1 in range(l + 1, count + 1))
+        total += sum(ways(l + 1, left - k)
+                     for k in range(2, min(left, layers[l].geometry.cout) + 1))
+        return total
+
+    return ways(0, chips)
+
+
+def _best_grouping(planner, layers, chips):
+    """The grouping with the least estimated slowest chip (a dynamic programme), for
+    chains with too many groupings to list; None if none fits."""
+    count = len(layers)
+
+    @functools.lru_cache(maxsize=None)
+    def best(l, left):
+        if l == count:
+            return (0, ()) if left == 0 else None
+        if left <= 0:
+            return None
+        index = chips - left
+        options = [(("layers", l, l1), l1, 1) for l1 in range(l + 1, count + 1)]
+        options += [(("split", l, k), l + 1, k)
+                    for k in range(2, min(left, layers[l].geometry.cout) + 1)]
+        found = None
+        for group, after, used in options:
+            rest = best(after, left - used)
+            if rest is None:
+                continue
+            made = planner.group(group, index)
+            if made is None:
+                continue
+            worst = max(made[1], rest[0])
+            if found is None or worst < found[0]:
+                found = (worst, (group,) + rest[1])
+        return found
+
+    found = best(0, chips)
+    return None if found is None else list(found[1])
+
+
+def _ranges(cout, parts):
+    """Candidate channel ranges of a layer split ``parts`` ways: lists of (lo, hi)."""
+    def as_ranges(sizes):
+        edges = [0] + list(itertools.accumulate(sizes))
+        return list(zip(edges, edges[1:]))
+
+    if math.comb(cout - 1, parts - 1) <= RANGE_LIMIT:
+        for cuts in itertools.combinations(range(1, cout), parts - 1):
+            edges = (0,) + cuts + (cout,)
+            yield list(zip(edges, edges[1:]))
+        return
+    even = [cout // parts + (1 if k < cout % parts else 0) for k in range(parts)]
+    yield as_ranges(even)
+    for k in range(parts - 1):
+        for delta in (-1, 1):
+            sizes = list(even)
+            sizes[k] += delta
+            sizes[k + 1] -= delta
+            if min(sizes) >= 1:
+                yield as_ranges(sizes)
+
+
+class _Planner:
+    """Costs groups of chips with :func:`choose_rows` and :func:`_estimate`, memoized."""
+
+    def __init__(self, layers, boards, batch_size, timing):
+        self.layers, self.boards = layers, boards
+        self.batch_size, self.timing = batch_size, timing
+        self.n = len(boards)
+        self.memo = {}
+        self.chips = {}
+
+    def chip(self, slices, index, part=0, parts=1):
+        """A chip with its rows chosen and its estimate, or None if it does not fit."""
+        first, last = index == 0, index == self.n - 1
+        board = self.boards[index]
+        key = (tuple((s.layer.index, s.lo, s.hi) for s in slices), part, parts, first,
+               last, board)
+        if key in self.chips:
+            made = self.chips[key]
+            if made is None:
+                return None
+            chip = replace(made[0], index=index,
+                           slices=[replace(s) for s in made[0].slices])
+            return chip, made[1]
+        chip = ChipSpec(index, slices, part, parts)
+        self.chips[key] = None
+        # Memory grows with the rows (padded tiles) only a little: one-row engines
+        # that do not fit rule the chip out before its rows are chosen.
+        for s in slices:
+            s.fp = s.wu = 1
+            s.bp = 1 if s.has_bp else 0
+        if memory_bits(chip, self.layers, timing=self.timing)["total"] > board.bram_bits:
+            return None
+        msgs = _messages(chip, self.layers, chain_first=first, chain_last=last,
+                         timing=self.timing)
+        fb = choose_rows(chip, self.layers, msgs, board, chain_first=first, chain_last=last,
+                         batch_size=self.batch_size, timing=self.timing)
+        chip.estimate = fb
+        if fb is None or memory_bits(chip, self.layers,
+                                     timing=self.timing)["total"] > board.bram_bits:
+            return None
+        self.chips[key] = (chip, max(fb))
+        return self.chip(slices, index, part, parts)
+
+    def group(self, group, index):
+        """``(chips, estimate)`` of one group starting at chip ``index``, or None."""
+        key = (group, index)
+        if key not in self.memo:
+            self.memo[key] = self._group(group, index)
+        return self.memo[key]
+
+    def _group(self, group, index):
+        layers = self.layers
+        if group[0] == "layers":
+            _, l0, l1 = group
+            made = self.chip([SliceSpec(layers[l], 0, layers[l].geometry.cout)
+                              for l in range(l0, l1)], index)
+            return None if made is None else ([made[0]], made[1])
+        _, l, parts = group
+        best = None
+        for ranges in _ranges(layers[l].geometry.cout, parts):
+            chips, worst = [], 0
+            for part, (lo, hi) in enumerate(ranges):
+                made = self.chip([SliceSpec(layers[l], lo, hi)], index + part, part, parts)
+                if made is None:
+                    break
+                chips.append(made[0])
+                worst = max(worst, made[1])
+            else:
+                if best is None or worst < best[1]:
+                    best = (chips, worst)
+        return best
+
+
+def _copy(chips):
+    return [replace(chip, slices=[replace(s) for s in chip.slices]) for chip in chips]
+
+
+def _refine(planner, chips):
+    """Move the channel boundaries inside split layers one channel at a time while
+    that lowers the simulated cycles per sample; returns ``(chips, result)``."""
+    def run(chips):
+        return simulate(chips, planner.layers, batch_size=planner.batch_size,
+                        batches=SEARCH_BATCHES, timing=planner.timing)
+
+    chips = _copy(chips)
+    result = run(chips)
+    for _ in range(REFINE_ROUNDS):
+        best = None
+        for i in range(len(chips) - 1):
+            a, b = chips[i], chips[i + 1]
+            if not (a.split and b.split and b.part == a.part + 1):
+                continue
+            layer = a.first_layer
+            for delta in (-1, 1):
+                edge = a.slices[0].hi + delta
+                if not a.slices[0].lo < edge < b.slices[0].hi:
+                    continue
+                made_a = planner.chip([SliceSpec(layer, a.slices[0].lo, edge)], a.index,
+                                      a.part, a.parts)
+                made_b = planner.chip([SliceSpec(layer, edge, b.slices[0].hi)], b.index,
+                                      b.part, b.parts)
+                if made_a is None or made_b is None:
+                    continue
+                trial = _copy(chips[:i] + [made_a[0], made_b[0]] + chips[i + 2:])
+                trial_result = run(trial)
+                if trial_result["cycles_per_sample"] < (
+                        best[1] if best else result)["cycles_per_sample"]:
+                    best = (trial, trial_result)
+        if best is None:
+            break
+        chips, result = best
+    return chips, result
+
+
+def plan_chips(network, boards, *, batch_size, timing=TIMING):
+    """Plan ``network`` for the gateware on ``boards`` (one per chip, in chain order).
+
+    Costs every grouping of the layers into chips (whole layers, or one layer split
+    by output channels; split channel ranges chosen by the estimate), each chip with
+    its engines' rows chosen by :func:`choose_rows`, by the estimate of its slower
+    path; runs the :data:`SIMULATED_CANDIDATES` best through :func:`simulate`, moves
+    the split boundaries of the fastest while the simulation improves
+    (:func:`_refine`), and keeps the fastest.
+
+    Returns
+    -------
+    (layers, chips, result, candidates)
+        ``result`` is :func:`simulate`'s for the chosen chain; ``candidates`` lists
+        the chains simulated, ``{"chips": [description...], "estimate",
+        "cycles_per_sample"}``, fastest first.
+
+    Raises
+    ------
+    FpdeepError
+        If the network has a layer the gateware cannot build, more chips are asked
+        for than it has output channels, or no chain fits the boards.
+    """
+    layers = gateware_layers(network)
+    n = len(boards)
+    most = max_chips(layers)
+    if n > most:
+        raise FpdeepError(f"network {network.name!r} can use at most {most} chips on the "
+                          f"gateware target (a split layer gives each chip at least one "
+                          f"output channel), not {n}")
+    # Every layer's memory (one-row engines, whole) must fit somewhere in the chain:
+    # splitting a layer only copies its input map, and grouping shares nothing.
+    need = sum(memory_bits(ChipSpec(0, [SliceSpec(layer, 0, layer.geometry.cout,
+                                                  bp=1 if layer.index else 0)]),
+                           layers, timing=timing)["total"] for layer in layers)
+    have = sum(board.bram_bits for board in boards)
+    if need > have:
+        raise FpdeepError(f"network {network.name!r} does not fit the gateware on {n} x "
+                          f"{boards[0].name}: its feature maps ({timing.slots} slots), "
+                          f"errors and weights need at least {need / 1e6:.1f} Mb, the chips "
+                          f"have {have / 1e6:.1f} Mb")
+    planner = _Planner(layers, boards, batch_size, timing)
+    if _count_groupings(layers, n) <= GROUPING_LIMIT:
+        groupings = _groupings(layers, n)
+    else:
+        groupings = [g for g in [_best_grouping(planner, layers, n)] if g is not None]
+    scored = []
+    for grouping in groupings:
+        chips, worst, index = [], 0, 0
+        for group in grouping:
+            made = planner.group(tuple(group), index)
+            if made is None:
+                break
+            chips += made[0]
+            worst = max(worst, made[1])
+            index += len(made[0])
+        else:
+            scored.append((worst, len(scored), chips))
+    if not scored:
+        raise FpdeepError(f"network {network.name!r} does not fit the gateware on "
+                          f"{n} x {boards[0].name}: no chain has engines within the "
+                          f"multipliers and memories of every chip")
+    scored.sort(key=lambda e: (e[0], e[1]))
+    simulated = []
+    for worst, _, chips in scored[:SIMULATED_CANDIDATES]:
+        chips = _copy(chips)
+        result = simulate(chips, layers, batch_size=batch_size, batches=SEARCH_BATCHES,
+                          timing=timing)
+        simulated.append([result["cycles_per_sample"], worst, chips])
+    simulated.sort(key=lambda e: (e[0], e[1]))
+    chips, _ = _refine(planner, simulated[0][2])
+    result = simulate(chips, layers, batch_size=batch_size, batches=SIMULATED_BATCHES,
+                      timing=timing)
+    simulated[0][0], simulated[0][2] = result["cycles_per_sample"], chips
+    simulated.sort(key=lambda e: (e[0], e[1]))
+    if simulated[0][2] is not chips:
+        chips = simulated[0][2]
+        result = simulate(chips, layers, batch_size=batch_size, batches=SIMULATED_BATCHES,
+                          timing=timing)
+    candidates = [{"chips": [chip.describe() for chip in c], "estimate": w,
+                   "cycles_per_sample": cps} for cps, w, c in simulated]
+    return layers, chips, result, candidates
+
+
+def limit(result, chips, *, timing=TIMING):
+    """What holds the chain back: ``(reason, bounds)``.
+
+    ``bounds`` are cycles per sample: ``round_trip`` (chip 0's first sample from load
+    to backward done, over ``slots``: forward can only run ``slots`` samples ahead),
+    and ``busiest_chip`` (the largest estimated forward or backward path of a chip,
+    :func:`_estimate`). The reason names the larger bound, if the chain runs within
+    10 % of it, else ``"links and waits"``.
+    """
+    round_trip = result["latency_cycles"] / timing.slots
+    index, busiest = max(enumerate(max(chip.estimate) for chip in chips), key=lambda e: e[1])
+    cps = result["cycles_per_sample"]
+    bounds = {"round_trip": round_trip, "busiest_chip": busiest}
+    if round_trip >= busiest and cps <= 1.1 * round_trip:
+        reason = (f"round trip: chip 0 waits for a free feature slot ({timing.slots} slots, "
+                  f"{result['latency_cycles']} cycles from load to backward done)")
+    elif cps <= 1.1 * busiest:
+        side = "forward" if chips[index].estimate[0] >= chips[index].estimate[1] else \
+            "backward"
+        reason = f"chip {index} ({chips[index].describe()}), its {side} path"
+    else:
+        reason = "links and waits between chips"
+    return reason, bounds

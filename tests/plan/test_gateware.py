@@ -1,0 +1,560 @@
+"""The gateware target: buildable plans, their checks, and the timing model against the RTL.
+
+The model's engine formulas are checked against the real engines in Amaranth's
+simulator (busy cycles counted from their ``busy`` outputs, exactly), and its link
+model against a simulated :class:`LinkPair`.
+"""
+
+import inspect
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from fpdeep.plan import zoo
+from fpdeep.plan import gateware as gw
+from fpdeep.plan.errors import FpdeepError
+from fpdeep.plan.network import Conv2d, Linear, Network, ReLU, SoftmaxCrossEntropy
+from fpdeep.plan.plan import Plan, plan_network
+from fpdeep.platforms.resources import Cluster, get_board
+
+BOARD = "ulx3s-85f"
+
+
+def digits_plan(chips, batch=8):
+    return plan_network(zoo.get("digits"), Cluster.uniform(BOARD, chips), batch,
+                        target="gateware")
+
+
+# ---------------------------------------------------------------------------------------
+# Plans.
+
+@pytest.mark.parametrize("chips", [1, 2, 4])
+def test_digits_plans_are_buildable(chips, tmp_path):
+    net = zoo.get("digits")
+    plan = digits_plan(chips)
+    assert plan.target == "gateware" and plan.data["target"] == "gateware"
+    plan.check_network(net)
+    slices = plan.gateware_slices()
+    assert len(slices) == chips
+    layers = {layer.name: layer for layer in gw.gateware_layers(net)}
+    board = get_board(BOARD)
+    covered = {name: [] for name in layers}
+    for c, chip in enumerate(slices):
+        if any((lo, hi) != (0, layers[name].geometry.cout) for name, (lo, hi), _ in chip):
+            assert len(chip) == 1, "a chip with a slice holds nothing else"
+        pes = 0
+        for name, (lo, hi), rows in chip:
+            g = layers[name].geometry
+            covered[name].append((lo, hi))
+            assert 1 <= rows["fp"] <= hi - lo and 1 <= rows["wu"] <= hi - lo
+            if layers[name].index == 0:
+                assert rows["bp"] == 0
+            else:
+                assert 1 <= rows["bp"] <= g.cin
+            pes += rows["fp"] * g.wo + rows["wu"] * g.kw + rows["bp"] * g.w
+        predicted = plan.chips[c]["predicted"]
+        assert predicted["pes"] == pes
+        assert pes < predicted["multipliers"] <= board.multipliers
+        engines = plan.chips[c]["slices"][0]["engines"]
+        assert engines["fp"]["cols"] == layers[chip[0][0]].geometry.wo
+    for name, ranges in covered.items():
+        edges = [lo for lo, _ in ranges] + [ranges[-1][1]]
+        assert edges[0] == 0 and edges[-1] == layers[name].geometry.cout
+        assert all(a < b for a, b in zip(edges, edges[1:])), "contiguous, in order"
+    s = plan.summary["gateware"]
+    assert s["cycles_per_sample"] > 0 and s["slots"] == gw.TIMING.slots
+    for chip in plan.chips:
+        g = chip["predicted"]["gateware"]
+        assert 1 <= g["feature_slots_peak"] <= s["slots"]
+        assert all(0 < e["busy_fraction"] < 1 for e in g["engines"].values())
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    loaded = Plan.load(path)
+    assert loaded.to_dict() == json.loads(path.read_text())
+    loaded.check_network(net)
+    assert loaded.gateware_slices() == slices
+
+
+def test_one_chip_plan_and_default_target():
+    plan = digits_plan(1)
+    (chip,) = plan.gateware_slices()
+    assert [(name, lo_hi) for name, lo_hi, _ in chip] == [("conv1", (0, 4)), ("fc1", (0, 10))]
+    paper = plan_network(zoo.get("digits"), Cluster.uniform(BOARD, 1), 8)
+    assert paper.target == "paper" and "gateware" not in paper.summary
+
+
+def test_chosen_chain_beats_the_alternatives():
+    """On 4 chips the plan is at least as fast as the brief's guess and the layer split,
+    all simulated by the same model."""
+    net = zoo.get("digits")
+    plan = digits_plan(4)
+    chosen = plan.summary["gateware"]["cycles_per_sample"]
+    layers = gw.gateware_layers(net)
+    conv, fc = layers
+    planner = gw._Planner(layers, [get_board(BOARD)] * 4, 8, gw.TIMING)
+    alternatives = [
+        [([conv], 0, 2), ([conv], 2, 4), ([fc], 0, 5), ([fc], 5, 10)],    # the brief's
+        [([conv], 0, 4), ([fc], 0, 4), ([fc], 4, 7), ([fc], 7, 10)],
+        [([conv], 0, 1), ([conv], 1, 2), ([conv], 2, 3), ([conv], 3, 4)],  # not a chain
+    ]
+    for alt in alternatives[:2]:
+        chips, parts = [], {}
+        for layer_list, lo, hi in alt:
+            parts.setdefault(layer_list[0].name, []).append((lo, hi))
+        for index, (layer_list, lo, hi) in enumerate(alt):
+            ranges = parts[layer_list[0].name]
+            part = ranges.index((lo, hi))
+            made = planner.chip([gw.SliceSpec(layer_list[0], lo, hi)], index, part,
+                                len(ranges))
+            chips.append(made[0])
+        result = gw.simulate(chips, layers, batch_size=8)
+        assert chosen <= result["cycles_per_sample"]
+    names = [c["chips"] for c in plan.summary["gateware"]["candidates"]]
+    assert names[0] == [chip_name(chip) for chip in plan.gateware_slices()]
+
+
+def chip_name(chip):
+    (name, (lo, hi), _), = chip if len(chip) == 1 else [(None, (0, 0), None)]
+    if name is None or (lo, hi) == (0, {"conv1": 4, "fc1": 10}[name]):
+        return "+".join(s[0] for s in chip)
+    return f"{name}[{lo}:{hi}]"
+
+
+def test_link_words_follow_the_chain():
+    """Words per sample on each link, from the rules: a slice chip sends the label, its
+    input map, the slices before it and its own; errors go back as framed rows."""
+    plan = digits_plan(4)
+    slices = plan.gateware_slices()
+    down = [c["predicted"]["gateware"]["link_down"] for c in plan.chips]
+    up = [c["predicted"]["gateware"]["link_up"] for c in plan.chips]
+    assert down[-1] is None and up[-1] is None
+    for c in range(3):
+        (name, (lo, hi), _), = slices[c][-1:]
+        nxt = slices[c + 1][0]
+        if name == "conv1" and nxt[0] == "conv1":
+            expect_down = 1 + 64 + hi * 16           # label, 8x8 input, pooled slices
+        else:
+            expect_down = 1 + 4 * 16                 # label, the pooled 4x4x4 map
+        assert down[c]["words_per_sample"] == expect_down
+        if nxt[0] == "fc1":
+            expect_up = 16 * (4 + 2)                 # fc1's input errors, 16 rows of 4
+        else:
+            expect_up = nxt[1][0] * 4 * (4 + 2)      # the rows of the slices before it
+        assert up[c]["words_per_sample"] == expect_up
+
+
+def test_round_trip_limits_long_chains():
+    """With two feature slots a chip runs at most two samples ahead, so a chain cannot be
+    faster than its round trip over two; more slots relieve it."""
+    plan = digits_plan(4)
+    s = plan.summary["gateware"]
+    assert s["cycles_per_sample"] >= s["latency_cycles"] / s["slots"] - 1
+    more = s["with_more_slots"]
+    assert more[str(s["slots"] + 2)] <= more[str(s["slots"] + 1)] <= s["cycles_per_sample"]
+
+
+def test_slots_bound_the_samples_in_flight():
+    layers = gw.gateware_layers(zoo.get("digits"))
+    conv, fc = layers
+    chips = [gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4)]),
+             gw.ChipSpec(1, [gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)])]
+    previous = None
+    for slots in (1, 2, 3):
+        r = gw.simulate(chips, layers, batch_size=8, timing=replace(gw.TIMING, slots=slots))
+        for chip in r["chips"]:
+            assert chip["feature_slots_peak"] <= slots
+            assert chip["slots_in_use_max"] <= slots
+        if previous is not None:
+            assert r["cycles_per_sample"] <= previous
+        previous = r["cycles_per_sample"]
+
+
+def test_serial_chip_matches_the_measured_core():
+    """With one slot the schedule is serial, as the core was before overlap: for digits
+    at the core's default engines it measured 1017.2 cycles per sample (README)."""
+    layers = gw.gateware_layers(zoo.get("digits"))
+    conv, fc = layers
+    chip = gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4),
+                           gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)])
+    r = gw.simulate([chip], layers, batch_size=8, timing=replace(gw.TIMING, slots=1))
+    assert r["cycles_per_sample"] == pytest.approx(1017.2, rel=0.01)
+
+
+# ---------------------------------------------------------------------------------------
+# Errors, each in one line.
+
+def one_line(excinfo):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+def test_plan_for_another_network():
+    plan = digits_plan(2)
+    with pytest.raises(FpdeepError) as excinfo:
+        plan.check_network(zoo.get("lenet5"))
+    assert "'digits'" in one_line(excinfo) and "'lenet5'" in one_line(excinfo)
+    wider = Network("digits", (1, 8, 8), [
+        Conv2d("conv1", 1, 5, kernel=3, padding=1), ReLU("relu1"),
+        Linear("fc1", 320, 10), SoftmaxCrossEntropy("loss")])
+    with pytest.raises(FpdeepError, match="layers differ") as excinfo:
+        plan.check_network(wider)
+    one_line(excinfo)
+
+
+def test_paper_plan_is_not_a_gateware_plan():
+    paper = plan_network(zoo.get("digits"), Cluster.uniform(BOARD, 2), 8)
+    for call in (lambda: paper.check_network(zoo.get("digits")), paper.gateware_slices):
+        with pytest.raises(FpdeepError, match="not the gateware") as excinfo:
+            call()
+        one_line(excinfo)
+
+
+def edited(plan, edit):
+    data = json.loads(json.dumps(plan.to_dict()))
+    edit(data)
+    return Plan(data)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["chips"][1]["slices"][0].update(out_channels=[3, 4]), "do not continue"),
+    (lambda d: d["chips"][0]["slices"].append(d["chips"][3]["slices"][0]), "nothing else"),
+    (lambda d: d["chips"][0]["slices"][0]["engines"].update(bp={"rows": 2, "cols": 8}),
+     "no BP"),
+    (lambda d: d["chips"][3]["slices"][0]["engines"]["wu"].update(rows=0), "at least one"),
+    (lambda d: d["chips"].pop(), "stop before"),
+    (lambda d: d["chips"][2]["slices"][0].pop("out_channels"), "lacks"),
+])
+def test_broken_plans_are_refused(edit, message):
+    plan = edited(digits_plan(4), edit)
+    with pytest.raises(FpdeepError, match=message) as excinfo:
+        plan.check_network(zoo.get("digits"))
+    one_line(excinfo)
+
+
+def test_unbuildable_requests():
+    with pytest.raises(FpdeepError, match="conv1") as excinfo:
+        plan_network(zoo.get("alexnet"), Cluster.uniform("vc709", 4), 8, target="gateware")
+    one_line(excinfo)
+    with pytest.raises(FpdeepError, match="at most 14 chips") as excinfo:
+        digits_plan(15)
+    one_line(excinfo)
+    with pytest.raises(FpdeepError, match="does not fit") as excinfo:
+        plan_network(zoo.get("digits"), Cluster.uniform("icebreaker", 1), 8, target="gateware")
+    one_line(excinfo)
+    with pytest.raises(FpdeepError, match="target"):
+        plan_network(zoo.get("digits"), Cluster.uniform(BOARD, 1), 8, target="asic")
+
+
+def test_cli_prints_the_predictions(tmp_path, capsys):
+    from fpdeep.scripts.cli import main
+    out = tmp_path / "digits2.json"
+    assert main(["plan", "--net", "digits", "--chips", "2", "--target", "gateware",
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "cycles per sample" in text and "conv1.wu" in text and "limit:" in text
+    plan = Plan.load(out)
+    assert plan.target == "gateware" and plan.data["batch_size"] == 8
+    assert len(plan.gateware_slices()) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# The model's constants are the RTL's.
+
+def test_constants_follow_the_rtl():
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS
+    from fpdeep.rtl.link.frame import LinkConfig
+    from fpdeep.rtl.cluster import Cluster as RtlCluster
+    from fpdeep.rtl.core import TrainingCore
+    from fpdeep.rtl.rowlink import PARTIAL_WORDS
+    t = gw.TIMING
+    assert t.error_frac == DEFAULT_NUMERICS.error.frac
+    config = LinkConfig()
+    assert t.max_payload == config.max_payload
+    assert t.replay_slots == config.replay_slots and t.rx_depth == config.rx_depth
+    assert t.frame_overhead == config.header_symbols + config.trailer_symbols + 1
+    assert t.wire_latency == inspect.signature(RtlCluster).parameters["link_latency"].default
+    assert t.partial_words == PARTIAL_WORDS
+    assert t.slots == inspect.signature(TrainingCore).parameters["slots"].default
+
+
+def test_timing_round_trips():
+    assert gw.GatewareTiming.from_dict(json.loads(json.dumps(gw.TIMING.to_dict()))) == \
+        gw.TIMING
+    with pytest.raises(FpdeepError, match="timing"):
+        gw.GatewareTiming.from_dict({"no_such_constant": 1})
+
+
+# ---------------------------------------------------------------------------------------
+# Engines, measured in Amaranth's simulator.
+
+def run_until_idle(top, start, busy, *, step=None, sink=None, period=1, setup=(),
+                   limit=20_000):
+    """Pulse ``start``, then count the cycles ``busy`` is high (and ``step`` pulses).
+
+    ``sink`` is a stream the engine drives; it takes a transfer, then is not ready for
+    ``period - 1`` cycles (as :class:`ErrorDerivative` does for ``period`` 3 or 4).
+    ``counts["transfers"]`` lists the cycles (after ``start``) of its transfers.
+    """
+    counts = {"busy": 0, "steps": 0, "transfers": []}
+
+    async def tb(ctx):
+        for signal, value in setup:
+            ctx.set(signal, value)
+        ctx.set(start, 1)
+        if sink is not None:
+            ctx.set(sink.ready, 1)
+        await ctx.tick()
+        ctx.set(start, 0)
+        ready_at = cycle = 1
+        while cycle < limit:
+            if sink is not None:
+                ready = cycle >= ready_at
+                ctx.set(sink.ready, ready)
+                if ready and ctx.get(sink.valid):
+                    ready_at = cycle + period
+                    counts["transfers"].append(cycle)
+            if not ctx.get(busy):
+                break
+            counts["busy"] += 1
+            if step is not None:
+                counts["steps"] += ctx.get(step)
+            await ctx.tick()
+            cycle += 1
+        assert cycle < limit, "the engine never went idle"
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    return counts
+
+
+def rtl_geometry(g):
+    from fpdeep.rtl.conv import ConvGeometry
+    return ConvGeometry(cin=g.cin, cout=g.cout, h=g.h, w=g.w, kh=g.kh, kw=g.kw, ph=g.ph,
+                        pw=g.pw)
+
+
+def conv_bench(g, rows, *, bias, seed):
+    from fpdeep.rtl.conv import ConvEngine, pack_conv_weights, pack_rows
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+    from tests.rtl.test_conv import EngineBench
+    rng = np.random.default_rng(seed)
+    engine = ConvEngine(geometry=rtl_geometry(g), rows=rows, in_fmt=N.act, weight_fmt=N.weight,
+                        out_fmt=N.act, bias=bias)
+    w = rng.integers(-300, 300, size=(g.cout, g.cin, g.kh, g.kw))
+    b = rng.integers(-300, 300, size=g.cout) if bias else None
+    x = rng.integers(-300, 300, size=(g.cin, g.h, g.w))
+    return engine, EngineBench(engine, w_rd=pack_conv_weights(w, b, rows), x_rd=pack_rows(x))
+
+
+DIGITS_CONV = gw.Geometry(1, 4, 8, 8, 3, 3, 1, 1)
+DIGITS_FC = gw.Geometry(4, 10, 4, 4, 4, 4)
+SMALL = [DIGITS_CONV, DIGITS_FC, gw.Geometry(2, 5, 5, 4, 3, 2, 1, 0),
+         gw.Geometry(3, 3, 6, 5, 2, 3, 0, 2), gw.Geometry(2, 3, 4, 4, 1, 1)]
+
+
+@pytest.mark.parametrize("g, rows", [(DIGITS_CONV, 4), (DIGITS_CONV, 3), (DIGITS_FC, 10),
+                                     (DIGITS_FC, 4), (SMALL[2], 2), (SMALL[3], 3),
+                                     (SMALL[4], 1)])
+def test_fp_engine_cycles(g, rows):
+    engine, bench = conv_bench(g, rows, bias=True, seed=rows)
+    got = run_until_idle(bench, engine.start, engine.busy, step=engine.step, sink=engine.o)
+    run = gw.fp_run(g, rows)
+    assert (got["busy"], got["steps"]) == (run.busy, run.steps)
+
+
+@pytest.mark.parametrize("g, rows, period", [(DIGITS_FC, 4, 4), (DIGITS_FC, 4, 7),
+                                             (DIGITS_FC, 3, 1), (SMALL[2], 2, 3),
+                                             (SMALL[3], 2, 4), (DIGITS_CONV, 1, 3)])
+def test_bp_engine_cycles(g, rows, period):
+    """BP: the conv engine on the transposed geometry, no bias, into a sink that takes
+    a row every ``period`` cycles (the derivative, or a serializer)."""
+    engine, bench = conv_bench(g.transposed(), rows, bias=False, seed=period)
+    got = run_until_idle(bench, engine.start, engine.busy, step=engine.step, sink=engine.o,
+                         period=period)
+    run = gw.bp_run(g, rows, sink_period=period)
+    assert (got["busy"], got["steps"]) == (run.busy, run.steps)
+
+
+@pytest.mark.parametrize("g, rows", [(DIGITS_CONV, 4), (DIGITS_CONV, 3), (DIGITS_FC, 10),
+                                     (DIGITS_FC, 2), (SMALL[2], 2), (SMALL[3], 3)])
+def test_wu_engine_cycles(g, rows):
+    from fpdeep.rtl.weight_update import WeightGradientEngine
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+    from tests.rtl.test_conv import EngineBench
+    engine = WeightGradientEngine(geometry=rtl_geometry(g), rows=rows, act_fmt=N.act,
+                                  error_fmt=N.error)
+    bench = EngineBench(engine, e_rd=engine.e_layout.depth, x_rd=g.cin * g.h)
+    got = run_until_idle(bench, engine.start, engine.busy, step=engine.step, sink=engine.o)
+    run = gw.wu_run(g, rows)
+    assert (got["busy"], got["steps"]) == (run.busy, run.steps)
+
+
+@pytest.mark.parametrize("g", [DIGITS_CONV, SMALL[2]])
+def test_sgd_walk_cycles(g):
+    from fpdeep.rtl.weight_update import WeightUpdateUnit
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+    from tests.rtl.test_conv import EngineBench
+    masters = (np.zeros((g.cout, g.cin, g.kh, g.kw), dtype=np.int64),
+               np.zeros(g.cout, dtype=np.int64))
+    unit = WeightUpdateUnit(geometry=rtl_geometry(g), wu_rows=2, fp_rows=2, bp_rows=1,
+                            numerics=N, masters=masters, rate_q=100, momentum_q=60000,
+                            batch_size=4)
+    bench = EngineBench(unit, e_rd=unit.engine.e_layout.depth, x_rd=g.cin * g.h)
+    got = run_until_idle(bench, unit.start_update, unit.busy)
+    assert got["busy"] == gw.sgd_cycles(g)
+
+
+@pytest.mark.parametrize("classes", [10, 3])
+def test_loss_cycles(classes):
+    from amaranth import Module, Elaboratable
+    from amaranth.lib import memory, wiring
+    from fpdeep.rtl.loss import LossUnit
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+
+    class Bench(Elaboratable):
+        def __init__(self):
+            self.unit = LossUnit(classes=classes, numerics=N)
+            rng = random.Random(classes)
+            self.z = memory.Memory(shape=self.unit.z_rd.data.shape(), depth=classes,
+                                   init=[[rng.randint(-3000, 3000)] for _ in range(classes)])
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.unit, m.submodules.z = self.unit, self.z
+            wiring.connect(m, self.unit.z_rd, self.z.read_port())
+            return m
+
+    bench = Bench()
+    got = run_until_idle(bench, bench.unit.start, bench.unit.busy, sink=bench.unit.o,
+                         setup=[(bench.unit.label, 1)])
+    assert got["busy"] == gw.loss_cycles(classes)
+    # A split last layer relays the other slices' errors as the loss emits them.
+    assert got["transfers"] == [gw.loss_emit_cycle(classes, k) for k in range(classes)]
+
+
+def test_map_sender_cycles():
+    from fpdeep.rtl.conv import RowLayout
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+    from fpdeep.rtl.rowlink import MapSender
+    from tests.rtl.test_conv import EngineBench
+    layout = RowLayout(3, 2, 4, N.act)
+    sender = MapSender(layout=layout)
+    bench = EngineBench(sender, rd=layout.depth)
+    got = run_until_idle(bench, sender.start, sender.busy, sink=sender.o)
+    assert got["busy"] == gw.map_sender_cycles(layout.channels * layout.h, layout.w)
+    # The label and the first row back to back, then one pause per row: the runs that
+    # simulate() hands to the link.
+    gaps = [b - a for a, b in zip(got["transfers"], got["transfers"][1:])]
+    rows = layout.channels * layout.h
+    assert gaps == [1] * layout.w + ([2] + [1] * (layout.w - 1)) * (rows - 1)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_serializer_row_period(partial):
+    """A serializer takes a row every ``words + serializer_gap`` cycles: the sink period
+    of a BP engine whose rows leave the chip."""
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat
+    from fpdeep.rtl.rowlink import RowSerializer
+    w = 3
+    ser = RowSerializer(channels=2, h=2, w=w, fmt=FixedFormat(48, 20) if partial else N.error,
+                        partial=partial)
+    accepted = []
+
+    async def tb(ctx):
+        ctx.set(ser.i.valid, 1)
+        ctx.set(ser.o.ready, 1)
+        for cycle in range(60):
+            if ctx.get(ser.i.ready):
+                accepted.append(cycle)
+            await ctx.tick()
+
+    sim = Simulator(ser)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    words = (gw.TIMING.partial_words if partial else 1) * w + 2
+    assert {b - a for a, b in zip(accepted, accepted[1:])} == \
+        {words + gw.TIMING.serializer_gap}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_runs_of_tiles_jump_exactly(seed):
+    """array_run jumps over runs of equal tiles; tile by tile gives the same cycles."""
+    rng = random.Random(seed)
+    for _ in range(40):
+        kh, kw = rng.randint(1, 4), rng.randint(1, 4)
+        g = gw.Geometry(rng.randint(1, 5), rng.randint(1, 9), rng.randint(kh, 12),
+                        rng.randint(kw, 12), kh, kw, rng.randint(0, kh - 1),
+                        rng.randint(0, kw - 1))
+        rows, period = rng.randint(1, g.cout + 1), rng.choice([1, 3, 4, 7])
+        for tiles, cols in ((gw.fp_tiles(g, rows), g.wo), (gw.wu_tiles(g, rows), g.kw)):
+            single = [(steps, used, 1, (tag[0], tag[1] + j))
+                      for steps, used, count, tag in tiles for j in range(count)]
+            fast = gw.array_run(tiles, rows, cols, sink_period=period, keep_rows=True)
+            slow = gw.array_run(single, rows, cols, sink_period=period, keep_rows=True)
+            assert fast == slow
+
+
+# ---------------------------------------------------------------------------------------
+# Links, measured on a simulated LinkPair.
+
+def link_times(rows, consumer_ready):
+    """Per word, the cycle the LinkPair took it and the cycle it left the far end, for a
+    source that sends ``rows`` of words back to back and pauses one cycle after each."""
+    from fpdeep.rtl.link.endpoint import LinkPair
+    from fpdeep.rtl.link.frame import LinkConfig
+    pair = LinkPair(LinkConfig(), latency=gw.TIMING.wire_latency)
+    taken, delivered = [], []
+    total = sum(rows)
+
+    async def tb(ctx):
+        src, dst = pair.a_i[0], pair.b_o[0]
+        row = k = pause = cycle = 0
+        while len(delivered) < total and cycle < 5000:
+            valid = row < len(rows) and not pause
+            ctx.set(src.valid, valid)
+            ctx.set(src.payload, len(taken))
+            ctx.set(dst.ready, cycle >= consumer_ready)
+            if valid and ctx.get(src.ready):
+                taken.append(cycle)
+                k += 1
+                if k == rows[row]:
+                    row, k, pause = row + 1, 0, 1
+            elif pause:
+                pause -= 1
+            if cycle >= consumer_ready and ctx.get(dst.valid):
+                delivered.append(cycle)
+            await ctx.tick()
+            cycle += 1
+
+    sim = Simulator(pair)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    return taken, delivered
+
+
+@pytest.mark.parametrize("rows, consumer, tolerance", [
+    ([9] + [8] * 7, 0, 0),            # an 8x8 map from MapSender: one frame per row
+    ([5] + [4] * 15, 0, 0),           # the pooled digits map
+    ([6] * 16, 0, 0),                 # framed error rows
+    ([65], 0, 0),                     # one long run: full frames
+    ([1] * 30, 0, 0),                 # one-word rows: the replay slots run out
+    ([9] + [8] * 11, 200, 0),         # the consumer starts late: credits run out
+    ([14] * 16, 0, 0.06),             # partial-sum rows: credits split frames
+])
+def test_link_model(rows, consumer, tolerance):
+    taken, delivered = link_times(rows, consumer)
+    link = gw.LinkDirection()
+    model_taken, model_delivered = link.send([(0, n, 1) for n in rows], consumer)
+    assert len(model_delivered) == len(delivered)
+    assert model_delivered[-1] == pytest.approx(delivered[-1], rel=tolerance, abs=2)
+    assert model_taken[-1] == pytest.approx(taken[-1], rel=tolerance, abs=2)
+    assert link.words == sum(rows)
