@@ -1,9 +1,11 @@
 """``fpdeep sim``: train on the simulated gateware and check it against the reference.
 
-``fpdeep sim --net digits --chips 1 --batches 2`` builds the single-chip
-training core, feeds it ``batches * batch_size`` digits in Amaranth's simulator,
-and prints whether every weight equals the integer reference bit for bit, the
-measured cycles per sample and each engine's PE utilization.
+``fpdeep sim --net digits --chips 4 --batches 2`` plans the network for the
+gateware (or takes ``--plan``), elaborates the plan into chips
+(:mod:`fpdeep.rtl.elaborate`), feeds them ``batches * batch_size`` digits back to
+back in Amaranth's simulator, and prints whether every weight equals the integer
+reference bit for bit, the counters, each engine's PE utilization, and every
+measured figure next to the plan's model (:mod:`fpdeep.sim.compare`).
 ``--backend verilator`` runs the same core in Verilator instead (built once per
 core into a cache; see :mod:`fpdeep.sim.verilator`), fast enough for hundreds
 of batches; its results equal pysim's cycle for cycle.
@@ -11,7 +13,7 @@ of batches; its results equal pysim's cycle for cycle.
 
 from ..plan.errors import FpdeepError
 
-__all__ = ["register", "network_from_arg"]
+__all__ = ["register", "network_from_arg", "plan_for"]
 
 
 def network_from_arg(value):
@@ -30,9 +32,16 @@ def register(subparsers):
                     "the bit-exact integer reference.")
     parser.add_argument("--net", default="digits", metavar="NAME|FILE",
                         help="built-in network or network file (default %(default)s)")
-    parser.add_argument("--chips", type=int, default=1, help="FPGAs in the chain (default 1)")
+    parser.add_argument("--chips", type=int, default=None,
+                        help="FPGAs in the chain (default 1, or the plan's)")
+    parser.add_argument("--plan", metavar="FILE",
+                        help="a gateware plan (fpdeep plan --target gateware -o FILE); by "
+                             "default the network is planned here for --chips --board")
+    parser.add_argument("--board", default="ulx3s-85f",
+                        help="board of every chip, when planning here (default %(default)s)")
     parser.add_argument("--batches", type=int, default=2, help="mini-batches to train (default 2)")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples per mini-batch")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per mini-batch (default 8, or the plan's)")
     parser.add_argument("--lr", type=float, default=0.02, help="learning rate (default 0.02)")
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum (default 0.9)")
     parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
@@ -46,12 +55,11 @@ def register(subparsers):
 
 def run(args):
     from ..sim.harness import CoreRun, compare_weights, digits_samples
-    if args.chips < 1:
+    from ..sim.compare import format_model_rows, model_rows
+    from ..rtl.elaborate import chain_from_plan
+    if args.chips is not None and args.chips < 1:
         raise FpdeepError(f"--chips must be at least 1, not {args.chips}")
-    if args.chips > 1 and args.backend == "verilator":
-        raise FpdeepError(f"--chips {args.chips}: the Verilator backend runs one chip so far; "
-                          f"use --backend pysim")
-    if args.batches < 1 or args.batch_size < 1:
+    if args.batches < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise FpdeepError("--batches and --batch-size must be at least 1")
     if args.vcd:
         from pathlib import Path
@@ -62,6 +70,13 @@ def run(args):
     if network.input_shape != (1, 8, 8) or network.num_classes != 10:
         raise FpdeepError(f"network {network.name!r}: simulation feeds 8x8 digits, so it needs "
                           f"a (1, 8, 8) input and 10 classes")
+    plan = plan_for(args, network)
+    chips = len(plan.chips)
+    if chips > 1 and args.backend == "verilator":
+        raise FpdeepError(f"{chips} chips: the Verilator backend runs one chip so far; "
+                          f"use --backend pysim")
+    layout = chain_from_plan(plan, network)
+    args.batch_size = plan.data["batch_size"]
     count = args.batches * args.batch_size
     floats, labels = digits_samples(count, seed=args.seed)
     if len(labels) < count:
@@ -69,14 +84,19 @@ def run(args):
         order = [k % len(labels) for k in range(count)]
         floats, labels = floats[order], labels[order]
     run = CoreRun(network, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                  seed=args.seed, splits=layer_splits(network, args.chips))
+                  seed=args.seed, splits=layout.splits, engines=layout.engines,
+                  slots=layout.slots)
     reference = run.reference()
     samples = [reference.quantize_input(x) for x in floats]
     simulator = "Verilator" if args.backend == "verilator" else "Amaranth simulator"
-    layout = "; ".join(f"chip {k}: " + ", ".join(spec.name for spec in chip.specs)
-                       for k, chip in enumerate(run.chips))
-    print(f"fpdeep sim: {network.name} on {args.chips} chip(s) ({layout}), {args.batches} "
-          f"batches of {args.batch_size}, {simulator}")
+    print(f"fpdeep sim: {network.name} on {chips} chip(s), {args.batches} batches of "
+          f"{args.batch_size}, {simulator}")
+    for k, chip in enumerate(run.chips):
+        held = ", ".join(spec.name + (f"[{chip.lo}:{chip.hi}]" if chip.split else "")
+                         for spec in chip.specs)
+        rows = ", ".join(f"{name} {rows}x{cols}"
+                         for name, (rows, cols) in chip.engine_array_shapes().items())
+        print(f"  chip {k}: {held}; engines {rows}; {chip.slots} feature slots")
     if args.backend == "verilator" and args.vcd:
         raise FpdeepError("--vcd needs --backend pysim: the Verilator backend does not write "
                           "waveforms yet")
@@ -125,32 +145,31 @@ def run(args):
               + f"; Verilog conversion {build.convert_seconds:.1f} s)")
     print()
     print(format_utilization(result))
+    print(f"\nmeasured against the plan's model ({args.batches} batches from a cold start; "
+          f"plan/gateware.py):")
+    print(format_model_rows(model_rows(result, plan, args.batches)))
     if args.vcd:
         print(f"\nwaveforms: {args.vcd} (open with: gtkwave {args.vcd[:-4] if args.vcd.endswith('.vcd') else args.vcd}.gtkw)")
     return 0 if exact and counters_equal else 1
 
 
-def layer_splits(network, chips):
-    """Contiguous ranges of weighted layers for ``chips`` chips, minimising the largest MACs.
-
-    Only splits between layers are built so far, so a network of ``L`` weighted
-    layers runs on at most ``L`` chips.
-    """
-    from itertools import combinations
-    from ..rtl.core import network_layers
-    specs = network_layers(network)
-    if chips > len(specs):
-        raise FpdeepError(f"--chips {chips}: network {network.name!r} has {len(specs)} weighted "
-                          f"layers, and the gateware does not split a layer across chips yet")
-    work = [spec.geometry.macs for spec in specs]
-    best = None
-    for cuts in combinations(range(1, len(specs)), chips - 1):
-        bounds = (0, *cuts, len(specs))
-        spans = list(zip(bounds, bounds[1:]))
-        worst = max(sum(work[a:b]) for a, b in spans)
-        if best is None or worst < best[0]:
-            best = (worst, spans)
-    return best[1]
+def plan_for(args, network):
+    """The gateware plan to simulate: ``--plan`` checked against the network, or a new one."""
+    from ..plan.plan import Plan, plan_network
+    from ..platforms.resources import Cluster, get_board
+    if args.plan:
+        plan = Plan.load(args.plan)
+        plan.check_network(network)
+        if args.chips is not None and args.chips != len(plan.chips):
+            raise FpdeepError(f"--chips {args.chips}: the plan {args.plan!r} is for "
+                              f"{len(plan.chips)} chips")
+        if args.batch_size is not None and args.batch_size != plan.data["batch_size"]:
+            raise FpdeepError(f"--batch-size {args.batch_size}: the plan {args.plan!r} was "
+                              f"made for batches of {plan.data['batch_size']}")
+        return plan
+    chips = args.chips or 1
+    cluster = Cluster([get_board(args.board)] * chips)
+    return plan_network(network, cluster, batch_size=args.batch_size or 8, target="gateware")
 
 
 def format_utilization(result):

@@ -25,7 +25,7 @@ def register(subparsers):
 
 def run(args):
     from .sim_cmd import run as simulate
-    sim_args = argparse.Namespace(net=args.net, chips=args.chips, batches=1,
-                                  batch_size=args.batch_size, lr=0.02, momentum=0.9,
+    sim_args = argparse.Namespace(net=args.net, chips=args.chips, plan=None, board="ulx3s-85f",
+                                  batches=1, batch_size=args.batch_size, lr=0.02, momentum=0.9,
                                   seed=args.seed, backend="pysim", vcd=args.output)
     return simulate(sim_args)

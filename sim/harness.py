@@ -227,6 +227,8 @@ class CoreRun:
             "counters": {name: outputs[f"host__{name}"]
                          for name in COUNTERS},
             "total_cycles": outputs["perf_cycles"],
+            "run_cycles": raw["run_cycles"],
+            "chip_cycles": [outputs["perf_cycles"]],
             "slots_peak": [outputs["perf_slots_peak"]],
             "busy": verilator.port_array(outputs["perf_busy"], count),
             "steps": verilator.port_array(outputs["perf_steps"], count),

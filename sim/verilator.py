@@ -141,7 +141,7 @@ int main(int argc, char **argv) {
 
     // Samples go in back to back, as fast as the core takes words; a sample's
     // cycles are the clocks from the previous sample's completion to its own.
-    long long next_word = 0, total_words = samples * words, finished = 0, since = 0;
+    long long next_word = 0, total_words = samples * words, finished = 0, since = 0, run = 0;
     while (finished < samples) {
         bool sending = next_word < total_words;
         top->PORT_SAMPLE_VALID = sending;
@@ -151,6 +151,7 @@ int main(int argc, char **argv) {
         tick();
         if (taken) next_word++;
         since++;
+        run++;
         long long done = (long long)top->PORT_SAMPLES;
         for (; finished < done; finished++) {
             printf("sample %lld %lld\n", finished, since);
@@ -160,7 +161,11 @@ int main(int argc, char **argv) {
         if (since > max_cycles) fail("sample-not-finished", finished);
     }
     top->PORT_SAMPLE_VALID = 0;
-    while (top->PORT_BUSY) tick();
+    while (top->PORT_BUSY) {
+        tick();
+        run++;
+    }
+    printf("run %lld\n", run);
 
     dump_outputs();
 
@@ -344,12 +349,15 @@ def run_core(core, samples, labels, *, progress=None, max_cycles_per_sample=10**
         process = subprocess.Popen([str(build.executable), str(input_path)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sample_cycles, outputs, weights, clocks, error = [], {}, {}, None, None
+        run_cycles = 0
         for line in process.stdout:
             kind, *fields = line.split()
             if kind == "sample":
                 sample_cycles.append(int(fields[1]))
                 if progress:
                     progress(len(sample_cycles), len(labels), sample_cycles[-1])
+            elif kind == "run":
+                run_cycles = int(fields[0])
             elif kind == "port":
                 outputs[fields[0]] = sum(int(w) << (32 * k) for k, w in enumerate(fields[1:]))
             elif kind == "weight":
@@ -373,7 +381,8 @@ def run_core(core, samples, labels, *, progress=None, max_cycles_per_sample=10**
     for name, (w_addr, b_addr) in layout.items():
         masters[name] = (np.vectorize(weights.__getitem__, otypes=[np.int64])(w_addr),
                          np.vectorize(weights.__getitem__, otypes=[np.int64])(b_addr))
-    return dict(sample_cycles=sample_cycles, outputs=outputs, masters=masters,
+    return dict(sample_cycles=sample_cycles, run_cycles=run_cycles, outputs=outputs,
+                masters=masters,
                 clocks=clocks), build, seconds
 
 

@@ -1,3 +1,7 @@
+from fpdeep.plan.network import (Conv2d, Linear, MaxPool2d, Network, ReLU,
+                                 SoftmaxCrossEntropy)
+from fpdeep.plan.plan import plan_network
+from fpdeep.platforms.resources import Cluster as Boards, get_board
 from fpdeep.scripts.cli import main
 
 
@@ -8,15 +12,41 @@ def test_two_chips_train_bit_exactly_and_write_waves(tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     assert "690/690 equal the integer reference bit for bit" in out
-    assert "chip 0: conv1; chip 1: fc1" in out
+    assert "chip 0: conv1;" in out and "chip 1: fc1;" in out
+    assert "measured against the plan's model" in out
     assert vcd.exists() and vcd.with_suffix(".gtkw").exists()
     gtkw = vcd.with_suffix(".gtkw").read_text()
     assert "-chip0" in gtkw and "-chip1" in gtkw and "-conv1.fp" in gtkw
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.gtkw", "run.vcd"]
 
 
+def test_four_chips_from_a_saved_plan_split_layers_and_agree_with_the_model(tmp_path, capsys):
+    plan = tmp_path / "digits4.json"
+    assert main(["plan", "--net", "digits", "--chips", "4", "--target", "gateware",
+                 "-o", str(plan)]) == 0
+    capsys.readouterr()
+    assert main(["sim", "--net", "digits", "--plan", str(plan), "--batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "690/690 equal the integer reference bit for bit" in out
+    assert "conv1[" in out                       # a layer split across chips
+    assert "off by more than" not in out         # every figure within 10 % of the model
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
-    for argv, word in ((["sim", "--chips", "3"], "--chips 3"),
+    other_plan, paper_plan, broken = (tmp_path / name for name in ("other.json", "paper.json",
+                                                                    "broken.json"))
+    other = Network("digits6", (1, 8, 8), [
+        Conv2d("conv1", 1, 6, kernel=3, padding=1), ReLU("relu1"), MaxPool2d("pool1"),
+        Linear("fc1", 96, 10), SoftmaxCrossEntropy("loss")])
+    plan_network(other, Boards([get_board("ulx3s-85f")] * 2), batch_size=8,
+                 target="gateware").save(other_plan)
+    assert main(["plan", "--net", "digits", "--chips", "2", "-o", str(paper_plan)]) == 0
+    broken.write_text("{not json")
+    capsys.readouterr()
+    for argv, word in ((["sim", "--plan", str(other_plan)], "digits6"),
+                       (["sim", "--plan", str(paper_plan)], "gateware"),
+                       (["sim", "--plan", str(broken)], "broken.json"),
+                       (["sim", "--net", "lenet5"], "lenet5"),
                        (["sim", "--chips", "0"], "--chips"),
                        (["sim", "--net", "nosuchnet"], "nosuchnet"),
                        (["sim", "--net", "lenet5"], "lenet5"),
@@ -25,7 +55,8 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("fpdeep: error:") and word in err and "\n" not in err
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json", "other.json",
+                                                          "paper.json"]
 
 
 def test_waves_writes_vcd_and_save_file(tmp_path, capsys):

@@ -1,0 +1,82 @@
+"""The elaborator: a gateware Plan (``fpdeep plan --target gateware``) to chips.
+
+The plan says, per chip, which layers or which output channels of one layer it
+trains, how many rows each of its FP, BP and WU engines has, and how many
+samples its feature memories hold. :func:`chain_from_plan` reads exactly that,
+without re-deriving any of it, into the arguments of
+:class:`~fpdeep.rtl.cluster.Cluster` (or of one
+:class:`~fpdeep.rtl.core.TrainingCore`); :func:`build_from_plan` builds it.
+"""
+
+from dataclasses import dataclass
+
+from ..plan.errors import FpdeepError
+from .cluster import Cluster
+from .core import EngineSizes, TrainingCore, network_layers
+
+__all__ = ["ChainLayout", "chain_from_plan", "build_from_plan"]
+
+
+@dataclass(frozen=True)
+class ChainLayout:
+    """What each chip of a chain holds, as :class:`Cluster` takes it."""
+    #: Per chip, ``(first, stop)`` weighted layers, or ``(layer, layer + 1, (lo, hi))``.
+    splits: list
+    #: Per chip, ``{layer: EngineSizes}``.
+    engines: list
+    #: Per chip, feature-memory slots (samples FP may run ahead of BP/WU).
+    slots: list
+
+
+def chain_from_plan(plan, network):
+    """The :class:`ChainLayout` of a gateware ``plan`` for ``network``.
+
+    Raises
+    ------
+    FpdeepError
+        In one line, if the plan is not a gateware plan, was made for another
+        network, or does not describe a buildable chain.
+    """
+    plan.check_network(network)
+    names = [spec.name for spec in network_layers(network)]
+    splits, engines, slots = [], [], []
+    for index, (chip, slices) in enumerate(zip(plan.chips, plan.gateware_slices())):
+        if not slices:
+            raise FpdeepError(f"plan: chip {index} holds no layer")
+        layers = [names.index(layer) for layer, _, _ in slices]
+        first, stop = layers[0], layers[-1] + 1
+        if layers != list(range(first, stop)):
+            raise FpdeepError(f"plan: chip {index}: its layers {[s[0] for s in slices]} are "
+                              f"not consecutive")
+        if len(slices) == 1:
+            splits.append((first, stop, slices[0][1]))
+        else:
+            splits.append((first, stop))
+        engines.append({layer: EngineSizes(fp=rows["fp"], bp=rows["bp"], wu=rows["wu"])
+                        for layer, _, rows in slices})
+        slots.append(_feature_slots(chip, index))
+    return ChainLayout(splits, engines, slots)
+
+
+def _feature_slots(chip, index):
+    try:
+        slots = chip["buffers"]["feature_slots"]
+    except (KeyError, TypeError):
+        raise FpdeepError(f"plan: chip {index} has no buffers.feature_slots") from None
+    if not isinstance(slots, int) or slots < 1:
+        raise FpdeepError(f"plan: chip {index}: feature_slots must be a positive int, "
+                          f"not {slots!r}")
+    return slots
+
+
+def build_from_plan(plan, network, **core_args):
+    """The gateware of a plan: a :class:`Cluster`, or a :class:`TrainingCore` for one chip.
+
+    ``core_args`` (masters, numerics, batch_size, lr, momentum, seed) go to every chip.
+    """
+    layout = chain_from_plan(plan, network)
+    if len(layout.splits) == 1:
+        return TrainingCore(network, engines=layout.engines[0], slots=layout.slots[0],
+                            **core_args)
+    return Cluster(network, splits=layout.splits, engines=layout.engines, slots=layout.slots,
+                   **core_args)
