@@ -1,18 +1,20 @@
 """Weight update: per-sample weight gradients, their batch sums, and the SGD step."""
 
+import numbers
 from dataclasses import dataclass
 
 from amaranth import *
-from amaranth.lib import wiring, stream, data, memory
+from amaranth.lib import wiring, stream, data, memory, enum
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .conv import RowLayout
-from .numerics import FixedFormat, check_accumulator, saturate_hw, shift_round_hw, requantize_hw
+from .conv import RowLayout, pack_conv_weights
+from .numerics import (FixedFormat, check_accumulator, saturate_hw, shift_round_hw,
+                       requantize_hw, master_to_weight_np)
 from .systolic import SystolicArray
 
-__all__ = ["LaneLayout", "WeightGradientEngine", "WeightUpdateUnit", "pack_lanes",
-           "gradient_index_count"]
+__all__ = ["LaneLayout", "WeightGradientEngine", "WeightUpdateUnit", "WeightWalk", "SgdPipeline",
+           "ExchangeOp", "EXCHANGE_WIDTH", "gradient_words", "pack_lanes", "gradient_index_count"]
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,287 @@ class WeightGradientEngine(wiring.Component):
         return m
 
 
+class ExchangeOp(enum.Enum, shape=16):
+    """The first word of an exchange on the WGT virtual channel (see :class:`WeightUpdateUnit`)."""
+    #: Gradients follow; the holder steps SGD and returns the new copies.
+    UPDATE = 0
+    #: No gradients follow; the holder returns copies of its masters as they are.
+    REFRESH = 1
+
+
+#: Width of a word of the weight exchange (the link's WGT virtual channel).
+EXCHANGE_WIDTH = 16
+
+
+def gradient_words(numerics):
+    """Words of :data:`EXCHANGE_WIDTH` bits that carry one saturated batch gradient."""
+    return -(-numerics.grad_width // EXCHANGE_WIDTH)
+
+
+def _check_exchange(numerics):
+    if numerics.weight.width > EXCHANGE_WIDTH:
+        raise ValueError(f"numerics: a {numerics.weight.width}-bit weight copy does not fit "
+                         f"one {EXCHANGE_WIDTH}-bit exchange word")
+
+
+def _check_rates(rate_q, momentum_q):
+    """``(rate_q, momentum_q)`` as ints, checked to be unsigned 16-bit."""
+    checked = []
+    for name, value in (("rate_q", rate_q), ("momentum_q", momentum_q)):
+        if not isinstance(value, numbers.Integral) or not 0 <= value < 1 << 16:
+            raise ValueError(f"{name} must be an unsigned 16-bit int, not {value!r}")
+        checked.append(int(value))
+    return checked
+
+
+def _master_words(geometry, masters):
+    """Initial words of a master memory: rows ``(o, i, ky)`` of ``kw`` weights, then the bias."""
+    g = geometry
+    w, b = masters
+    if tuple(w.shape) != (g.cout, g.cin, g.kh, g.kw) or tuple(b.shape) != (g.cout,):
+        raise ValueError(f"masters must be shaped {(g.cout, g.cin, g.kh, g.kw)} and "
+                         f"{(g.cout,)}, not {tuple(w.shape)} and {tuple(b.shape)}")
+    words = []
+    for o in range(g.cout):
+        for i in range(g.cin):
+            for ky in range(g.kh):
+                words.append([int(v) for v in w[o, i, ky]])
+        words.append([int(b[o])] + [0] * (g.kw - 1))
+    return words
+
+
+def _element(m, word, kx, kw, shape):
+    """Element ``kx`` of a memory word of ``kw`` elements, as a new signal."""
+    value = Signal(shape)
+    with m.Switch(kx):
+        for c in range(kw):
+            with m.Case(c):
+                m.d.comb += value.eq(word[c])
+    return value
+
+
+def _host_read_port(m, component, master_rd, kw, busy):
+    """``host_rdata``/``host_rvalid`` of a master memory whose read port is addressed
+    from ``host_addr`` whenever ``busy`` is low (one cycle of latency)."""
+    kx_bits = ceil_log2(kw)
+    host_kx = Signal(range(max(2, kw)))
+    m.d.sync += [component.host_rvalid.eq(component.host_read & ~busy),
+                 host_kx.eq(component.host_addr[:kx_bits] if kx_bits else 0)]
+    m.d.comb += component.host_rdata.eq(_element(m, master_rd.data, host_kx, kw,
+                                                 component.host_rdata.shape()))
+
+
+def _host_write(m, component, master_wr, kw):
+    """Write ``host_wdata`` to the master at ``host_addr`` (in the caller's condition)."""
+    kx_bits = ceil_log2(kw)
+    m.d.comb += [master_wr.addr.eq(component.host_addr >> kx_bits),
+                 master_wr.en.eq(1 << component.host_addr[:kx_bits] if kx_bits else 1)]
+    for c in range(kw):
+        m.d.comb += master_wr.data[c].eq(component.host_wdata)
+
+
+def _host_members(host_span):
+    return {
+        "host_addr": In(range(max(2, host_span))),
+        "host_read": In(1),
+        "host_write": In(1),
+        "host_wdata": In(signed(32)),
+        "host_rdata": Out(signed(32)),
+        "host_rvalid": Out(1),
+    }
+
+
+class WeightWalk(wiring.Component):
+    """Steps through every weight of a layer in master-address order.
+
+    The order is the one of the master memories and of the host address map: word by
+    word, ``word = o * (cin*kh + 1) + i*kh + ky`` for the kernel rows of output channel
+    ``o`` and ``o * (cin*kh + 1) + cin*kh`` for its bias, and within a word
+    ``kx = 0 ... kw-1`` (only ``kx = 0`` in a bias word). Channel ``o``'s bias follows
+    its kernel and precedes channel ``o + 1``.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+
+    Members
+    -------
+    restart : In(1)
+        Go back to the first weight; takes precedence over ``next``.
+    next : In(1)
+        Move on to the next weight (after the last, back to the first).
+    position : Out(WeightWalk.position_layout(geometry))
+        The current weight: ``word``, ``kx``, and ``o``, ``i``, ``ky``, ``bias`` (for a
+        bias, ``i = cin`` and ``ky = 0``). It changes the cycle after ``next``.
+    word_last : Out(1)
+        The current weight is the last of its word.
+    last : Out(1)
+        The current weight is the layer's last (the bias of channel ``cout - 1``).
+    """
+
+    @staticmethod
+    def position_layout(geometry):
+        g = geometry
+        words = g.cout * gradient_index_count(g)
+        return data.StructLayout({
+            "word": range(max(2, words)), "kx": range(max(2, g.kw)), "o": range(max(2, g.cout)),
+            "i": range(max(2, g.cin + 1)), "ky": range(max(2, g.kh)), "bias": 1})
+
+    def __init__(self, geometry):
+        self._g = geometry
+        super().__init__({
+            "restart": In(1),
+            "next": In(1),
+            "position": Out(self.position_layout(geometry)),
+            "word_last": Out(1),
+            "last": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g, p = self._g, self.position
+        m.d.comb += [
+            self.word_last.eq(p.bias | (p.kx == g.kw - 1)),
+            self.last.eq(p.bias & (p.o == g.cout - 1)),
+        ]
+        with m.If(self.restart):
+            m.d.sync += p.eq(0)
+        with m.Elif(self.next):
+            with m.If(self.last):
+                m.d.sync += p.eq(0)
+            with m.Elif(self.word_last):
+                m.d.sync += [p.kx.eq(0), p.word.eq(p.word + 1)]
+                with m.If(p.bias):
+                    m.d.sync += [p.bias.eq(0), p.i.eq(0), p.ky.eq(0), p.o.eq(p.o + 1)]
+                with m.Elif(p.ky == g.kh - 1):
+                    m.d.sync += [p.ky.eq(0), p.i.eq(p.i + 1)]
+                    with m.If(p.i == g.cin - 1):
+                        m.d.sync += p.bias.eq(1)
+                with m.Else():
+                    m.d.sync += p.ky.eq(p.ky + 1)
+            with m.Else():
+                m.d.sync += p.kx.eq(p.kx + 1)
+        return m
+
+
+class SgdPipeline(wiring.Component):
+    """The SGD step of one weight per cycle, exactly as :func:`~fpdeep.rtl.numerics.sgd_step_np`.
+
+    Four stages: S0 saturates the batch sum to ``numerics.grad``; S1 scales it by
+    ``rate_q`` (rounded to the master format) and decays the velocity by
+    ``momentum_q``; S2 forms the step (with momentum, the new velocity, saturated to
+    the master format); S3 subtracts the step from the master with saturation. The
+    new master's 16-bit copy (:func:`~fpdeep.rtl.numerics.master_to_weight_np`) is
+    rounded combinationally from S3.
+
+    Latency 4 cycles, throughput one weight per cycle. Neither stream has
+    backpressure (both are ``always_ready``): a consumer must take every result.
+
+    Parameters
+    ----------
+    numerics : Numerics
+    rate_q, momentum_q : int
+        Unsigned 16-bit fractions (``numerics.rate_frac`` fraction bits); no
+        momentum when ``momentum_q`` is 0.
+    tag_shape : shape
+        A tag that travels with each weight.
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"grad", "master", "velocity", "refresh", "tag"}), always_ready=True))
+        ``grad`` (``signed(acc_width)``) is the weight's exact batch sum; ``master``
+        and ``velocity`` (master format) its current state (``velocity`` is ignored
+        without momentum). With ``refresh`` set nothing is stepped: the master passes
+        through and only its copy is rounded.
+    o : Out(stream.Signature(StructLayout({"master", "velocity", "weight", "saturations", "refresh", "tag"}), always_ready=True))
+        The new ``master``, the new ``velocity`` (without momentum: the step, which is
+        not to be stored), the 16-bit ``weight`` copy, and ``saturations``, how many
+        of the gradient, velocity, master and copy saturated (0 to 4; with
+        ``refresh`` only the copy counts). Valid 4 cycles after the input.
+    busy : Out(1)
+        A weight is in the pipeline.
+
+    Raises
+    ------
+    ValueError
+        If ``rate_q`` or ``momentum_q`` is not an unsigned 16-bit int.
+    """
+
+    def __init__(self, *, numerics, rate_q, momentum_q, tag_shape):
+        rate_q, momentum_q = _check_rates(rate_q, momentum_q)
+        self._n, self._rate_q, self._momentum_q = numerics, rate_q, momentum_q
+        n = numerics
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "grad": n.acc_shape, "master": n.master.shape, "velocity": n.master.shape,
+                "refresh": 1, "tag": tag_shape}), always_ready=True)),
+            "o": Out(stream.Signature(data.StructLayout({
+                "master": n.master.shape, "velocity": n.master.shape, "weight": n.weight.shape,
+                "saturations": range(5), "refresh": 1, "tag": tag_shape}), always_ready=True)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self._n
+        momentum = bool(self._momentum_q)
+        i = self.i.payload
+        control = data.StructLayout({"valid": 1, "refresh": 1,
+                                     "tag": self.i.payload.tag.shape()})
+        c0, c1, c2, c3 = (Signal(control, name=f"control{k}") for k in range(4))
+        m.d.sync += [c0.valid.eq(self.i.valid), c0.refresh.eq(i.refresh), c0.tag.eq(i.tag),
+                     c1.eq(c0), c2.eq(c1), c3.eq(c2)]
+
+        # S0: saturate the batch sum to the gradient format.
+        g_sat = Signal(n.grad.shape)
+        g_flag0 = Signal()
+        m_0 = Signal(n.master.shape)
+        v_0 = Signal(n.master.shape)
+        value, flag = saturate_hw(i.grad, n.grad)
+        m.d.sync += [g_sat.eq(value), g_flag0.eq(flag & self.i.valid & ~i.refresh),
+                     m_0.eq(i.master), v_0.eq(i.velocity)]
+        # S1: scale by the rate; decay the velocity.
+        delta = Signal(signed(n.grad.width + 18))
+        v_decay = Signal(signed(n.master.width + 18))
+        m_1 = Signal(n.master.shape)
+        g_flag1 = Signal()
+        m.d.sync += [
+            delta.eq(Mux(c0.refresh, 0, shift_round_hw(g_sat * self._rate_q, n.update_shift))),
+            v_decay.eq(shift_round_hw(v_0 * self._momentum_q, n.rate_frac) if momentum else 0),
+            m_1.eq(m_0), g_flag1.eq(g_flag0),
+        ]
+        # S2: the step, through the velocity when there is momentum.
+        step = Signal(signed(n.grad.width + 18))
+        v_flag = Signal()
+        m_2 = Signal(n.master.shape)
+        g_flag2 = Signal()
+        if momentum:
+            value, flag = saturate_hw(v_decay + delta, n.master)
+            m.d.sync += [step.eq(Mux(c1.refresh, 0, value)), v_flag.eq(flag & ~c1.refresh)]
+        else:
+            m.d.sync += [step.eq(delta), v_flag.eq(0)]
+        m.d.sync += [m_2.eq(m_1), g_flag2.eq(g_flag1)]
+        # S3: the new master; its copy is rounded from it.
+        m_new = Signal(n.master.shape)
+        v_new = Signal(n.master.shape)
+        flags = Signal(3)
+        value, m_flag = saturate_hw(m_2 - step, n.master)
+        m.d.sync += [m_new.eq(value), v_new.eq(step), flags.eq(Cat(g_flag2, v_flag, m_flag))]
+        w_value, w_sat = requantize_hw(m_new, n.master.frac, n.weight)
+
+        m.d.comb += [
+            self.o.valid.eq(c3.valid),
+            self.o.payload.master.eq(m_new),
+            self.o.payload.velocity.eq(v_new),
+            self.o.payload.weight.eq(w_value),
+            self.o.payload.saturations.eq(flags[0] + flags[1] + flags[2] + w_sat),
+            self.o.payload.refresh.eq(c3.refresh),
+            self.o.payload.tag.eq(c3.tag),
+            self.busy.eq(c0.valid | c1.valid | c2.valid | c3.valid),
+        ]
+        return m
+
+
 class WeightUpdateUnit(wiring.Component):
     """Holds one layer's weights, sums their gradients over a mini-batch, and steps SGD.
 
@@ -252,14 +535,53 @@ class WeightUpdateUnit(wiring.Component):
 
     ``start_sample`` runs the :class:`WeightGradientEngine` over one sample and adds
     its sums into ``grads`` (a read-modify-write per gradient row, at the engine's
-    pace). ``start_update`` walks every weight once: saturate the batch sum to the
-    gradient format, scale by ``rate`` (``lr / B``), fold into the velocity, subtract
-    from the master, clear the sum, and write both 16-bit copies, exactly as
-    :func:`fpdeep.rtl.numerics.sgd_step_np`. ``start_refresh`` rewrites the copies
-    from the masters without updating (after the host wrote weights).
+    pace). ``start_update`` walks every weight once (:class:`WeightWalk`): saturate the
+    batch sum to the gradient format, scale by ``rate`` (``lr / B``), fold into the
+    velocity, subtract from the master, clear the sum, and write both 16-bit copies,
+    exactly as :func:`fpdeep.rtl.numerics.sgd_step_np` (:class:`SgdPipeline`).
+    ``start_refresh`` rewrites the copies from the masters without updating (after the
+    host wrote weights).
 
     Throughput: the update takes one cycle per weight plus one per gradient word,
     plus a five-cycle pipeline drain.
+
+    **Remote masters (weight balancing).** With ``remote=True`` a neighbour chip's
+    :class:`~fpdeep.rtl.weight_holder.WeightHolder` keeps the masters and velocities
+    and steps SGD; this unit keeps ``grads`` and the two copies, and has no ``master``
+    or ``velocity`` memory (both attributes are ``None``). Each exchange is one
+    mini-batch's words in each direction, all in master-address order
+    (:class:`WeightWalk`: per output channel its kernel rows ``(i, ky)`` with
+    ``kx = 0 ... kw-1``, then its bias):
+
+    * ``grads_out`` first sends one :class:`ExchangeOp` word: ``UPDATE`` on
+      ``start_update``, ``REFRESH`` on ``start_refresh``. After ``UPDATE`` come, per
+      weight, its batch sum saturated to ``numerics.grad`` (as the first SGD stage does;
+      the saturations count here) and sign-extended to ``16 * gradient_words(numerics)``
+      bits, in :func:`gradient_words` words (2 by default), least significant word
+      first. Each sum is cleared as it leaves. Nothing follows ``REFRESH``.
+    * ``copies_in`` meanwhile takes one word per weight, same order: the new 16-bit copy
+      (:func:`~fpdeep.rtl.numerics.master_to_weight_np` of the new master, the weight
+      format sign-extended to 16 bits), written to ``fp_weights`` and (not for biases)
+      ``bp_weights`` as it arrives. It is ready throughout the exchange, so it never
+      holds up the holder.
+
+    A chip wires ``grads_out`` to the link's WGT virtual channel towards the holder's
+    ``grads_in``, and the holder's ``copies_out`` back over WGT to ``copies_in``. Per
+    batch the link carries ``1 + gradient_words(numerics)`` words per weight (one
+    direction ``1 + gradient_words * weights`` words, the other ``weights``). The send
+    takes one cycle per exchange word plus one read cycle per master word while the
+    link is ready; ``busy`` stays high until the last copy has been written. Wired
+    straight to a holder (no link), the owner is busy ``words + gradient_words *
+    weights + 7`` cycles after ``start_update`` (``words`` master words, :attr:`words`;
+    ``gradient_words`` of 2 or more;
+    one-word sums are paced by the holder) and ``2 * weights + 8`` after
+    ``start_refresh``; a link adds its round trip and its stalls. A refresh (the host
+    wrote masters on the holder chip) sends the op word and takes every copy.
+    ``saturations`` counts only the gradient saturations here; the holder counts the
+    velocity, master and copy saturations, and the two sum to the layer's count in the
+    reference. The host reaches the masters on the holder's chip (same address map,
+    :attr:`host_span` of the holder); a remote unit has no ``host_*`` members and its
+    ``host_span`` is 0.
 
     Parameters
     ----------
@@ -269,52 +591,70 @@ class WeightUpdateUnit(wiring.Component):
         ``None`` for the first layer, which has no BP.
     numerics : Numerics
     masters : (W, b)
-        Initial int64 masters, ``W`` shaped ``(cout, cin, kh, kw)``.
+        Initial int64 masters, ``W`` shaped ``(cout, cin, kh, kw)``. The initial copies
+        are rounded from them at construction (also with ``remote``; the holder must
+        start from the same masters).
     rate_q, momentum_q : int
-        Unsigned 16-bit fractions (``numerics.rate_frac`` fraction bits).
+        Unsigned 16-bit fractions (``numerics.rate_frac`` fraction bits). With
+        ``remote`` the holder's are the ones used.
     batch_size : int
         Samples per mini-batch, to prove the gradient sums cannot overflow.
+    remote : bool
+        Masters and velocities live on a :class:`~fpdeep.rtl.weight_holder.WeightHolder`.
 
     Members
     -------
     start_sample, start_update, start_refresh : In(1)
     busy : Out(1)
+        A sample, an update or a refresh (with ``remote``, the whole exchange) is in
+        progress; the ``start_*`` inputs and host accesses are ignored meanwhile.
     e_rd, x_rd : as :class:`WeightGradientEngine`
     saturations : Out(32)
-        Saturation events in the update (gradient, velocity, master, 16-bit copy).
+        Saturation events in the update (gradient, velocity, master, 16-bit copy;
+        with ``remote`` only the gradient).
     host_addr : In(range(host_span))
-        ``word << kx_bits | kx`` with ``kx_bits = ceil_log2(kw)``.
+        ``word << kx_bits | kx`` with ``kx_bits = ceil_log2(kw)``. Not with ``remote``.
     host_read, host_write : In(1)
+        Not with ``remote``.
     host_wdata : In(signed(32))
+        Not with ``remote``.
     host_rdata : Out(signed(32))
+        Not with ``remote``.
     host_rvalid : Out(1)
-        One cycle after ``host_read`` (data of the read issued then).
+        One cycle after ``host_read`` (data of the read issued then). Not with ``remote``.
+    grads_out : Out(stream.Signature(signed(16)))
+        Only with ``remote``: the exchange's words to the holder.
+    copies_in : In(stream.Signature(signed(16)))
+        Only with ``remote``: the new copies from the holder.
+
+    Raises
+    ------
+    ValueError
+        If ``remote`` is not a bool, if the masters are misshapen, or with ``remote``
+        if the weight copy is wider than 16 bits.
     """
 
     def __init__(self, *, geometry, wu_rows, fp_rows, bp_rows, numerics, masters, rate_q,
-                 momentum_q, batch_size):
+                 momentum_q, batch_size, remote=False):
+        if not isinstance(remote, bool):
+            raise ValueError(f"remote must be a bool, not {remote!r}")
+        if remote:
+            _check_exchange(numerics)
         g = geometry
         self._g, self._n = g, numerics
         self._fp_rows, self._bp_rows, self._wu_rows = fp_rows, bp_rows, wu_rows
         self._rate_q, self._momentum_q = rate_q, momentum_q
         self._batch_size = batch_size
+        self._remote = remote
         self.engine = WeightGradientEngine(geometry=g, rows=wu_rows, act_fmt=numerics.act,
                                            error_fmt=numerics.error, acc_width=numerics.acc_width)
         self.words_per_channel = gradient_index_count(g)
         self.words = g.cout * self.words_per_channel
         self.kx_bits = ceil_log2(g.kw)
-        self.host_span = self.words << self.kx_bits
+        self.host_span = 0 if remote else self.words << self.kx_bits
 
+        master_words = _master_words(g, masters)
         w, b = masters
-        master_words = []
-        for o in range(g.cout):
-            for i in range(g.cin):
-                for ky in range(g.kh):
-                    master_words.append([int(v) for v in w[o, i, ky]])
-            master_words.append([int(b[o])] + [0] * (g.kw - 1))
-
-        from .numerics import master_to_weight_np
-        from .conv import pack_conv_weights
         wq, _ = master_to_weight_np(w, numerics)
         bq, _ = master_to_weight_np(b, numerics)
         self.fp_weights = memory.Memory(
@@ -330,15 +670,18 @@ class WeightUpdateUnit(wiring.Component):
         else:
             self.bp_weights = None
 
-        self.master = memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
-                                    depth=self.words, init=master_words)
         self.grads = memory.Memory(shape=data.ArrayLayout(signed(numerics.acc_width), g.kw),
                                    depth=self.words, init=[])
-        self.velocity = (memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
-                                       depth=self.words, init=[])
-                         if momentum_q else None)
+        if remote:
+            self.master = self.velocity = None
+        else:
+            self.master = memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
+                                        depth=self.words, init=master_words)
+            self.velocity = (memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
+                                           depth=self.words, init=[])
+                             if momentum_q else None)
 
-        super().__init__({
+        members = {
             "start_sample": In(1),
             "start_update": In(1),
             "start_refresh": In(1),
@@ -346,13 +689,41 @@ class WeightUpdateUnit(wiring.Component):
             "e_rd": self.engine.signature.members["e_rd"],
             "x_rd": self.engine.signature.members["x_rd"],
             "saturations": Out(32),
-            "host_addr": In(range(max(2, self.host_span))),
-            "host_read": In(1),
-            "host_write": In(1),
-            "host_wdata": In(signed(32)),
-            "host_rdata": Out(signed(32)),
-            "host_rvalid": Out(1),
-        })
+        }
+        if remote:
+            members["grads_out"] = Out(stream.Signature(signed(EXCHANGE_WIDTH)))
+            members["copies_in"] = In(stream.Signature(signed(EXCHANGE_WIDTH)))
+        else:
+            members.update(_host_members(self.host_span))
+        super().__init__(members)
+
+    @property
+    def remote(self):
+        return self._remote
+
+    def _write_copies(self, m, position, value, fp_wr, bp_wr):
+        """Write the copy ``value`` of the weight at ``position`` (a :class:`WeightWalk`
+        position) to ``fp_weights`` and, unless a bias, ``bp_weights``."""
+        g = self._g
+        fp_taps = g.cin * g.kh * g.kw + 1
+        fp_tile = position.o // self._fp_rows
+        fp_lane = position.o % self._fp_rows
+        fp_tap = Mux(position.bias, g.cin * g.kh * g.kw,
+                     (position.i * g.kh + position.ky) * g.kw + position.kx)
+        m.d.comb += [fp_wr.addr.eq(fp_tile * fp_taps + fp_tap),
+                     fp_wr.en.eq(1 << fp_lane)]
+        for r in range(self._fp_rows):
+            m.d.comb += fp_wr.data[r].eq(value)
+        if bp_wr is not None:
+            bp_taps = g.cout * g.kh * g.kw
+            bp_tile = position.i // self._bp_rows
+            bp_lane = position.i % self._bp_rows
+            bp_tap = ((position.o * g.kh + (g.kh - 1 - position.ky)) * g.kw
+                      + (g.kw - 1 - position.kx))
+            m.d.comb += [bp_wr.addr.eq(bp_tile * bp_taps + bp_tap),
+                         bp_wr.en.eq(Mux(position.bias, 0, 1 << bp_lane))]
+            for r in range(self._bp_rows):
+                m.d.comb += bp_wr.data[r].eq(value)
 
     def elaborate(self, platform):
         m = Module()
@@ -365,22 +736,12 @@ class WeightUpdateUnit(wiring.Component):
         wiring.connect(m, wiring.flipped(self.e_rd), engine.e_rd)
         wiring.connect(m, wiring.flipped(self.x_rd), engine.x_rd)
 
-        m.submodules.master = master = self.master
         m.submodules.grads = grads = self.grads
-        momentum = self.velocity is not None
-        if momentum:
-            m.submodules.velocity = velocity = self.velocity
         m.submodules.fp_weights = self.fp_weights
         if self.bp_weights is not None:
             m.submodules.bp_weights = self.bp_weights
-
-        master_rd = master.read_port()
-        master_wr = master.write_port(granularity=1)
         grads_rd = grads.read_port()
         grads_wr = grads.write_port(granularity=1)
-        if momentum:
-            velocity_rd = velocity.read_port()
-            velocity_wr = velocity.write_port(granularity=1)
         fp_wr = self.fp_weights.write_port(granularity=1)
         bp_wr = (self.bp_weights.write_port(granularity=1)
                  if self.bp_weights is not None else None)
@@ -398,183 +759,173 @@ class WeightUpdateUnit(wiring.Component):
         with m.If(engine.o.valid & engine.o.ready):
             m.d.sync += [rmw_addr.eq(beat_addr), rmw_sums.eq(engine.o.payload.sums)]
 
-        # ---- the update walk: word counters and the element loop.
+        # ---- the update walk over the gradient sums: one read cycle per word, then its
+        # elements, one per ``element_done``.
+        m.submodules.walk = walk = WeightWalk(g)
+        position = walk.position
         refresh = Signal()          # copies only
-        o = Signal(range(max(2, g.cout)))
-        j = Signal(range(self.words_per_channel))       # i * kh + ky, or the bias
-        i = Signal(range(max(2, g.cin + 1)))
-        ky = Signal(range(max(2, g.kh)))
-        kx = Signal(range(max(2, kw)))
-        word = Signal(range(max(2, self.words)))
-        element_phase = Signal()    # stepping through the elements of the word read
         walking = Signal()
-        is_bias = j == g.cin * g.kh
-
-        # ---- element pipeline, S0..S3; tags travel along.
-        tag = data.StructLayout({"valid": 1, "word": range(max(2, self.words)),
-                                 "kx": range(max(2, kw)), "o": range(max(2, g.cout)),
-                                 "i": range(max(2, g.cin + 1)), "ky": range(max(2, g.kh)),
-                                 "bias": 1})
-        s0, s1, s2, s3 = (Signal(tag, name=f"sgd_tag{k}") for k in range(4))
-        m.d.sync += [
-            s0.valid.eq(element_phase), s0.word.eq(word), s0.kx.eq(kx), s0.o.eq(o),
-            s0.i.eq(i), s0.ky.eq(ky), s0.bias.eq(is_bias),
-            s1.eq(s0), s2.eq(s1), s3.eq(s2),
-        ]
-        pipe_busy = s0.valid | s1.valid | s2.valid | s3.valid
-        with m.If(updating & ~walking & ~element_phase & ~pipe_busy):
-            m.d.sync += updating.eq(0)
-
-        # Read-port address: the update walk, else the RMW beat.
-        m.d.comb += [
-            grads_rd.addr.eq(Mux(updating, word, beat_addr)),
-            master_rd.addr.eq(Mux(updating, word, self.host_addr >> self.kx_bits)),
-        ]
-        if momentum:
-            m.d.comb += velocity_rd.addr.eq(word)
-        hold = element_phase    # keep the word's data while its elements are processed
-        m.d.comb += [grads_rd.en.eq(~hold), master_rd.en.eq(~hold)]
-        if momentum:
-            m.d.comb += velocity_rd.en.eq(~hold)
-
+        element_phase = Signal()    # stepping through the elements of the word read
+        element_done = Signal()
         with m.If(walking & ~element_phase):
-            m.d.sync += [element_phase.eq(1), kx.eq(0)]
-        elements = Mux(is_bias, 1, kw)
-        element_done = element_phase & (kx == elements - 1)
-        with m.If(element_phase):
-            m.d.sync += kx.eq(kx + 1)
-            with m.If(element_done):
-                m.d.sync += [element_phase.eq(0), word.eq(word + 1)]
-                # Advance (o, j, i, ky).
-                with m.If(is_bias):
-                    m.d.sync += [j.eq(0), i.eq(0), ky.eq(0), o.eq(o + 1)]
-                    with m.If(o == g.cout - 1):
-                        m.d.sync += walking.eq(0)
-                with m.Else():
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(ky == g.kh - 1):
-                        m.d.sync += [ky.eq(0), i.eq(i + 1)]
-                    with m.Else():
-                        m.d.sync += ky.eq(ky + 1)
+            m.d.sync += element_phase.eq(1)
+        with m.If(element_done):
+            m.d.comb += walk.next.eq(1)
+            with m.If(walk.word_last):
+                m.d.sync += element_phase.eq(0)
+            with m.If(walk.last):
+                m.d.sync += walking.eq(0)
+
+        # Read-port address: the update walk, else the RMW beat. The read data stays put
+        # while the word's elements are processed.
+        m.d.comb += [grads_rd.addr.eq(Mux(updating, position.word, beat_addr)),
+                     grads_rd.en.eq(~element_phase)]
+        g_raw = _element(m, grads_rd.data, position.kx, kw, n.acc_shape)
 
         start = (self.start_update | self.start_refresh) & ~self.busy
         with m.If(start):
-            m.d.sync += [updating.eq(1), walking.eq(1), refresh.eq(self.start_refresh),
-                         o.eq(0), j.eq(0), i.eq(0), ky.eq(0), kx.eq(0), word.eq(0),
-                         element_phase.eq(0)]
+            m.d.comb += walk.restart.eq(1)
+            m.d.sync += [updating.eq(1), refresh.eq(self.start_refresh), element_phase.eq(0)]
 
-
-        # Element kx of the held words (the read data stays put while element_phase).
-        g_raw = Signal(signed(n.acc_width))
-        m_raw = Signal(n.master.shape)
-        v_raw = Signal(n.master.shape)
-        with m.Switch(kx):
-            for c in range(kw):
-                with m.Case(c):
-                    m.d.comb += [g_raw.eq(grads_rd.data[c]), m_raw.eq(master_rd.data[c])]
-                    if momentum:
-                        m.d.comb += v_raw.eq(velocity_rd.data[c])
-
-        sat_count = Signal(3)
-        # S0: saturate the batch sum to the gradient format.
-        g_sat = Signal(n.grad.shape)
-        g_flag = Signal()
-        m_0 = Signal.like(m_raw)
-        v_0 = Signal.like(v_raw)
-        value, flag = saturate_hw(g_raw, n.grad)
-        m.d.sync += [g_sat.eq(value), g_flag.eq(flag & element_phase & ~refresh),
-                     m_0.eq(m_raw), v_0.eq(v_raw)]
-        # S1: scale by the rate; decay the velocity.
-        delta = Signal(signed(n.grad.width + 18))
-        v_decay = Signal(signed(n.master.width + 18))
-        m_1 = Signal.like(m_raw)
-        m.d.sync += [
-            delta.eq(Mux(refresh, 0, shift_round_hw(g_sat * self._rate_q, n.update_shift))),
-            v_decay.eq(shift_round_hw(v_0 * self._momentum_q, n.rate_frac) if momentum else 0),
-            m_1.eq(m_0),
-        ]
-        g_flag1 = Signal()
-        m.d.sync += g_flag1.eq(g_flag)
-        # S2: the step, through the velocity when there is momentum.
-        step = Signal(signed(n.grad.width + 18))     # unsaturated delta without momentum
-        v_flag = Signal()
-        m_2 = Signal.like(m_raw)
-        g_flag2 = Signal()
-        if momentum:
-            value, flag = saturate_hw(v_decay + delta, n.master)
-            m.d.sync += [step.eq(Mux(refresh, 0, value)), v_flag.eq(flag & ~refresh)]
+        if self._remote:
+            done = self._elaborate_exchange(m, start=start, refresh=refresh, walking=walking,
+                                            element_phase=element_phase,
+                                            element_done=element_done, walk=walk, g_raw=g_raw,
+                                            grads_wr=grads_wr, fp_wr=fp_wr, bp_wr=bp_wr)
+            with m.If(rmw_valid):
+                self._rmw_write(m, grads_wr, grads_rd, rmw_addr, rmw_sums)
         else:
-            m.d.sync += [step.eq(delta), v_flag.eq(0)]
-        m.d.sync += [m_2.eq(m_1), g_flag2.eq(g_flag1)]
-        # S3: the new master and its 16-bit copy.
-        m_new = Signal(n.master.shape)
-        value, m_flag = saturate_hw(m_2 - step, n.master)
-        m.d.sync += m_new.eq(value)
-        w_value, w_sat = requantize_hw(m_new, n.master.frac, n.weight)
-        v_new = Signal(n.master.shape)               # only written with momentum
-        m.d.sync += v_new.eq(step)
-        flags = Signal(4)
-        m.d.sync += flags.eq(Cat(g_flag2, v_flag, m_flag, 0))   # all aligned with s3
-        # s3 is the tag aligned with m_new (after S0, S1, S2 and the S3 register).
-        write = s3.valid
-        m.d.comb += sat_count.eq(Mux(write, flags[0] + flags[1] + flags[2] + w_sat, 0))
-        m.d.sync += self.saturations.eq(self.saturations + sat_count)
-
-        # Write-backs at S3: master, velocity, cleared gradient, and both copies.
-        kx_onehot = Signal(kw)
-        m.d.comb += kx_onehot.eq(1 << s3.kx)
-        with m.If(write):
-            m.d.comb += [
-                master_wr.addr.eq(s3.word),
-                master_wr.en.eq(Mux(refresh, 0, kx_onehot)),
-                grads_wr.addr.eq(s3.word),
-                grads_wr.en.eq(Mux(refresh, 0, kx_onehot)),
-            ]
-            for c in range(kw):
-                m.d.comb += [master_wr.data[c].eq(m_new), grads_wr.data[c].eq(0)]
-            if momentum:
-                m.d.comb += [velocity_wr.addr.eq(s3.word),
-                             velocity_wr.en.eq(Mux(refresh, 0, kx_onehot))]
-                for c in range(kw):
-                    m.d.comb += velocity_wr.data[c].eq(v_new)
-            fp_taps = g.cin * g.kh * g.kw + 1
-            fp_tile = s3.o // self._fp_rows
-            fp_lane = s3.o % self._fp_rows
-            fp_tap = Mux(s3.bias, g.cin * g.kh * g.kw, (s3.i * g.kh + s3.ky) * g.kw + s3.kx)
-            m.d.comb += [fp_wr.addr.eq(fp_tile * fp_taps + fp_tap),
-                         fp_wr.en.eq(1 << fp_lane)]
-            for r in range(self._fp_rows):
-                m.d.comb += fp_wr.data[r].eq(w_value)
-            if bp_wr is not None:
-                bp_taps = g.cout * g.kh * g.kw
-                bp_tile = s3.i // self._bp_rows
-                bp_lane = s3.i % self._bp_rows
-                bp_tap = (s3.o * g.kh + (g.kh - 1 - s3.ky)) * g.kw + (g.kw - 1 - s3.kx)
-                m.d.comb += [bp_wr.addr.eq(bp_tile * bp_taps + bp_tap),
-                             bp_wr.en.eq(Mux(s3.bias, 0, 1 << bp_lane))]
-                for r in range(self._bp_rows):
-                    m.d.comb += bp_wr.data[r].eq(w_value)
-        with m.Elif(rmw_valid):
-            m.d.comb += [grads_wr.addr.eq(rmw_addr), grads_wr.en.eq(-1)]
-            for c in range(kw):
-                m.d.comb += grads_wr.data[c].eq(grads_rd.data[c] + rmw_sums[c])
-        with m.Elif(self.host_write & ~self.busy):
-            m.d.comb += [master_wr.addr.eq(self.host_addr >> self.kx_bits),
-                         master_wr.en.eq(1 << self.host_addr[:max(1, self.kx_bits)]
-                                         if self.kx_bits else 1)]
-            for c in range(kw):
-                m.d.comb += master_wr.data[c].eq(self.host_wdata)
-
-        # Host reads: the master word is addressed from host_addr whenever not updating.
-        host_kx = Signal(range(max(2, kw)))
-        m.d.sync += [self.host_rvalid.eq(self.host_read & ~self.busy),
-                     host_kx.eq(self.host_addr[:self.kx_bits] if self.kx_bits else 0)]
-        with m.Switch(host_kx):
-            for c in range(kw):
-                with m.Case(c):
-                    m.d.comb += self.host_rdata.eq(master_rd.data[c])
+            done = self._elaborate_local(m, start=start, refresh=refresh, walking=walking,
+                                         element_phase=element_phase,
+                                         element_done=element_done, position=position,
+                                         g_raw=g_raw, updating=updating, grads_rd=grads_rd,
+                                         grads_wr=grads_wr, fp_wr=fp_wr, bp_wr=bp_wr,
+                                         rmw_valid=rmw_valid, rmw_addr=rmw_addr,
+                                         rmw_sums=rmw_sums)
+        with m.If(updating & done):
+            m.d.sync += updating.eq(0)
 
         m.d.comb += self.busy.eq(updating | engine.busy | rmw_valid)
         with m.If(self.start_sample & ~self.busy):
             m.d.comb += engine.start.eq(1)
         return m
+
+    def _rmw_write(self, m, grads_wr, grads_rd, rmw_addr, rmw_sums):
+        m.d.comb += [grads_wr.addr.eq(rmw_addr), grads_wr.en.eq(-1)]
+        for c in range(self._g.kw):
+            m.d.comb += grads_wr.data[c].eq(grads_rd.data[c] + rmw_sums[c])
+
+    def _elaborate_local(self, m, *, start, refresh, walking, element_phase, element_done,
+                         position, g_raw, updating, grads_rd, grads_wr, fp_wr, bp_wr,
+                         rmw_valid, rmw_addr, rmw_sums):
+        """The SGD step on this chip; returns the condition that the update is done."""
+        g, n = self._g, self._n
+        kw = g.kw
+        m.submodules.master = master = self.master
+        master_rd = master.read_port()
+        master_wr = master.write_port(granularity=1)
+        momentum = self.velocity is not None
+        if momentum:
+            m.submodules.velocity = velocity = self.velocity
+            velocity_rd = velocity.read_port()
+            velocity_wr = velocity.write_port(granularity=1)
+
+        with m.If(start):
+            m.d.sync += walking.eq(1)
+        m.d.comb += element_done.eq(element_phase)      # one element per cycle
+
+        m.d.comb += [master_rd.addr.eq(Mux(updating, position.word,
+                                           self.host_addr >> self.kx_bits)),
+                     master_rd.en.eq(~element_phase)]
+        if momentum:
+            m.d.comb += [velocity_rd.addr.eq(position.word), velocity_rd.en.eq(~element_phase)]
+
+        m.submodules.sgd = sgd = SgdPipeline(numerics=n, rate_q=self._rate_q,
+                                             momentum_q=self._momentum_q,
+                                             tag_shape=position.shape())
+        m.d.comb += [
+            sgd.i.valid.eq(element_phase),
+            sgd.i.payload.grad.eq(g_raw),
+            sgd.i.payload.master.eq(_element(m, master_rd.data, position.kx, kw,
+                                             n.master.shape)),
+            sgd.i.payload.refresh.eq(refresh),
+            sgd.i.payload.tag.eq(position),
+        ]
+        if momentum:
+            m.d.comb += sgd.i.payload.velocity.eq(_element(m, velocity_rd.data, position.kx,
+                                                           kw, n.master.shape))
+        with m.If(sgd.o.valid):
+            m.d.sync += self.saturations.eq(self.saturations + sgd.o.payload.saturations)
+
+        # Write-backs of each result: master, velocity, cleared gradient, and both copies.
+        result = sgd.o.payload
+        step_en = Mux(result.refresh, 0, 1 << result.tag.kx)
+        with m.If(sgd.o.valid):
+            m.d.comb += [master_wr.addr.eq(result.tag.word), master_wr.en.eq(step_en),
+                         grads_wr.addr.eq(result.tag.word), grads_wr.en.eq(step_en)]
+            for c in range(kw):
+                m.d.comb += [master_wr.data[c].eq(result.master), grads_wr.data[c].eq(0)]
+            if momentum:
+                m.d.comb += [velocity_wr.addr.eq(result.tag.word), velocity_wr.en.eq(step_en)]
+                for c in range(kw):
+                    m.d.comb += velocity_wr.data[c].eq(result.velocity)
+            self._write_copies(m, result.tag, result.weight, fp_wr, bp_wr)
+        with m.Elif(rmw_valid):
+            self._rmw_write(m, grads_wr, grads_rd, rmw_addr, rmw_sums)
+        with m.Elif(self.host_write & ~self.busy):
+            _host_write(m, self, master_wr, kw)
+
+        # Host reads: the master word is addressed from host_addr whenever not updating.
+        _host_read_port(m, self, master_rd, kw, self.busy)
+        return ~walking & ~element_phase & ~sgd.busy
+
+    def _elaborate_exchange(self, m, *, start, refresh, walking, element_phase, element_done,
+                            walk, g_raw, grads_wr, fp_wr, bp_wr):
+        """The exchange with a :class:`WeightHolder`; returns the condition that it is done."""
+        n = self._n
+        parts = gradient_words(n)
+        header = Signal()           # the ExchangeOp word is still to go
+        receiving = Signal()        # copies still to come
+        part = Signal(range(max(2, parts)))
+        with m.If(start):
+            m.d.sync += [walking.eq(~self.start_refresh), header.eq(1), receiving.eq(1),
+                         part.eq(0)]
+
+        # Out: the op, then each weight's saturated sum, least significant word first.
+        g_sat, g_flag = saturate_hw(g_raw, n.grad)
+        g_wide = Signal(signed(EXCHANGE_WIDTH * parts))
+        m.d.comb += g_wide.eq(g_sat)
+        word = Signal(signed(EXCHANGE_WIDTH))
+        with m.Switch(part):
+            for p in range(parts):
+                with m.Case(p):
+                    m.d.comb += word.eq(g_wide[p * EXCHANGE_WIDTH:(p + 1) * EXCHANGE_WIDTH])
+        m.d.comb += [
+            self.grads_out.valid.eq(header | element_phase),
+            self.grads_out.payload.eq(Mux(header, Mux(refresh, ExchangeOp.REFRESH,
+                                                      ExchangeOp.UPDATE), word)),
+        ]
+        with m.If(self.grads_out.valid & self.grads_out.ready):
+            with m.If(header):
+                m.d.sync += header.eq(0)
+            with m.Elif(part == parts - 1):
+                m.d.sync += [part.eq(0), self.saturations.eq(self.saturations + g_flag)]
+                m.d.comb += [element_done.eq(1),
+                             grads_wr.addr.eq(walk.position.word),
+                             grads_wr.en.eq(1 << walk.position.kx)]
+                for c in range(self._g.kw):
+                    m.d.comb += grads_wr.data[c].eq(0)
+            with m.Else():
+                m.d.sync += part.eq(part + 1)
+
+        # In: one copy per weight, written as it arrives.
+        m.submodules.copy_walk = copy_walk = WeightWalk(self._g)
+        m.d.comb += [copy_walk.restart.eq(start), self.copies_in.ready.eq(receiving)]
+        with m.If(self.copies_in.valid & self.copies_in.ready):
+            m.d.comb += copy_walk.next.eq(1)
+            with m.If(copy_walk.last):
+                m.d.sync += receiving.eq(0)
+            self._write_copies(m, copy_walk.position,
+                               self.copies_in.payload[:n.weight.width].as_signed(),
+                               fp_wr, bp_wr)
+        return ~header & ~walking & ~element_phase & ~receiving
