@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..plan.errors import FpdeepError
 from .core import TrainingCore, network_layers
+from .numerics import DEFAULT_NUMERICS as N
 from .host import HostSignature
 from .link.channels import VirtualChannel
 from .link.endpoint import LinkPair
@@ -36,6 +37,11 @@ class Cluster(wiring.Component):
     link_config : LinkConfig, optional
     link_latency : int
         Wire latency of each link, in cycles.
+    held : dict, optional
+        ``{chip: layer}``: chip ``k``'s layer whose masters and velocities chip
+        ``k + 1`` holds (weight balancing). Once per mini-batch the owner sends its
+        gradient sums down on the WGT channel, the holder steps SGD and sends the new
+        16-bit copies back; the host reaches those masters on the holder.
     engines : dict or list of dict, optional
         ``{layer: EngineSizes}`` for every chip, or one such dict per chip.
     slots : int or list of int
@@ -59,7 +65,7 @@ class Cluster(wiring.Component):
     """
 
     def __init__(self, network, *, splits, link_config=None, link_latency=4, slots=2,
-                 engines=None, **core_args):
+                 engines=None, held=(), **core_args):
         specs = network_layers(network)
         if not splits:
             raise FpdeepError("a cluster needs at least one chip")
@@ -92,12 +98,34 @@ class Cluster(wiring.Component):
                    [engines] * len(splits))
         if len(engines) != len(splits):
             raise FpdeepError(f"{len(engines)} engine sizings given for {len(splits)} chips")
+        # Weight balancing: chip k's layer whose masters chip k + 1 holds.
+        self.held = dict(held)
+        for owner, layer in self.held.items():
+            first, stop, _ = chips[owner] if 0 <= owner < len(chips) else (0, 0, None)
+            if owner + 1 >= len(chips) or layer not in [s.name for s in specs[first:stop]]:
+                raise FpdeepError(f"held weights: chip {owner} has no layer {layer!r} and a "
+                                  f"chip behind it to hold its masters")
+        if self.held and core_args.get("masters") is None:
+            from ..sim.reference import init_masters
+            core_args["masters"] = init_masters(network, core_args.get("numerics", N),
+                                                core_args.get("seed", 0))
         self.chips = []
-        for (first, stop, channels), depth, sizes in zip(chips, slots, engines):
+        hold = None
+        for k, ((first, stop, channels), depth, sizes) in enumerate(zip(chips, slots,
+                                                                      engines)):
             names = {spec.name for spec in specs[first:stop]}
             sizes = {name: size for name, size in (sizes or {}).items() if name in names}
-            self.chips.append(TrainingCore(network, layers=(first, stop), channels=channels,
-                                           slots=depth, engines=sizes, **core_args))
+            remote = (self.held[k],) if k in self.held else ()
+            chip = TrainingCore(network, layers=(first, stop), channels=channels, slots=depth,
+                                engines=sizes, remote=remote, hold=hold, **core_args)
+            self.chips.append(chip)
+            hold = None
+            if remote:
+                spec = next(s for s in chip.specs if s.name == remote[0])
+                w, b = core_args["masters"][spec.name]
+                lo, hi = (chip.lo, chip.hi) if chip.split else (0, spec.geometry.cout)
+                hold = dict(layer=spec.name, lo=lo, hi=hi, geometry=spec.geometry,
+                            masters=(w[lo:hi], b[lo:hi]))
         self.links = [LinkPair(self.link_config, latency=link_latency)
                       for _ in range(len(splits) - 1)]
         super().__init__({
@@ -117,10 +145,15 @@ class Cluster(wiring.Component):
         base = 0
         for chip in self.chips:
             names = [spec.name for spec in chip.specs]
-            if layer in names and not chip.split:
-                return base + chip.weight_address(layer, o, i, ky, kx)
-            if layer in names and chip.lo <= o < chip.hi:
-                return base + chip.weight_address(layer, o - chip.lo, i, ky, kx)
+            if chip.held is not None and chip.held[0] == layer and \
+                    chip.held[1] <= o < chip.held[2]:
+                return base + chip.weight_address(layer, o - chip.held[1], i, ky, kx,
+                                                  held=True)
+            if layer in names and layer != chip.remote_layer:   # (else held behind)
+                if not chip.split:
+                    return base + chip.weight_address(layer, o, i, ky, kx)
+                if chip.lo <= o < chip.hi:
+                    return base + chip.weight_address(layer, o - chip.lo, i, ky, kx)
             base += chip.weight_space
         raise FpdeepError(f"no chip holds output channel {o} of layer {layer!r}")
 
@@ -138,9 +171,15 @@ class Cluster(wiring.Component):
             _join(m, link.b_o[act], down.host.sample)    # ... into the next chip's loader
             _join(m, down.err_out, link.b_i[err])        # errors up ...
             _join(m, link.a_o[err], up.err_in)
-            vc = VirtualChannel.WGT
-            m.d.comb += [link.a_i[vc].valid.eq(0), link.b_i[vc].valid.eq(0),
-                         link.a_o[vc].ready.eq(1), link.b_o[vc].ready.eq(1)]
+            wgt = VirtualChannel.WGT
+            if k in self.held:
+                _join(m, up.wgt_out, link.a_i[wgt])         # gradient sums down ...
+                _join(m, link.b_o[wgt], down.held_in)       # ... to the holder
+                _join(m, down.held_out, link.b_i[wgt])      # new copies up ...
+                _join(m, link.a_o[wgt], up.wgt_in)          # ... to the owner
+            else:
+                m.d.comb += [link.a_i[wgt].valid.eq(0), link.b_i[wgt].valid.eq(0),
+                             link.a_o[wgt].ready.eq(1), link.b_o[wgt].ready.eq(1)]
 
         for k, link in enumerate(self.links):
             ends = {"down": link.a_i, "up": link.b_i}
@@ -161,6 +200,8 @@ class Cluster(wiring.Component):
                                         has_prev=k > 0)
             m.submodules[f"weights{k}"] = router
             connect_weight_port(m, router.local, chip.host)
+            if k < len(self.chips) - 1:
+                m.d.comb += chip.refresh_request.eq(router.wrote_beyond)
             routers.append(router)
             base += chip.weight_space
         for k, link in enumerate(self.links):

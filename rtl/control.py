@@ -207,6 +207,9 @@ class WeightAccessRouter(wiring.Component):
         With ``has_prev``: request words from the previous chip's ``down_o``.
     up_o : Out(stream.Signature(16))
         With ``has_prev``: response words to the previous chip's ``down_i``.
+    wrote_beyond : Out(1)
+        With ``has_next``: pulses as a write to a chip further down is passed on (a
+        chip whose weights a neighbour behind it holds refreshes its copies then).
     down_o : Out(stream.Signature(16))
         With ``has_next``: request words to the next chip's ``up_i``.
     down_i : In(stream.Signature(16))
@@ -255,7 +258,7 @@ class WeightAccessRouter(wiring.Component):
         else:
             members.update(host=Out(WeightPortSignature()), full=Out(1))
         if has_next:
-            members.update(down_o=Out(words), down_i=In(words))
+            members.update(down_o=Out(words), down_i=In(words), wrote_beyond=Out(1))
         super().__init__(members)
 
     @property
@@ -338,6 +341,7 @@ class WeightAccessRouter(wiring.Component):
                         m.next = "LOCAL_WAIT"
                 with m.Else():
                     if self._has_next:
+                        m.d.comb += self.wrote_beyond.eq(is_write)
                         m.next = "SEND"
                     else:
                         # Beyond the last chip: reads as zero, writes are ignored.

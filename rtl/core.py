@@ -16,6 +16,7 @@ from .loss import LossUnit
 from .numerics import DEFAULT_NUMERICS, saturating_add_hw
 from .partial import PartialSum
 from .rowlink import WORD, MapReceiver, MapSender, RowDeserializer, RowSerializer
+from .weight_holder import WeightHolder
 from .weight_update import WeightUpdateUnit
 
 __all__ = ["LayerSpec", "EngineSizes", "TrainingCore", "network_layers"]
@@ -171,7 +172,7 @@ class TrainingCore(wiring.Component):
 
     def __init__(self, network, *, masters=None, numerics=DEFAULT_NUMERICS, batch_size=8,
                  lr=0.02, momentum=0.9, engines=None, seed=0, layers=None, channels=None,
-                 slots=2):
+                 slots=2, remote=(), hold=None):
         self.network, self.numerics = network, numerics
         if not isinstance(slots, int) or slots < 1:
             raise FpdeepError(f"feature-memory slots must be a positive int, not {slots!r}")
@@ -186,6 +187,8 @@ class TrainingCore(wiring.Component):
             raise FpdeepError(f"layers {layers!r} is not a range of the {len(all_specs)} "
                               f"weighted layers of network {network.name!r}")
         self.first_layer, self.stop_layer = first, stop
+        #: ``(layer, output channels)`` of every weighted layer of the network.
+        self.network_layer_channels = [(s.name, s.geometry.cout) for s in all_specs]
         self.is_last = stop == len(all_specs)
         self.specs = all_specs[first:stop]
         # A slice of output channels [lo, hi) of a layer split across chips: the
@@ -239,13 +242,35 @@ class TrainingCore(wiring.Component):
             self.units.append(WeightUpdateUnit(
                 geometry=spec.geometry, wu_rows=size.wu, fp_rows=size.fp,
                 bp_rows=size.bp if self.has_bp(index) else None, numerics=n,
-                masters=(weights, biases),
+                masters=(weights, biases), remote=spec.name in remote,
                 rate_q=self.rate_q, momentum_q=self.momentum_q, batch_size=batch_size))
+        # Weight balancing: a neighbour may hold the masters (and velocities) of one of
+        # this chip's layers, and run its SGD step: gradient sums go out on the link's
+        # WGT channel once per mini-batch, the new 16-bit copies come back.
+        remote = tuple(remote)
+        unknown = sorted(set(remote) - {spec.name for spec in self.specs})
+        if unknown or len(remote) > 1:
+            raise FpdeepError(f"remote weights {list(remote)!r}: a chip can have the masters "
+                              f"of one of its own layers ({[s.name for s in self.specs]}) held "
+                              f"by a neighbour")
+        self.remote_layer = remote[0] if remote else None
+        #: ``(layer, lo, hi)``: the neighbour's layer (channels) whose masters this chip holds.
+        self.held = None
+        self.holder = None
+        if hold is not None:
+            self.held = (hold["layer"], hold["lo"], hold["hi"])
+            self.held_geometry = hold["geometry"]
+            self.holder = WeightHolder(geometry=hold["geometry"], numerics=n,
+                                       masters=hold["masters"], rate_q=self.rate_q,
+                                       momentum_q=self.momentum_q, batch_size=batch_size)
         self.bases = []
         base = 0
         for unit in self.units:
             self.bases.append(base)
             base += unit.host_span
+        self.holder_base = base
+        if self.holder is not None:
+            base += self.holder.host_span
         self.weight_space = base
         if base > 1 << 20:
             raise FpdeepError(f"{base} weight addresses exceed the host's 20-bit space")
@@ -267,6 +292,14 @@ class TrainingCore(wiring.Component):
             members["err_in"] = In(stream.Signature(WORD))
         if first > 0 or lo > 0:
             members["err_out"] = Out(stream.Signature(WORD))
+        if self.remote_layer is not None:
+            members["wgt_out"] = Out(stream.Signature(WORD))      # gradient sums, per batch
+            members["wgt_in"] = In(stream.Signature(WORD))        # the new 16-bit copies
+        if self.holder is not None:
+            members["held_in"] = In(stream.Signature(WORD))
+            members["held_out"] = Out(stream.Signature(WORD))
+        # A write to weights beyond this chip passed by: a neighbour may hold ours.
+        members["refresh_request"] = In(1)
         super().__init__(members)
 
     def _route_errors(self, m, source, own, passed_up, gate=C(1)):
@@ -290,13 +323,23 @@ class TrainingCore(wiring.Component):
         """Whether local layer ``index`` back-propagates (every layer but the network's first)."""
         return self.first_layer + index > 0
 
-    def weight_address(self, layer, o, i=None, ky=0, kx=0):
-        """Host address of weight ``(o, i, ky, kx)`` of ``layer``, or of bias ``o`` if ``i`` is None."""
-        index = [s.name for s in self.specs].index(layer)
-        g, unit = self.specs[index].geometry, self.units[index]
+    def weight_address(self, layer, o, i=None, ky=0, kx=0, *, held=False):
+        """Host address of weight ``(o, i, ky, kx)`` of ``layer``, or of bias ``o`` if ``i`` is None.
+
+        With ``held``, of the neighbour's ``layer`` held here (``o`` counted from its ``lo``).
+        """
+        if held:
+            if self.held is None or layer != self.held[0]:
+                raise FpdeepError(f"this chip holds no masters of layer {layer!r}")
+            store, base, g = self.holder, self.holder_base, self.held_geometry
+        else:
+            index = [s.name for s in self.specs].index(layer)
+            store, base, g = self.units[index], self.bases[index], self.specs[index].geometry
+            if store.host_span == 0:
+                raise FpdeepError(f"layer {layer!r}: its masters are held by a neighbour")
         row = g.cin * g.kh if i is None else i * g.kh + ky
-        word = o * unit.words_per_channel + row
-        return self.bases[index] + (word << unit.kx_bits) + (0 if i is None else kx)
+        word = o * store.words_per_channel + row
+        return base + (word << store.kx_bits) + (0 if i is None else kx)
 
     def engine_array_shapes(self):
         """``{engine name: (rows, cols)}``: the PEs of each engine."""
@@ -607,27 +650,40 @@ class TrainingCore(wiring.Component):
                     m.d.comb += sample_wr.data[w0 - 1].eq(host.sample.payload)
                     m.d.sync += pixel_row.eq(pixel_row + 1)
 
-        # ---- host weight access, routed by address to the layers' update units.
-        host_layer = Signal(range(max(2, count)))
-        for index, unit in enumerate(self.units):
-            base, span = self.bases[index], unit.host_span
-            selected = (host.weight_addr >= base) & (host.weight_addr < base + span)
+        # ---- host weight access, routed by address to the masters' stores: the
+        # layers' update units, and the neighbour's layer this chip holds.
+        stores = [(unit, base) for unit, base in zip(self.units, self.bases)
+                  if unit.host_span]
+        if self.holder is not None:
+            m.submodules.held_weights = self.holder
+            stores.append((self.holder, self.holder_base))
+            wiring.connect(m, wiring.flipped(self.held_in), self.holder.grads_in)
+            wiring.connect(m, self.holder.copies_out, wiring.flipped(self.held_out))
+        host_store = Signal(range(max(2, len(stores))))
+        for index, (store, base) in enumerate(stores):
+            selected = (host.weight_addr >= base) & (host.weight_addr < base + store.host_span)
             m.d.comb += [
-                unit.host_addr.eq(host.weight_addr - base),
-                unit.host_read.eq(host.weight_read & selected),
-                unit.host_write.eq(host.weight_write & selected),
-                unit.host_wdata.eq(host.weight_wdata),
+                store.host_addr.eq(host.weight_addr - base),
+                store.host_read.eq(host.weight_read & selected),
+                store.host_write.eq(host.weight_write & selected),
+                store.host_wdata.eq(host.weight_wdata),
             ]
             with m.If(host.weight_read & selected):
-                m.d.sync += host_layer.eq(index)
-        with m.Switch(host_layer):
-            for index, unit in enumerate(self.units):
+                m.d.sync += host_store.eq(index)
+        with m.Switch(host_store):
+            for index, (store, _) in enumerate(stores):
                 with m.Case(index):
-                    m.d.comb += [host.weight_rdata.eq(unit.host_rdata),
-                                 host.weight_rvalid.eq(unit.host_rvalid)]
+                    m.d.comb += [host.weight_rdata.eq(store.host_rdata),
+                                 host.weight_rvalid.eq(store.host_rvalid)]
         m.d.comb += host.weight_count.eq(self.weight_space)
-        dirty = Signal()        # the host wrote masters; the 16-bit copies need a refresh
-        with m.If(host.weight_write):
+        for unit, spec in zip(self.units, specs):
+            if spec.name == self.remote_layer:
+                wiring.connect(m, unit.grads_out, wiring.flipped(self.wgt_out))
+                wiring.connect(m, wiring.flipped(self.wgt_in), unit.copies_in)
+        # The host wrote masters (here, or beyond: the neighbour holding ours may have
+        # been written); the 16-bit copies need a refresh before the next sample.
+        dirty = Signal()
+        with m.If(host.weight_write | (self.refresh_request if self.remote_layer else 0)):
             m.d.sync += dirty.eq(1)
 
         # ---- the sequencers: a forward path (load, FP, send) and a backward path
@@ -834,6 +890,8 @@ class TrainingCore(wiring.Component):
             with m.If(err_source.o.valid & err_source.o.ready):
                 m.d.sync += err_rows.eq(err_rows + 1)
         wu_sats = sum(unit.saturations for unit in self.units)
+        if self.holder is not None:
+            wu_sats = wu_sats + self.holder.saturations
         # Register each engine's events before adding them up: the requantizers' flags
         # are at the end of the longest combinational path in the chip.
         engine_sats = Signal(32)

@@ -278,23 +278,28 @@ def read_masters(ctx, core, into=None):
     layer's arrays in ``into`` (made full size on first sight).
     """
     masters = {} if into is None else into
-    for spec, unit in zip(core.specs, core.units):
-        g = spec.geometry
+    stores = [(spec.name, spec.geometry, unit, core.lo, core.hi, core.split)
+              for spec, unit in zip(core.specs, core.units) if unit.master is not None]
+    if core.holder is not None:         # a neighbour's masters, held here
+        layer, lo, hi = core.held
+        stores.append((layer, core.held_geometry, core.holder, lo, hi, True))
+    for name, g, store, lo, hi, partial in stores:
         w = np.zeros((g.cout, g.cin, g.kh, g.kw), dtype=np.int64)
         b = np.zeros(g.cout, dtype=np.int64)
         for o in range(g.cout):
-            base = o * unit.words_per_channel
+            base = o * store.words_per_channel
             for i in range(g.cin):
                 for ky in range(g.kh):
-                    w[o, i, ky] = list(ctx.get(unit.master.data[base + i * g.kh + ky]))
-            b[o] = ctx.get(unit.master.data[base + g.cin * g.kh])[0]
-        if not core.split:
-            masters[spec.name] = (w, b)
+                    w[o, i, ky] = list(ctx.get(store.master.data[base + i * g.kh + ky]))
+            b[o] = ctx.get(store.master.data[base + g.cin * g.kh])[0]
+        if not partial:
+            masters[name] = (w, b)
             continue
-        full = masters.setdefault(spec.name, (
-            np.zeros((core.layer_channels,) + w.shape[1:], dtype=np.int64),
-            np.zeros(core.layer_channels, dtype=np.int64)))
-        full[0][core.lo:core.hi], full[1][core.lo:core.hi] = w, b
+        channels = dict(core.network_layer_channels)[name]
+        full = masters.setdefault(name, (
+            np.zeros((channels,) + w.shape[1:], dtype=np.int64),
+            np.zeros(channels, dtype=np.int64)))
+        full[0][lo:hi], full[1][lo:hi] = w, b
     return masters
 
 

@@ -12,7 +12,7 @@ from fpdeep.sim.reference import Reference, init_masters
 
 
 def train_cluster(network, splits, samples, labels, *, batch_size, lr=0.05, seed=0,
-                  error_rng=None, ber=0.0, slots=2, host_reads=0):
+                  error_rng=None, ber=0.0, slots=2, host_reads=0, held=()):
     """Train a cluster on samples sent back to back; assert it equals the reference.
 
     With ``host_reads``, also read that many weights (spread over every chip) and
@@ -20,7 +20,7 @@ def train_cluster(network, splits, samples, labels, *, batch_size, lr=0.05, seed
     """
     masters = init_masters(network, N, seed)
     cluster = Cluster(network, splits=splits, masters=masters, batch_size=batch_size, lr=lr,
-                      momentum=0.9, slots=slots)
+                      momentum=0.9, slots=slots, held=dict(held))
     reference = Reference(network, mode="int", masters=masters, batch_size=batch_size, lr=lr,
                           momentum=0.9)
     for start in range(0, len(labels), batch_size):
@@ -127,6 +127,22 @@ def test_digits_is_bit_exact_on_1_2_and_4_chips(splits):
                                         slots=3, host_reads=12)
     # The chips ran ahead as far as the feature memories let them, and no further.
     assert max(slots_peak) == 3 and all(1 <= peak <= 3 for peak in slots_peak)
+
+
+@pytest.mark.parametrize("splits, held", [
+    ([(0, 1), (1, 2)], {0: "conv1"}),
+    ([(0, 1, (0, 2)), (0, 1, (2, 4)), (1, 2, (0, 5)), (1, 2, (5, 10))], {2: "fc1"}),
+], ids=["conv1 held by chip 1", "fc1[0:5] held by chip 3"])
+def test_weights_held_by_the_next_chip(splits, held):
+    """A chip's masters and velocities live on its neighbour, which steps SGD on the
+    gradient sums it receives once per batch; the host reads and writes them there."""
+    floats, labels = digits_samples(8, seed=4)
+    samples = [N.act.from_float(x) for x in floats]
+    cluster, _ = train_cluster(digits_cnn(), splits, samples, labels, batch_size=4, slots=3,
+                               host_reads=12, held=held)
+    owner = next(iter(held))
+    assert cluster.chips[owner].units[0].master is None       # not stored on the owner
+    assert cluster.chips[owner + 1].holder is not None
 
 
 def test_three_chips_with_conv_backprop_over_links_and_bit_errors():

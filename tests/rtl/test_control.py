@@ -473,9 +473,9 @@ def test_signature_members():
     last = WeightAccessRouter(base=6, local_count=4, total_count=10,
                               has_next=False, has_prev=True)
     assert set(first.signature.members) == {"local", "pending", "host", "full",
-                                            "down_o", "down_i"}
+                                            "down_o", "down_i", "wrote_beyond"}
     assert set(middle.signature.members) == {"local", "pending", "up_i", "up_o",
-                                             "down_o", "down_i"}
+                                             "down_o", "down_i", "wrote_beyond"}
     assert set(last.signature.members) == {"local", "pending", "up_i", "up_o"}
     names = set(WeightPortSignature().members)
     for port, flow in ((first.local, In), (first.host, Out), (last.local, In)):
