@@ -1,8 +1,9 @@
 """The elaborator: a gateware Plan (``fpdeep plan --target gateware``) to chips.
 
 The plan says, per chip, which layers or which output channels of one layer it
-trains, how many rows each of its FP, BP and WU engines has, and how many
-samples its feature memories hold. :func:`chain_from_plan` reads exactly that,
+trains, how many rows each of its FP, BP and WU engines has, how many samples
+its feature memories hold, and whose weights it stores (``weights.stored_at``:
+a layer's masters on the next chip, see :class:`~fpdeep.rtl.cluster.Cluster`). :func:`chain_from_plan` reads exactly that,
 without re-deriving any of it, into the arguments of
 :class:`~fpdeep.rtl.cluster.Cluster` (or of one
 :class:`~fpdeep.rtl.core.TrainingCore`); :func:`build_from_plan` builds it.
@@ -26,6 +27,8 @@ class ChainLayout:
     engines: list
     #: Per chip, feature-memory slots (samples FP may run ahead of BP/WU).
     slots: list
+    #: ``{chip: layer}``: the layer whose masters the next chip holds.
+    held: dict
 
 
 def chain_from_plan(plan, network):
@@ -39,7 +42,7 @@ def chain_from_plan(plan, network):
     """
     plan.check_network(network)
     names = [spec.name for spec in network_layers(network)]
-    splits, engines, slots = [], [], []
+    splits, engines, slots, held = [], [], [], {}
     for index, (chip, slices) in enumerate(zip(plan.chips, plan.gateware_slices())):
         if not slices:
             raise FpdeepError(f"plan: chip {index} holds no layer")
@@ -55,7 +58,14 @@ def chain_from_plan(plan, network):
         engines.append({layer: EngineSizes(fp=rows["fp"], bp=rows["bp"], wu=rows["wu"])
                         for layer, _, rows in slices})
         slots.append(_feature_slots(chip, index))
-    return ChainLayout(splits, engines, slots)
+        for place in (chip.get("weights") or {}).get("stored_at", []):
+            if not isinstance(place, dict) or place.get("chip") != index + 1 or \
+                    place.get("layer") not in [layer for layer, _, _ in slices] or \
+                    index in held:
+                raise FpdeepError(f"plan: chip {index}: weights stored at {place!r}: the "
+                                  f"gateware stores one of a chip's layers on the next chip")
+            held[index] = place["layer"]
+    return ChainLayout(splits, engines, slots, held)
 
 
 def _feature_slots(chip, index):
@@ -79,4 +89,4 @@ def build_from_plan(plan, network, **core_args):
         return TrainingCore(network, engines=layout.engines[0], slots=layout.slots[0],
                             **core_args)
     return Cluster(network, splits=layout.splits, engines=layout.engines, slots=layout.slots,
-                   **core_args)
+                   held=layout.held, **core_args)

@@ -85,7 +85,7 @@ def run(args):
         floats, labels = floats[order], labels[order]
     run = CoreRun(network, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   seed=args.seed, splits=layout.splits, engines=layout.engines,
-                  slots=layout.slots)
+                  slots=layout.slots, held=layout.held)
     reference = run.reference()
     samples = [reference.quantize_input(x) for x in floats]
     simulator = "Verilator" if args.backend == "verilator" else "Amaranth simulator"
@@ -96,7 +96,9 @@ def run(args):
                          for spec in chip.specs)
         rows = ", ".join(f"{name} {rows}x{cols}"
                          for name, (rows, cols) in chip.engine_array_shapes().items())
-        print(f"  chip {k}: {held}; engines {rows}; {chip.slots} feature slots")
+        extra = (f"; masters of {chip.remote_layer} held by chip {k + 1}"
+                 if chip.remote_layer else "")
+        print(f"  chip {k}: {held}; engines {rows}; {chip.slots} feature slots{extra}")
     if args.backend == "verilator" and args.vcd:
         raise FpdeepError("--vcd needs --backend pysim: the Verilator backend does not write "
                           "waveforms yet")

@@ -103,14 +103,14 @@ class CoreRun:
     """
 
     def __init__(self, network, *, batch_size=8, lr=0.02, momentum=0.9, seed=0, engines=None,
-                 numerics=DEFAULT_NUMERICS, splits=None, slots=2):
+                 numerics=DEFAULT_NUMERICS, splits=None, slots=2, held=None):
         self.network, self.numerics = network, numerics
         self.batch_size, self.lr, self.momentum = batch_size, lr, momentum
         self.masters = init_masters(network, numerics, seed)
         args = dict(masters=self.masters, numerics=numerics, batch_size=batch_size, lr=lr,
                     momentum=momentum, engines=engines, slots=slots)
         if splits is not None and len(splits) > 1:
-            self.top = Cluster(network, splits=splits, **args)
+            self.top = Cluster(network, splits=splits, held=held or {}, **args)
             self.chips = self.top.chips
         else:
             # One chip: per-chip lists (as a plan gives them) have one entry.

@@ -71,3 +71,15 @@ def test_refuses_a_damaged_plan_in_one_line(damage, message):
 def test_single_chip_plan_builds_a_core():
     network, plan = gateware_plan(1)
     assert isinstance(build_from_plan(plan, network), TrainingCore)
+
+
+def test_weights_stored_at_the_next_chip_are_held_there():
+    network, plan = gateware_plan(2)
+    data = copy.deepcopy(plan.data)
+    data["chips"][0]["weights"]["stored_at"] = [{"chip": 1, "layer": "conv1", "count": 40}]
+    top = build_from_plan(Plan(data), network, batch_size=8)
+    assert top.held == {0: "conv1"}
+    assert top.chips[0].remote_layer == "conv1" and top.chips[1].held[0] == "conv1"
+    data["chips"][1]["weights"]["stored_at"] = [{"chip": 0, "layer": "fc1", "count": 650}]
+    with pytest.raises(FpdeepError, match="chip 1: weights stored at"):
+        chain_from_plan(Plan(data), network)
