@@ -34,9 +34,11 @@ layer's BP are ``3w + 2``); then from the last local layer to the first, BP
 (busy + overhead) with the layer's WU engine started alongside; then wait for
 every WU engine. Per mini-batch of B samples, an SGD walk over every local weight.
 
-Forward of sample ``s + 1`` overlaps backward of ``s``: the feature memories hold
-``slots`` samples and forward waits while ``slots`` samples are forwarded but not
-yet backed. The first forward of batch ``b + 1`` waits for batch ``b``'s SGD step.
+Forward of sample ``s + 1`` overlaps backward of ``s``: a chip's feature memories
+hold its own number of samples, its *slots* (``Cluster(slots=[...])``), and its
+forward waits while ``slots`` samples are forwarded but not yet backed. The first
+forward of batch ``b + 1`` waits for batch ``b``'s SGD step, so more than ``B``
+slots never help.
 
 The model
 ---------
@@ -61,8 +63,15 @@ Planning
 --------
 :func:`plan_chips` costs every way of grouping the layers into chips, choosing each
 chip's engine rows (:func:`choose_rows`) by a quick estimate of its forward and
-backward paths (:func:`_estimate`), simulates the best few chains, moves the channel
-boundaries of split layers while the simulation improves, and keeps the fastest.
+backward paths (:func:`_estimate`), simulates the best few chains, each with its
+feature slots sized by :func:`choose_slots`, moves the channel boundaries of split
+layers while the simulation improves, and keeps the fastest.
+
+The slots hold the activations that WU needs for as long as the round trip to the
+end of the chain and back takes; a chip near the end needs fewer than chip 0.
+:func:`choose_slots` gives each chip the fewest slots that keep the chain within
+:data:`SLOT_TOLERANCE` of its speed with unlimited slots, within the chip's memory
+(:func:`memory_bits` counts them, :func:`max_slots` is the most that fit).
 """
 
 import functools
@@ -76,8 +85,9 @@ from .network import Conv2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy
 __all__ = ["GatewareTiming", "TIMING", "Geometry", "GatewareLayer", "gateware_layers",
            "EngineRun", "array_run", "fp_tiles", "wu_tiles", "fp_run", "bp_run", "wu_run",
            "loss_cycles", "loss_emit_cycle", "sgd_cycles", "map_sender_cycles",
-           "LinkDirection", "SliceSpec", "ChipSpec", "simulate", "memory_bits", "choose_rows",
-           "plan_chips", "limit", "max_chips"]
+           "LinkDirection", "SliceSpec", "ChipSpec", "DEFAULT_SLOTS", "simulate",
+           "feature_bits", "memory_bits", "max_slots", "choose_slots", "SLOT_TOLERANCE",
+           "choose_rows", "plan_chips", "limit", "max_chips"]
 
 
 @dataclass(frozen=True)
@@ -168,8 +178,6 @@ class GatewareTiming:
         replay_slots, rx_depth
             Frames awaiting ACK (go-back-N window) and credits per virtual channel.
     Chip
-        slots
-            Feature-memory slots (``TrainingCore(slots=2)``).
         reserved_multipliers_per_layer, reserved_multipliers_loss
             Multipliers outside the engines (SGD scaling, address arithmetic, the
             loss). From the ULX3S builds of the digits core: 123 used for 110 PEs,
@@ -205,7 +213,6 @@ class GatewareTiming:
     credit_delay: int = 7
     replay_slots: int = 8
     rx_depth: int = 64
-    slots: int = 2
     reserved_multipliers_per_layer: int = 9
     reserved_multipliers_loss: int = 2
 
@@ -678,15 +685,24 @@ class SliceSpec:
         return shapes
 
 
+#: Feature-memory slots of a chip nobody sized (``TrainingCore(slots=2)``).
+DEFAULT_SLOTS = 2
+
+
 @dataclass
 class ChipSpec:
-    """One chip: whole layers (``parts == 1``), or slice ``part`` of ``parts`` of a layer."""
+    """One chip: whole layers (``parts == 1``), or slice ``part`` of ``parts`` of a layer.
+
+    ``slots`` is the depth of its feature memories: how many samples its forward path
+    may run ahead of its backward path (:func:`choose_slots` sizes it).
+    """
     index: int
     slices: list
     part: int = 0
     parts: int = 1
     #: ``(forward, backward)`` cycles per sample by :func:`_estimate`, once planned.
     estimate: tuple = None
+    slots: int = DEFAULT_SLOTS
 
     @property
     def split(self):
@@ -836,7 +852,7 @@ def _chip_runs(chip, layers, *, chain_last, timing):
 # ---------------------------------------------------------------------------------------
 # The chain.
 
-def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
+def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING):
     """Run the chain's schedule over ``batches`` mini-batches and return its figures.
 
     Samples are walked in order: the forward path of sample ``s`` on every chip,
@@ -852,6 +868,8 @@ def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
     batches : int
         At least 3; the steady state is measured between the end of the SGD steps
         of the second and of the last batch.
+    slots : list of int, optional
+        Feature-memory slots per chip; by default each chip's ``slots``.
 
     Returns
     -------
@@ -862,17 +880,29 @@ def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
         batch ``k``'s SGD step on every chip), ``perf_cycles`` (per ``k``, the
         largest ``perf_cycles`` counter of a chip after ``k`` batches from a cold
         start: a chip counts from its first word; ``fpdeep sim`` reports it over
-        the samples), and per chip in ``chips``:
+        the samples), ``slots`` (per chip, as simulated), and per chip in ``chips``:
         ``cycles_per_sample``, ``engines`` (busy cycles, steps and busy fraction per
         sample), ``phases_per_sample`` (cycles per sample each sequencer spends
-        per phase), ``feature_slots_peak`` (as ``perf_slots_peak``: the most
-        samples forwarded and not yet backed), ``slots_in_use_max`` (counting the
-        sample being loaded), ``link_down`` / ``link_up`` (on the link to the next
-        chip: payload words, frames and wire symbols per sample).
+        per phase), ``feature_slots`` (the depth simulated),
+        ``feature_slots_peak`` (as ``perf_slots_peak``: the most samples forwarded
+        and not yet backed), ``slots_in_use_max`` (counting the sample being
+        loaded), ``slot_wait_per_sample`` (cycles per sample its forward path could
+        have loaded, the sample offered, but waited for a free slot),
+        ``latency_cycles`` (its first sample, first word to backward done), ``link_down``
+        / ``link_up`` (on the link to the next chip: payload words, frames and wire
+        symbols per sample).
+
+    Raises
+    ------
+    ValueError
+        If ``batches`` is below 3, or ``slots`` does not give every chip at least one.
     """
     if batches < 3:
         raise ValueError("simulate needs at least 3 batches")
     n = len(chips)
+    slots = [chip.slots for chip in chips] if slots is None else list(slots)
+    if len(slots) != n or not all(isinstance(k, int) and k >= 1 for k in slots):
+        raise ValueError(f"slots must be a positive int per chip ({n}), not {slots!r}")
     msgs = [_messages(chip, layers, chain_first=c == 0, chain_last=c == n - 1, timing=timing)
             for c, chip in enumerate(chips)]
     runs = [_chip_runs(chip, layers, chain_last=c == n - 1, timing=timing)
@@ -881,7 +911,7 @@ def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
     down = [LinkDirection(timing) for _ in range(n - 1)]   # chip c -> c + 1: activations
     up = [LinkDirection(timing) for _ in range(n - 1)]     # chip c + 1 -> c: errors
     samples = batches * batch_size
-    slots, ox = timing.slots, timing.engine_overhead
+    ox = timing.engine_overhead
 
     first_word = [0] * n               # the cycle each chip takes its first word
     fwd_free = [0] * n                 # first cycle the forward path may load
@@ -890,6 +920,8 @@ def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
     fdone = [[0] * samples for _ in range(n)]
     bdone = [[0] * samples for _ in range(n)]
     sgd_done = [[] for _ in range(n)]
+    unblocked = [0] * n                # when each chip could load but for its slots
+    slot_wait = [0] * n
     phase_names = ("load", "fp", "send", "done", "idle", "loss", "receive", "bp", "wu_wait",
                    "sgd")
     phases = [dict.fromkeys(phase_names, 0) for _ in range(n)]
@@ -899,11 +931,13 @@ def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
         # ---- forward: the first cycle each chip may load sample s, then chip by chip.
         for c in range(n):
             start = fwd_free[c]
-            if s >= slots:
-                start = max(start, bdone[c][s - slots] + 1)
             if index == 0 and batch:
                 start = max(start, sgd_done[c][batch - 1])
+            unblocked[c] = start
+            if s >= slots[c]:
+                start = max(start, bdone[c][s - slots[c]] + 1)
             load[c][s] = start
+        slot_wait[0] += load[0][s] - unblocked[0]
         arrived = None
         for c, chip in enumerate(chips):
             r, p = runs[c], phases[c]
@@ -922,6 +956,7 @@ def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
                 p["fp"] += run.busy + ox
             if c < n - 1:
                 send = t
+                slot_wait[c + 1] += max(0, load[c + 1][s] - max(unblocked[c + 1], send + 1))
                 rows = msgs[c]["act_out"]
                 accepted, arrived = down[c].send(
                     [(send + 1, rows[0], 0)] + [(0, words, 1) for words in rows[1:]],
@@ -1003,12 +1038,15 @@ def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
             "cycles_per_sample": period,
             "engines": engines,
             "phases_per_sample": {k: v / samples for k, v in phases[c].items()},
+            "feature_slots": slots[c],
             "loss_cycles": r.loss,
             "sgd_cycles_per_batch": r.sgd,
             "feature_slots_peak": _peak([(fdone[c][s] + 1, 1) for s in range(samples)] +
                                         [(bdone[c][s] + 1, -1) for s in range(samples)]),
             "slots_in_use_max": _peak([(load[c][s], 1) for s in range(samples)] +
                                       [(bdone[c][s] + 1, -1) for s in range(samples)]),
+            "slot_wait_per_sample": slot_wait[c] / samples,
+            "latency_cycles": bdone[c][0] - first_word[c],
             "link_down": _link_figures(down[c], samples) if c < n - 1 else None,
             "link_up": _link_figures(up[c], samples) if c < n - 1 else None,
         })
@@ -1019,6 +1057,7 @@ def simulate(chips, layers, *, batch_size, batches=4, timing=TIMING):
                            for k in range(batches)},
             "perf_cycles": {k + 1: max(sgd_done[c][k] - first_word[c] - 1 for c in range(n))
                             for k in range(batches)},
+            "slots": slots,
             "chips": out}
 
 
@@ -1088,39 +1127,147 @@ def max_chips(layers):
     return sum(layer.geometry.cout for layer in layers)
 
 
-def memory_bits(chip, layers, *, timing=TIMING):
-    """Block RAM bits one chip needs, roughly, by use.
-
-    ``features``: ``slots`` copies of each local layer's input and output maps (and
-    the pooled map); ``errors``: the error stores (lane and row layouts);
-    ``weights``: per weight the FP and BP 16-bit copies, the 32-bit master, the
-    48-bit gradient sum and the 32-bit velocity; ``relay``: on a slice chip, the
-    slices before it (``slots`` copies) and the 48-bit partial sums it adds.
-    """
-    out = dict.fromkeys(("features", "errors", "weights", "relay"), 0)
+def feature_bits(chip, layers):
+    """Block RAM bits of one feature slot of a chip: one sample's copy of its first
+    layer's input map, each local layer's output map (and the pooled map), and on a
+    slice chip the slices of the chips before it (``TrainingCore``'s feature
+    memories, which hold ``slots`` of these)."""
+    bits = 0
     for k, s in enumerate(chip.slices):
         g = s.geometry
         if k == 0:
             c, h, w = _input_shape(s.layer, layers)
-            out["features"] += c * h * w * 16 * timing.slots
+            bits += c * h * w * 16
+        bits += g.cout * g.ho * g.wo * 16
+        if s.layer.pool:
+            bits += g.cout * (g.ho // 2) * (g.wo // 2) * 16
+    if chip.split:
+        _, h, w = chip.first_layer.out_shape
+        bits += chip.slices[0].lo * h * w * 16
+    return bits
+
+
+def memory_bits(chip, layers, *, slots=None):
+    """Block RAM bits one chip needs, roughly, by use.
+
+    ``features``: ``slots`` (by default the chip's) feature slots
+    (:func:`feature_bits`); ``errors``: the error stores (lane and row layouts);
+    ``weights``: per weight the FP and BP 16-bit copies, the 32-bit master, the
+    48-bit gradient sum and the 32-bit velocity; ``relay``: on a slice chip after
+    the first of a layer with BP, the 48-bit partial sums it adds.
+    """
+    slots = chip.slots if slots is None else slots
+    out = dict.fromkeys(("features", "errors", "weights", "relay"), 0)
+    out["features"] = feature_bits(chip, layers) * slots
+    for s in chip.slices:
+        g = s.geometry
         maps = g.cout * g.ho * g.wo
-        out["features"] += maps * 16 * timing.slots * (1.25 if s.layer.pool else 1)
         out["errors"] += -(-g.cout // s.wu) * s.wu * g.ho * g.wo * 16
         if s.has_bp:
             out["errors"] += maps * 16
             out["weights"] += -(-g.cin // s.bp) * s.bp * g.cout * g.kh * g.kw * 16
         out["weights"] += -(-g.cout // s.fp) * s.fp * (g.cin * g.kh * g.kw + 1) * 16
         out["weights"] += g.cout * (g.cin * g.kh + 1) * g.kw * (32 + 48 + 32)
-    if chip.split:
-        layer = chip.first_layer
-        _, h, w = layer.out_shape
-        out["relay"] += chip.slices[0].lo * h * w * 16 * timing.slots
-        if layer.index > 0:
-            g = layer.geometry
-            out["relay"] += g.cin * g.h * g.w * 48
-    out = {key: int(value) for key, value in out.items()}
+    if chip.split and chip.first_layer.index > 0:
+        g = chip.first_layer.geometry
+        out["relay"] += g.cin * g.h * g.w * 48
     out["total"] = sum(out.values())
     return out
+
+
+def max_slots(chip, layers, board, *, batch_size=None):
+    """The most feature slots that fit the chip's memory with everything else it holds
+    (0 if not even one does); at most ``batch_size`` when given, as more never help."""
+    rest = memory_bits(chip, layers, slots=0)["total"]
+    fit = max(0, (board.bram_bits - rest) // feature_bits(chip, layers))
+    return fit if batch_size is None else min(fit, batch_size)
+
+
+#: :func:`choose_slots` keeps a chain's cycles per sample within this fraction of its
+#: cycles per sample with as many slots as help.
+SLOT_TOLERANCE = 0.02
+
+
+def choose_slots(chips, layers, boards, *, batch_size, batches=4,
+                 tolerance=SLOT_TOLERANCE, timing=TIMING):
+    """Give each chip the fewest feature slots that keep the chain within ``tolerance``
+    of its speed with as many slots as help.
+
+    The reference is the chain with every chip at its :func:`max_slots` (``batch_size``
+    unless its memory holds fewer: more never help, the first forward of a batch
+    waits for the SGD step of the last). Each chip starts with as many slots as
+    samples it must hold to keep pace, its round trip over the reference's cycles
+    per sample (``latency_cycles`` of the reference run, rounded up); while the chain
+    is outside ``tolerance`` of the reference, the chip whose forward path waited
+    longest for a free slot (``slot_wait_per_sample``) gets one more; then every chip
+    gives back slots while the chain stays within. So one slot fewer on any chip
+    would take the chain outside the tolerance. Sets each chip's ``slots``.
+
+    Returns
+    -------
+    (result, sizing)
+        ``result`` is :func:`simulate`'s with the chosen slots; ``sizing`` has
+        ``tolerance``, ``memory_caps`` (per chip, :func:`max_slots`),
+        ``held_by_memory`` (the chips whose memory holds fewer than ``batch_size``),
+        ``reference_cycles_per_sample`` (every chip at its cap),
+        ``unlimited_cycles_per_sample`` (every chip at ``batch_size``, memory
+        aside) and ``simulations`` (how many runs the choice took).
+
+    Raises
+    ------
+    FpdeepError
+        If a chip's memory does not hold one feature slot.
+    ValueError
+        If ``tolerance`` is negative.
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must not be negative, not {tolerance}")
+    n = len(chips)
+    caps = [max_slots(chip, layers, board, batch_size=batch_size)
+            for chip, board in zip(chips, boards)]
+    for chip, board, cap in zip(chips, boards, caps):
+        if cap < 1:
+            need = memory_bits(chip, layers, slots=1)["total"]
+            raise FpdeepError(f"chip {chip.index} ({chip.describe()}) does not fit "
+                              f"{board.name}: one feature slot and its weights and errors "
+                              f"need {need / 1e6:.2f} Mb, it has {board.bram_bits / 1e6:.2f} "
+                              f"Mb")
+    runs = {}
+
+    def run(depths):
+        key = tuple(depths)
+        if key not in runs:
+            runs[key] = simulate(chips, layers, batch_size=batch_size, batches=batches,
+                                 slots=list(key), timing=timing)
+        return runs[key]
+
+    unlimited = run([batch_size] * n)["cycles_per_sample"]
+    at_caps = run(caps)
+    reference = at_caps["cycles_per_sample"]
+    goal = (1 + tolerance) * reference
+    depths = [max(1, min(cap, math.ceil(chip["latency_cycles"] / reference)))
+              for chip, cap in zip(at_caps["chips"], caps)]
+    while run(depths)["cycles_per_sample"] > goal:
+        # Some chip is below its cap (at the caps the chain runs at the reference),
+        # and one of those waits: with no slot waits the schedule is the reference's.
+        waits = run(depths)["chips"]
+        c = max((c for c in range(n) if depths[c] < caps[c]),
+                key=lambda c: (waits[c]["slot_wait_per_sample"], -c))
+        depths[c] += 1
+    given_back = True
+    while given_back:
+        given_back = False
+        for c in sorted(range(n), key=lambda c: (-depths[c], -c)):
+            fewer = depths[:c] + [depths[c] - 1] + depths[c + 1:]
+            if depths[c] > 1 and run(fewer)["cycles_per_sample"] <= goal:
+                depths, given_back = fewer, True
+    for chip, k in zip(chips, depths):
+        chip.slots = k
+    sizing = {"tolerance": tolerance, "memory_caps": caps,
+              "held_by_memory": [c for c in range(n) if caps[c] < batch_size],
+              "reference_cycles_per_sample": reference,
+              "unlimited_cycles_per_sample": unlimited, "simulations": len(runs)}
+    return run(depths), sizing
 
 
 def _wire(rows, timing):
@@ -1331,25 +1478,30 @@ class _Planner:
             chip = replace(made[0], index=index,
                            slices=[replace(s) for s in made[0].slices])
             return chip, made[1]
-        chip = ChipSpec(index, slices, part, parts)
+        chip = ChipSpec(index, slices, part, parts, slots=1)
         self.chips[key] = None
         # Memory grows with the rows (padded tiles) only a little: one-row engines
-        # that do not fit rule the chip out before its rows are chosen.
+        # that do not fit with one feature slot rule the chip out before its rows are
+        # chosen. choose_slots sizes the slots of the chains simulated.
         for s in slices:
             s.fp = s.wu = 1
             s.bp = 1 if s.has_bp else 0
-        if memory_bits(chip, self.layers, timing=self.timing)["total"] > board.bram_bits:
+        if memory_bits(chip, self.layers)["total"] > board.bram_bits:
             return None
         msgs = _messages(chip, self.layers, chain_first=first, chain_last=last,
                          timing=self.timing)
         fb = choose_rows(chip, self.layers, msgs, board, chain_first=first, chain_last=last,
                          batch_size=self.batch_size, timing=self.timing)
         chip.estimate = fb
-        if fb is None or memory_bits(chip, self.layers,
-                                     timing=self.timing)["total"] > board.bram_bits:
+        if fb is None or memory_bits(chip, self.layers)["total"] > board.bram_bits:
             return None
         self.chips[key] = (chip, max(fb))
         return self.chip(slices, index, part, parts)
+
+    def sized(self, chips, *, batches=SEARCH_BATCHES):
+        """:func:`choose_slots` for a chain of this planner's chips: ``(result, sizing)``."""
+        return choose_slots(chips, self.layers, self.boards, batch_size=self.batch_size,
+                            batches=batches, timing=self.timing)
 
     def group(self, group, index):
         """``(chips, estimate)`` of one group starting at chip ``index``, or None."""
@@ -1387,13 +1539,12 @@ def _copy(chips):
 
 def _refine(planner, chips):
     """Move the channel boundaries inside split layers one channel at a time while
-    that lowers the simulated cycles per sample; returns ``(chips, result)``."""
-    def run(chips):
-        return simulate(chips, planner.layers, batch_size=planner.batch_size,
-                        batches=SEARCH_BATCHES, timing=planner.timing)
-
+    that lowers the simulated cycles per sample, with the chips' slots (sized by
+    :func:`choose_slots`, within what the moved chips' memories hold); returns
+    ``(chips, result)``."""
     chips = _copy(chips)
-    result = run(chips)
+    result = simulate(chips, planner.layers, batch_size=planner.batch_size,
+                      batches=SEARCH_BATCHES, timing=planner.timing)
     for _ in range(REFINE_ROUNDS):
         best = None
         for i in range(len(chips) - 1):
@@ -1412,7 +1563,11 @@ def _refine(planner, chips):
                 if made_a is None or made_b is None:
                     continue
                 trial = _copy(chips[:i] + [made_a[0], made_b[0]] + chips[i + 2:])
-                trial_result = run(trial)
+                for chip, t, board in zip(chips, trial, planner.boards):
+                    t.slots = min(chip.slots, max_slots(t, planner.layers, board))
+                trial_result = simulate(trial, planner.layers,
+                                        batch_size=planner.batch_size,
+                                        batches=SEARCH_BATCHES, timing=planner.timing)
                 if trial_result["cycles_per_sample"] < (
                         best[1] if best else result)["cycles_per_sample"]:
                     best = (trial, trial_result)
@@ -1428,16 +1583,22 @@ def plan_chips(network, boards, *, batch_size, timing=TIMING):
     Costs every grouping of the layers into chips (whole layers, or one layer split
     by output channels; split channel ranges chosen by the estimate), each chip with
     its engines' rows chosen by :func:`choose_rows`, by the estimate of its slower
-    path; runs the :data:`SIMULATED_CANDIDATES` best through :func:`simulate`, moves
-    the split boundaries of the fastest while the simulation improves
-    (:func:`_refine`), and keeps the fastest.
+    path; runs the :data:`SIMULATED_CANDIDATES` best through :func:`simulate`, each
+    with its feature slots sized by :func:`choose_slots`, keeps the fastest, moves
+    its split boundaries while the simulation improves (:func:`_refine`), and sizes
+    its slots again over :data:`SIMULATED_BATCHES`.
 
     Returns
     -------
-    (layers, chips, result, candidates)
-        ``result`` is :func:`simulate`'s for the chosen chain; ``candidates`` lists
-        the chains simulated, ``{"chips": [description...], "estimate",
-        "cycles_per_sample"}``, fastest first.
+    (layers, chips, result, candidates, sizing)
+        ``chips`` carry their ``slots``; ``result`` is :func:`simulate`'s for the
+        chosen chain and ``sizing`` :func:`choose_slots`'s; ``candidates`` lists the
+        chains simulated, the chosen first: ``{"chips": [description...],
+        "estimate", "reference_cycles_per_sample"`` (every chip with as many slots
+        as help, :func:`max_slots`), ``"slots"`` (per chip, as sized) and
+        ``"cycles_per_sample"`` (with them)``}``; a chain whose reference is no
+        faster than a sized one is not sized (``slots`` and ``cycles_per_sample``
+        None).
 
     Raises
     ------
@@ -1452,17 +1613,18 @@ def plan_chips(network, boards, *, batch_size, timing=TIMING):
         raise FpdeepError(f"network {network.name!r} can use at most {most} chips on the "
                           f"gateware target (a split layer gives each chip at least one "
                           f"output channel), not {n}")
-    # Every layer's memory (one-row engines, whole) must fit somewhere in the chain:
-    # splitting a layer only copies its input map, and grouping shares nothing.
+    # Every layer's memory (one-row engines, whole, one feature slot) must fit
+    # somewhere in the chain: splitting a layer only copies its input map, and
+    # grouping shares nothing.
     need = sum(memory_bits(ChipSpec(0, [SliceSpec(layer, 0, layer.geometry.cout,
-                                                  bp=1 if layer.index else 0)]),
-                           layers, timing=timing)["total"] for layer in layers)
+                                                  bp=1 if layer.index else 0)], slots=1),
+                           layers)["total"] for layer in layers)
     have = sum(board.bram_bits for board in boards)
     if need > have:
         raise FpdeepError(f"network {network.name!r} does not fit the gateware on {n} x "
-                          f"{boards[0].name}: its feature maps ({timing.slots} slots), "
-                          f"errors and weights need at least {need / 1e6:.1f} Mb, the chips "
-                          f"have {have / 1e6:.1f} Mb")
+                          f"{boards[0].name}: its feature maps (one slot), errors and "
+                          f"weights need at least {need / 1e6:.1f} Mb, the chips have "
+                          f"{have / 1e6:.1f} Mb")
     planner = _Planner(layers, boards, batch_size, timing)
     if _count_groupings(layers, n) <= GROUPING_LIMIT:
         groupings = _groupings(layers, n)
@@ -1485,43 +1647,71 @@ def plan_chips(network, boards, *, batch_size, timing=TIMING):
                           f"{n} x {boards[0].name}: no chain has engines within the "
                           f"multipliers and memories of every chip")
     scored.sort(key=lambda e: (e[0], e[1]))
+    # Each candidate's cycles per sample with as many slots as help (its memories'
+    # caps) bounds it with its slots sized: only those that could still win are sized.
     simulated = []
     for worst, _, chips in scored[:SIMULATED_CANDIDATES]:
         chips = _copy(chips)
-        result = simulate(chips, layers, batch_size=batch_size, batches=SEARCH_BATCHES,
-                          timing=timing)
-        simulated.append([result["cycles_per_sample"], worst, chips])
-    simulated.sort(key=lambda e: (e[0], e[1]))
-    chips, _ = _refine(planner, simulated[0][2])
-    result = simulate(chips, layers, batch_size=batch_size, batches=SIMULATED_BATCHES,
-                      timing=timing)
-    simulated[0][0], simulated[0][2] = result["cycles_per_sample"], chips
-    simulated.sort(key=lambda e: (e[0], e[1]))
-    if simulated[0][2] is not chips:
-        chips = simulated[0][2]
-        result = simulate(chips, layers, batch_size=batch_size, batches=SIMULATED_BATCHES,
-                          timing=timing)
-    candidates = [{"chips": [chip.describe() for chip in c], "estimate": w,
-                   "cycles_per_sample": cps} for cps, w, c in simulated]
-    return layers, chips, result, candidates
+        for chip, board in zip(chips, boards):
+            chip.slots = max_slots(chip, layers, board, batch_size=batch_size)
+        reference = simulate(chips, layers, batch_size=batch_size, batches=SEARCH_BATCHES,
+                             timing=timing)["cycles_per_sample"]
+        simulated.append({"chips": chips, "estimate": worst, "reference": reference})
+    simulated.sort(key=lambda e: e["reference"])
+    fastest = None
+    for entry in simulated:
+        if fastest is None or entry["reference"] < fastest["cycles_per_sample"]:
+            result, _ = planner.sized(entry["chips"])
+            entry["cycles_per_sample"] = result["cycles_per_sample"]
+            if fastest is None or entry["cycles_per_sample"] < fastest["cycles_per_sample"]:
+                fastest = entry
+    chips, _ = _refine(planner, fastest["chips"])
+    result, sizing = planner.sized(chips, batches=SIMULATED_BATCHES)
+    fastest.update(chips=chips, cycles_per_sample=result["cycles_per_sample"])
+    simulated.remove(fastest)
+    simulated.sort(key=lambda e: e.get("cycles_per_sample", e["reference"]))
+    candidates = [{"chips": [chip.describe() for chip in e["chips"]],
+                   "slots": [chip.slots for chip in e["chips"]] if "cycles_per_sample" in e
+                   else None,
+                   "estimate": e["estimate"], "reference_cycles_per_sample": e["reference"],
+                   "cycles_per_sample": e.get("cycles_per_sample")}
+                  for e in [fastest] + simulated]
+    return layers, chips, result, candidates, sizing
 
 
-def limit(result, chips, *, timing=TIMING):
+def limit(result, chips, *, sizing=None):
     """What holds the chain back: ``(reason, bounds)``.
 
-    ``bounds`` are cycles per sample: ``round_trip`` (chip 0's first sample from load
-    to backward done, over ``slots``: forward can only run ``slots`` samples ahead),
-    and ``busiest_chip`` (the largest estimated forward or backward path of a chip,
-    :func:`_estimate`). The reason names the larger bound, if the chain runs within
-    10 % of it, else ``"links and waits"``.
+    ``bounds`` are cycles per sample: ``round_trip`` (the largest over the chips of a
+    chip's first sample, first word to backward done, over its ``slots``: its
+    forward can only run ``slots`` samples ahead), and ``busiest_chip`` (the largest
+    estimated forward or backward path of a chip, :func:`_estimate`).
+
+    With ``sizing`` (:func:`choose_slots`'s), the reason is the feature slots when
+    the chain is slower than with unlimited slots by more than the tolerance (a
+    chip's memory holds fewer slots than would help); without, the round trip when
+    it is the larger bound and the chain runs within 10 % of it. Else the busiest
+    chip, if the chain runs within 10 % of it, else ``"links and waits"``.
     """
-    round_trip = result["latency_cycles"] / timing.slots
+    trips = [chip["latency_cycles"] / chip["feature_slots"] for chip in result["chips"]]
+    slow, round_trip = max(enumerate(trips), key=lambda e: e[1])
     index, busiest = max(enumerate(max(chip.estimate) for chip in chips), key=lambda e: e[1])
     cps = result["cycles_per_sample"]
     bounds = {"round_trip": round_trip, "busiest_chip": busiest}
-    if round_trip >= busiest and cps <= 1.1 * round_trip:
-        reason = (f"round trip: chip 0 waits for a free feature slot ({timing.slots} slots, "
-                  f"{result['latency_cycles']} cycles from load to backward done)")
+    unlimited = sizing["unlimited_cycles_per_sample"] if sizing else None
+    if sizing and cps > (1 + sizing["tolerance"]) * unlimited:
+        # Only a chip whose memory holds fewer slots than the batch keeps the chain
+        # from its speed with unlimited slots.
+        slow = max(sizing["held_by_memory"],
+                   key=lambda c: (result["chips"][c]["slot_wait_per_sample"], -c))
+        reason = (f"round trip: chip {slow} waits for a free feature slot "
+                  f"({chips[slow].slots} slots, its memory holds at most "
+                  f"{sizing['memory_caps'][slow]}); unlimited slots would give "
+                  f"{unlimited:.1f} cycles per sample")
+    elif sizing is None and round_trip >= busiest and cps <= 1.1 * round_trip:
+        reason = (f"round trip: chip {slow} waits for a free feature slot "
+                  f"({chips[slow].slots} slots, {result['chips'][slow]['latency_cycles']} "
+                  f"cycles from its first word to backward done)")
     elif cps <= 1.1 * busiest:
         side = "forward" if chips[index].estimate[0] >= chips[index].estimate[1] else \
             "backward"

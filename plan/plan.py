@@ -67,11 +67,18 @@ of one layer split by output channels (``"split": "channels"``, contiguous range
 on consecutive chips). Each slice's ``engines`` give the rows and columns as
 built: FP ``rows x Wo``, BP ``rows x W`` (rows = input channels at once; none in
 the network's first layer), WU ``rows x kw``; ``cycles_per_sample`` is the
-engine's busy cycles per sample. The elaborator reads
-:meth:`Plan.gateware_slices`. Predictions come from :func:`.gateware.simulate`::
+engine's busy cycles per sample. Each chip's ``buffers.feature_slots`` is the
+depth of its feature memories, the fewest slots that keep the chain within
+``slot_tolerance`` of its speed with unlimited slots, within the chip's memory
+(:func:`.gateware.choose_slots`). The elaborator reads
+:meth:`Plan.gateware_slices` and ``feature_slots``. Predictions come from
+:func:`.gateware.simulate`::
 
     "target": "gateware",
     "chips": [{...,
+        "buffers": {"feature_slots": k,            # samples its FP may run ahead of BP/WU
+                    "feature_slot_bits": b,        # one slot of its feature memories
+                    "feature_cache_bits": k * b, ...},
         "predicted": {..., "multipliers": n,
             "gateware": {"cycles_per_sample", "engines": {"conv1.fp": {"rows", "cols",
                              "pes", "busy_cycles_per_sample", "steps_per_sample",
@@ -79,7 +86,8 @@ engine's busy cycles per sample. The elaborator reads
                          "phases_per_sample": {"load", "fp", "send", "done", "idle",
                              "loss", "receive", "bp", "wu_wait", "sgd"},
                          "loss_cycles", "sgd_cycles_per_batch",
-                         "feature_slots_peak", "slots_in_use_max",
+                         "feature_slots", "feature_slots_peak", "slots_in_use_max",
+                         "slot_wait_per_sample", "latency_cycles",
                          "link_down": {"words_per_sample", "frames_per_sample",
                                        "symbols_per_sample"} | null,   # ACT to i + 1
                          "link_up": {...} | null,                      # ERR from i + 1
@@ -88,16 +96,18 @@ engine's busy cycles per sample. The elaborator reads
                                          "total"}}}}],
     "summary": {..., "gateware": {"cycles_per_sample", "images_per_s", "latency_cycles",
                                   "run_cycles": {"1": c, ...},
-                                  "perf_cycles": {"1": c, ...}, "slots", "limit",
+                                  "perf_cycles": {"1": c, ...},
+                                  "slots": [per chip], "slots_memory_caps": [per chip],
+                                  "slot_tolerance", "limit",
                                   "bounds": {"round_trip", "busiest_chip"},
-                                  "with_more_slots": {"3": c, "4": c},
+                                  "with_more_slots": {"each_plus_1": c, "unlimited": c},
                                   "candidates": [...], "timing": {...}}}
 """
 
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .errors import FpdeepError
 from .network import Network, atomic_write_text
@@ -673,10 +683,10 @@ def _gateware_plan(network, cluster, batch_size):
     n = len(cluster)
     boards = [cluster.board(i) for i in range(n)]
     timing = gw.TIMING
-    layers, chips, result, candidates = gw.plan_chips(network, boards, batch_size=batch_size,
-                                                      timing=timing)
+    layers, chips, result, candidates, sizing = gw.plan_chips(
+        network, boards, batch_size=batch_size, timing=timing)
     works = {w.name: w for w in workload(network)}
-    reason, bounds = gw.limit(result, chips, timing=timing)
+    reason, bounds = gw.limit(result, chips, sizing=sizing)
     cps = result["cycles_per_sample"]
     clock = boards[0].clock_hz
     chip_dicts = []
@@ -684,7 +694,7 @@ def _gateware_plan(network, cluster, batch_size):
     for c, chip in enumerate(chips):
         r = result["chips"][c]
         board = boards[c]
-        memory = gw.memory_bits(chip, layers, timing=timing)
+        memory = gw.memory_bits(chip, layers)
         slices, macs = [], 0
         for s in chip.slices:
             g, layer = s.geometry, s.layer
@@ -725,7 +735,9 @@ def _gateware_plan(network, cluster, batch_size):
             "weights": {"local": [{"layer": s.layer.name, "count": s.geometry.weights}
                                   for s in chip.slices],
                         "stored_for": [], "stored_at": []},
-            "buffers": {"feature_cache_bits": memory["features"], "line_buffer_bits": 0,
+            "buffers": {"feature_slots": chip.slots,
+                        "feature_slot_bits": gw.feature_bits(chip, layers),
+                        "feature_cache_bits": memory["features"], "line_buffer_bits": 0,
                         "batch_buffer_bits": 0},
             "predicted": {
                 "cycles_per_sample": r["cycles_per_sample"], "pes": chip.pes(),
@@ -771,15 +783,17 @@ def _gateware_plan(network, cluster, batch_size):
             "latency_cycles": result["latency_cycles"],
             "run_cycles": {str(k): v for k, v in result["run_cycles"].items()},
             "perf_cycles": {str(k): v for k, v in result["perf_cycles"].items()},
-            "slots": timing.slots,
+            "slots": [chip.slots for chip in chips],
+            "slots_memory_caps": sizing["memory_caps"],
+            "slot_tolerance": sizing["tolerance"],
             "batch_size": batch_size,
             "limit": reason,
             "bounds": bounds,
             "with_more_slots": {
-                str(slots): gw.simulate(chips, layers, batch_size=batch_size,
-                                        timing=replace(timing, slots=slots))
-                ["cycles_per_sample"]
-                for slots in (timing.slots + 1, timing.slots + 2)},
+                "each_plus_1": gw.simulate(chips, layers, batch_size=batch_size,
+                                           slots=[chip.slots + 1 for chip in chips],
+                                           timing=timing)["cycles_per_sample"],
+                "unlimited": sizing["unlimited_cycles_per_sample"]},
             "candidates": candidates,
             "timing": timing.to_dict(),
         },

@@ -9,8 +9,9 @@ Examples::
     fpdeep plan --net digits --chips 4 --target gateware -o digits4.json
 
 ``--target gateware`` plans what the gateware builds (whole layers or output-channel
-slices, engines as built) and prints the gateware model's predictions: cycles per
-sample, engine busy fractions, link words and feature-slot use per chip.
+slices, engines as built, feature slots per chip) and prints the gateware model's
+predictions: cycles per sample, engine busy fractions, link words and feature-slot
+use per chip.
 """
 
 import os
@@ -111,7 +112,7 @@ def print_gateware(plan):
     s = plan.summary["gateware"]
     print(f"{'chip':>4} {'board':<10} {'slices (engines rows x cols)':<44} {'PEs':>4} "
           f"{'mult':>9} {'cycles/sample':>13} {'fwd/bwd est':>11} {'slots':>5} "
-          f"{'down w/s':>8} {'up w/s':>7}")
+          f"{'peak':>4} {'down w/s':>8} {'up w/s':>7}")
     for chip in plan.chips:
         p = chip["predicted"]
         g = p["gateware"]
@@ -125,7 +126,8 @@ def print_gateware(plan):
         print(f"{chip['index']:>4} {chip['board']:<10} {slices:<44} {p['pes']:>4} "
               f"{p['multipliers']:>4}/{p['multipliers_capacity']:<4} "
               f"{p['cycles_per_sample']:>13.1f} {est['forward']:>5.0f}/{est['backward']:<5.0f} "
-              f"{g['feature_slots_peak']:>5} {down:>8.1f} {up:>7.1f}")
+              f"{chip['buffers']['feature_slots']:>5} {g['feature_slots_peak']:>4} "
+              f"{down:>8.1f} {up:>7.1f}")
     print("\nengine busy cycles per sample (share of the chip's cycles per sample):")
     for chip in plan.chips:
         engines = chip["predicted"]["gateware"]["engines"]
@@ -142,20 +144,29 @@ def print_gateware(plan):
                      for k, v in s["perf_cycles"].items())
     print(f"\ncluster: {s['cycles_per_sample']:.1f} cycles per sample (steady state, SGD "
           f"amortized over batches of {s['batch_size']}), {s['images_per_s']:.4g} images/s "
-          f"at {plan.chips[0]['board']}'s clock; latency {s['latency_cycles']} cycles; "
-          f"{s['slots']} feature slots")
+          f"at {plan.chips[0]['board']}'s clock; latency {s['latency_cycles']} cycles")
+    print(f"feature slots per chip: {' '.join(map(str, s['slots']))} (the fewest within "
+          f"{100 * s['slot_tolerance']:.0f}% of unlimited slots; at most "
+          f"{' '.join(map(str, s['slots_memory_caps']))}: what each memory holds, up to "
+          f"the batch)")
     print(f"from a cold start, as fpdeep sim reports it (busiest chip's busy cycles per "
           f"sample): {runs}")
-    more = ", ".join(f"{k} slots {v:.1f}" for k, v in s["with_more_slots"].items())
-    print(f"with more feature slots: {more} cycles per sample")
+    more = s["with_more_slots"]
+    print(f"with more feature slots: one more on every chip {more['each_plus_1']:.1f}, "
+          f"unlimited {more['unlimited']:.1f} cycles per sample")
     print(f"limit: {s['limit']}")
     bounds = s["bounds"]
     print(f"bounds: round trip / slots {bounds['round_trip']:.0f}, busiest chip "
           f"{bounds['busiest_chip']:.0f} cycles per sample")
     if len(s["candidates"]) > 1:
-        print("chains simulated (cycles per sample):")
+        print("chains simulated (cycles per sample with the slots sized, and with as many "
+              "as help):")
         for cand in s["candidates"]:
-            print(f"  {cand['cycles_per_sample']:>9.1f}  {' | '.join(cand['chips'])}")
+            sized = (f"{cand['cycles_per_sample']:>9.1f}" if cand["slots"] else
+                     f"{'-':>9}")
+            slots = " ".join(map(str, cand["slots"])) if cand["slots"] else "not sized"
+            print(f"  {sized} {cand['reference_cycles_per_sample']:>9.1f}  "
+                  f"{' | '.join(cand['chips'])}  (slots {slots})")
 
 
 def run_sweep(args):

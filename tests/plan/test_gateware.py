@@ -66,10 +66,15 @@ def test_digits_plans_are_buildable(chips, tmp_path):
         assert edges[0] == 0 and edges[-1] == layers[name].geometry.cout
         assert all(a < b for a, b in zip(edges, edges[1:])), "contiguous, in order"
     s = plan.summary["gateware"]
-    assert s["cycles_per_sample"] > 0 and s["slots"] == gw.TIMING.slots
-    for chip in plan.chips:
-        g = chip["predicted"]["gateware"]
-        assert 1 <= g["feature_slots_peak"] <= s["slots"]
+    assert s["cycles_per_sample"] > 0 and len(s["slots"]) == chips
+    for c, chip in enumerate(plan.chips):
+        g, buffers = chip["predicted"]["gateware"], chip["buffers"]
+        slots = buffers["feature_slots"]
+        assert type(slots) is int and slots == s["slots"][c] == g["feature_slots"]
+        assert 1 <= g["feature_slots_peak"] <= g["slots_in_use_max"] <= slots
+        assert buffers["feature_cache_bits"] == slots * buffers["feature_slot_bits"] > 0
+        assert buffers["feature_cache_bits"] == g["memory_bits"]["features"]
+        assert chip["predicted"]["memory_bits"] <= chip["predicted"]["memory_capacity_bits"]
         assert all(0 < e["busy_fraction"] < 1 for e in g["engines"].values())
     path = tmp_path / "plan.json"
     plan.save(path)
@@ -77,6 +82,7 @@ def test_digits_plans_are_buildable(chips, tmp_path):
     assert loaded.to_dict() == json.loads(path.read_text())
     loaded.check_network(net)
     assert loaded.gateware_slices() == slices
+    assert [chip["buffers"]["feature_slots"] for chip in loaded.chips] == s["slots"]
 
 
 def test_one_chip_plan_and_default_target():
@@ -137,29 +143,138 @@ def test_link_words_follow_the_chain():
 
 
 def test_round_trip_limits_long_chains():
-    """With two feature slots a chip runs at most two samples ahead, so a chain cannot be
-    faster than its round trip over two; more slots relieve it."""
+    """A chip runs at most its slots samples ahead, so a chain cannot be faster than any
+    chip's round trip over its slots; the planner's slots leave little to more slots."""
     plan = digits_plan(4)
     s = plan.summary["gateware"]
-    assert s["cycles_per_sample"] >= s["latency_cycles"] / s["slots"] - 1
+    cps = s["cycles_per_sample"]
+    for chip in plan.chips:
+        g = chip["predicted"]["gateware"]
+        assert cps >= g["latency_cycles"] / g["feature_slots"] - 1
+    assert cps >= s["bounds"]["round_trip"] - 1
     more = s["with_more_slots"]
-    assert more[str(s["slots"] + 2)] <= more[str(s["slots"] + 1)] <= s["cycles_per_sample"]
+    assert more["unlimited"] <= more["each_plus_1"] <= cps
+    assert cps <= (1 + s["slot_tolerance"]) * more["unlimited"]
 
 
-def test_slots_bound_the_samples_in_flight():
+def two_chips():
     layers = gw.gateware_layers(zoo.get("digits"))
     conv, fc = layers
-    chips = [gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4)]),
-             gw.ChipSpec(1, [gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)])]
+    return layers, [gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4)]),
+                    gw.ChipSpec(1, [gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)])]
+
+
+@pytest.mark.parametrize("front", [1, 2, 3, 4])
+def test_slots_bound_the_samples_in_flight(front):
+    """Each chip holds at most its own slots; a deeper chip never slows the chain."""
+    layers, chips = two_chips()
     previous = None
-    for slots in (1, 2, 3):
-        r = gw.simulate(chips, layers, batch_size=8, timing=replace(gw.TIMING, slots=slots))
-        for chip in r["chips"]:
-            assert chip["feature_slots_peak"] <= slots
-            assert chip["slots_in_use_max"] <= slots
+    for back in (1, 2, 3):
+        r = gw.simulate(chips, layers, batch_size=8, slots=[front, back])
+        assert r["slots"] == [front, back]
+        for chip, slots in zip(r["chips"], (front, back)):
+            assert chip["feature_slots"] == slots
+            assert chip["feature_slots_peak"] <= chip["slots_in_use_max"] <= slots
         if previous is not None:
             assert r["cycles_per_sample"] <= previous
         previous = r["cycles_per_sample"]
+    # The chips' own slots are the default.
+    chips[0].slots, chips[1].slots = front, 2
+    assert gw.simulate(chips, layers, batch_size=8) == \
+        gw.simulate(chips, layers, batch_size=8, slots=[front, 2])
+
+
+@pytest.mark.parametrize("slots", [[2], [2, 0], [2, 1.5], (3, None)])
+def test_simulate_refuses_bad_slots(slots):
+    layers, chips = two_chips()
+    with pytest.raises(ValueError, match="slots"):
+        gw.simulate(chips, layers, batch_size=8, slots=slots)
+
+
+def test_slot_waits_name_the_chip_held_back():
+    """With one slot each, the chip whose round trip is longest (chip 0) waits for a free
+    slot; with as many as the batch, no chip does."""
+    layers, chips = two_chips()
+    short = gw.simulate(chips, layers, batch_size=8, slots=[1, 1])["chips"]
+    assert short[0]["slot_wait_per_sample"] > short[1]["slot_wait_per_sample"]
+    deep = gw.simulate(chips, layers, batch_size=8, slots=[8, 8])["chips"]
+    assert [chip["slot_wait_per_sample"] for chip in deep] == [0, 0]
+
+
+@pytest.mark.parametrize("chips", [2, 4, 6])
+def test_slots_are_sized_per_chip(chips):
+    """Every chip gets the fewest slots that keep the chain within the tolerance of its
+    speed with unlimited slots: one slot fewer on any chip leaves it, one more on any
+    chip gains no more than the tolerance. The round trip shortens down the chain, and
+    so do the slots."""
+    boards = [get_board(BOARD)] * chips
+    layers, planned, result, _, sizing = gw.plan_chips(zoo.get("digits"), boards,
+                                                        batch_size=8)
+    slots = [chip.slots for chip in planned]
+    assert result["slots"] == slots and sizing["held_by_memory"] == []
+    assert slots[0] > slots[-1] and slots == sorted(slots, reverse=True)
+    tolerance = gw.SLOT_TOLERANCE
+
+    def cycles(depths):
+        return gw.simulate(planned, layers, batch_size=8, slots=depths)["cycles_per_sample"]
+
+    chosen = result["cycles_per_sample"]
+    unlimited = cycles([8] * chips)
+    assert sizing["unlimited_cycles_per_sample"] == unlimited
+    assert chosen <= (1 + tolerance) * unlimited
+    for c in range(chips):
+        more = slots[:c] + [slots[c] + 1] + slots[c + 1:]
+        assert chosen <= (1 + tolerance) * cycles(more)
+        if slots[c] > 1:
+            fewer = slots[:c] + [slots[c] - 1] + slots[c + 1:]
+            assert cycles(fewer) > (1 + tolerance) * unlimited
+    # The plan writes the same choice, and its memories count it.
+    plan = digits_plan(chips)
+    assert [chip["buffers"]["feature_slots"] for chip in plan.chips] == slots
+    for chip, spec in zip(plan.chips, planned):
+        assert chip["predicted"]["memory_bits"] == gw.memory_bits(spec, layers)["total"]
+        assert gw.memory_bits(spec, layers, slots=spec.slots + 1)["features"] == \
+            chip["buffers"]["feature_cache_bits"] + chip["buffers"]["feature_slot_bits"]
+
+
+def test_slots_capped_by_memory():
+    """A chip whose memory holds fewer slots than would help gets what it holds; the
+    plan says so, and fits. A memory that holds no slot refuses the chain."""
+    layers, chips = two_chips()
+    board = get_board(BOARD)
+    rest = gw.memory_bits(chips[0], layers, slots=0)["total"]
+    per_slot = gw.feature_bits(chips[0], layers)
+    small = replace(board, name="small", bram_bits=rest + 2 * per_slot + per_slot // 2)
+    assert gw.max_slots(chips[0], layers, small) == 2
+    assert gw.max_slots(chips[0], layers, board, batch_size=8) == 8
+    result, sizing = gw.choose_slots(chips, layers, [small, board], batch_size=8)
+    assert sizing["memory_caps"] == [2, 8] and sizing["held_by_memory"] == [0]
+    assert chips[0].slots == 2 and result["slots"][0] == 2
+    assert result["cycles_per_sample"] > (1 + gw.SLOT_TOLERANCE) * \
+        sizing["unlimited_cycles_per_sample"]
+    chips[0].estimate = chips[1].estimate = (0, 0)      # limit() compares them; unplanned
+    reason, _ = gw.limit(result, chips, sizing=sizing)
+    assert reason.startswith("round trip: chip 0") and "holds at most 2" in reason
+    tiny = replace(board, name="tiny", bram_bits=rest + per_slot - 1)
+    with pytest.raises(FpdeepError, match="does not fit tiny") as excinfo:
+        gw.choose_slots(chips, layers, [tiny, board], batch_size=8)
+    one_line(excinfo)
+
+
+def test_plan_with_a_small_memory():
+    """The planner sizes the slots within each chip's memory and names the limit."""
+    board = get_board(BOARD)
+    plan = plan_network(zoo.get("digits"), Cluster([board, board]), 8, target="gateware")
+    front = plan.chips[0]
+    rest = front["predicted"]["memory_bits"] - front["buffers"]["feature_cache_bits"]
+    small = replace(board, name="small",
+                    bram_bits=rest + 2 * front["buffers"]["feature_slot_bits"])
+    plan = plan_network(zoo.get("digits"), Cluster([small, board]), 8, target="gateware")
+    s = plan.summary["gateware"]
+    assert s["slots"][0] == s["slots_memory_caps"][0] == 2
+    assert front["buffers"]["feature_slots"] > 2
+    assert plan.chips[0]["predicted"]["memory_bits"] <= small.bram_bits
+    assert plan.summary["limiting_factor"] == "slots" and "memory" in s["limit"]
 
 
 def test_serial_chip_matches_the_measured_core():
@@ -168,8 +283,8 @@ def test_serial_chip_matches_the_measured_core():
     layers = gw.gateware_layers(zoo.get("digits"))
     conv, fc = layers
     chip = gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4),
-                           gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)])
-    r = gw.simulate([chip], layers, batch_size=8, timing=replace(gw.TIMING, slots=1))
+                           gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)], slots=1)
+    r = gw.simulate([chip], layers, batch_size=8)
     assert r["cycles_per_sample"] == pytest.approx(1017.2, rel=0.01)
 
 
@@ -249,6 +364,8 @@ def test_cli_prints_the_predictions(tmp_path, capsys):
     plan = Plan.load(out)
     assert plan.target == "gateware" and plan.data["batch_size"] == 8
     assert len(plan.gateware_slices()) == 2
+    slots = plan.summary["gateware"]["slots"]
+    assert f"feature slots per chip: {slots[0]} {slots[1]} (" in text
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,7 +385,8 @@ def test_constants_follow_the_rtl():
     assert t.frame_overhead == config.header_symbols + config.trailer_symbols + 1
     assert t.wire_latency == inspect.signature(RtlCluster).parameters["link_latency"].default
     assert t.partial_words == PARTIAL_WORDS
-    assert t.slots == inspect.signature(TrainingCore).parameters["slots"].default
+    assert gw.DEFAULT_SLOTS == inspect.signature(TrainingCore).parameters["slots"].default
+    assert gw.ChipSpec(0, []).slots == gw.DEFAULT_SLOTS
 
 
 def test_timing_round_trips():

@@ -112,3 +112,27 @@ def test_no_cliff_from_deep_row_splits():
     assert rate[100]["balance"] <= 1.05
     assert rate[100]["images_per_s"] >= 0.9 * rate[96]["images_per_s"]
     assert "conv4_2" not in rate[100]["row_split_layers"]
+
+
+def test_gateware_schema_and_round_trip(tmp_path):
+    """A gateware plan carries each chip's feature slots (what the elaborator builds),
+    their memory, and the choice's figures; all survive the JSON round trip."""
+    plan = plan_network(zoo.get("digits"), Cluster.uniform("ulx3s-85f", 4), 8,
+                        target="gateware")
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    data = json.loads(path.read_text())
+    assert Plan.load(path).to_dict() == data
+    s = data["summary"]["gateware"]
+    assert set(s) >= {"slots", "slots_memory_caps", "slot_tolerance", "with_more_slots"}
+    assert set(s["with_more_slots"]) == {"each_plus_1", "unlimited"}
+    assert len(s["slots"]) == len(s["slots_memory_caps"]) == 4
+    assert all(1 <= k <= cap <= 8 for k, cap in zip(s["slots"], s["slots_memory_caps"]))
+    for chip, slots in zip(data["chips"], s["slots"]):
+        buffers = chip["buffers"]
+        assert buffers["feature_slots"] == slots
+        assert buffers["feature_cache_bits"] == slots * buffers["feature_slot_bits"]
+        assert chip["predicted"]["gateware"]["feature_slots"] == slots
+    chosen = s["candidates"][0]
+    assert chosen["slots"] == s["slots"] and chosen["cycles_per_sample"] == \
+        s["cycles_per_sample"]
