@@ -21,11 +21,13 @@ What the gateware builds
 The chip schedule (``rtl/core.py``)
 -----------------------------------
 Per sample, a *forward* sequencer: LOAD the label and input words (1 word per
-cycle, from the host or the link; a slice chip ``j > 0`` of a split layer also
-receives the slices of the chips before it), then per local layer the FP engine
-(busy + :attr:`~GatewareTiming.engine_overhead`), then SEND (not on the last
-chip) the label and output words, 1 per cycle plus a pause per row. A chip with a
-non-last slice sends the label, its input map, the slices before it and its own.
+cycle, from the host or the link), then per local layer the FP engine (busy +
+:attr:`~GatewareTiming.engine_overhead`), then SEND (not on the last chip) the
+label and output words, 1 per cycle plus a pause per row. A chip with a slice of
+a split layer that has more of the layer behind it sends the label and its input
+map on as its FP starts, and after FP its channels and those before them (no
+label); a slice chip ``j > 0`` GATHERs the channels of the chips before it after
+its own FP, before it sends.
 
 A *backward* sequencer: LOSS on the last chip (with a split last layer, the last
 slice's chip takes the loss over all logits and sends the other slices' errors
@@ -127,6 +129,10 @@ class GatewareTiming:
             LOSS_START plus the cycle LOSS_WAIT sees the loss unit idle.
         send_overhead
             SEND plus the cycle SEND_WAIT sees the sender idle.
+        gather_tail
+            On a slice chip after the first of its layer: GATHER_WAIT sees the
+            :class:`MapReceiver` idle the cycle after it took the last word of the
+            slices before, and moves on in the next.
         done_cycles
             The forward DONE state.
         idle_cycles
@@ -195,6 +201,7 @@ class GatewareTiming:
     engine_overhead: int = 4
     loss_overhead: int = 2
     send_overhead: int = 2
+    gather_tail: int = 2
     done_cycles: int = 1
     idle_cycles: int = 1
     receive_tail: int = 2
@@ -745,9 +752,12 @@ def _input_shape(layer, layers):
 def _messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
     """The traffic of one chip, per sample.
 
-    Returns a dict of row lists: ``act_in`` and ``act_out`` (word counts per run, the
-    label with the first), ``err_in`` and ``err_out`` (``(words, kind, channel)`` per
-    framed row, kind ``"error"`` or ``"partial"``).
+    Returns a dict of row lists: ``act_in`` (loaded before FP), ``gather_in`` (on a
+    slice chip after the first, the slices before it, taken after FP), ``input_out``
+    (on a slice chip with more of the layer behind it, its input map, sent on while
+    its FP runs) and ``act_out`` (sent after FP) as word counts per run, the label
+    with the first of a message; ``err_in`` and ``err_out`` (``(words, kind,
+    channel)`` per framed row, kind ``"error"`` or ``"partial"``).
     """
     first, last = chip.first_layer, chip.last_layer
     x_rows = _map_rows(_input_shape(first, layers))
@@ -770,16 +780,14 @@ def _messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
         return rows
 
     lo, hi = chip.slices[0].lo, chip.slices[0].hi
-    if chain_first:
-        act_in = labelled(x_rows)
-    elif chip.split and chip.part:
-        act_in = labelled(x_rows + slices_before(lo))
-    else:
-        act_in = labelled(x_rows)
+    act_in = labelled(x_rows)
+    gather_in = slices_before(lo) if chip.split else []
+    input_out = []
     if chain_last:
         act_out, err_in = [], []
     elif chip.split and chip.part < chip.parts - 1:
-        act_out = labelled(x_rows + slices_before(hi))
+        input_out = labelled(x_rows)
+        act_out = slices_before(hi)
         err_in = up_rows(chip.part + 1, hi)
     else:
         lc, lh, lw = last.out_shape
@@ -788,7 +796,8 @@ def _messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
     err_out = up_rows(chip.part if chip.split else 0, lo if chip.split else 0)
     if first.index == 0 and not (chip.split and chip.part):
         err_out = []
-    return {"act_in": act_in, "act_out": act_out, "err_in": err_in, "err_out": err_out}
+    return {"act_in": act_in, "gather_in": gather_in, "input_out": input_out,
+            "act_out": act_out, "err_in": err_in, "err_out": err_out}
 
 
 @functools.lru_cache(maxsize=None)
@@ -922,8 +931,9 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
     sgd_done = [[] for _ in range(n)]
     unblocked = [0] * n                # when each chip could load but for its slots
     slot_wait = [0] * n
-    phase_names = ("load", "fp", "send", "done", "idle", "loss", "receive", "bp", "wu_wait",
-                   "sgd")
+    phase_names = ("load", "fp", "gather", "send", "done", "idle", "loss", "receive", "bp",
+                   "wu_wait", "sgd")
+    fp_cycles = [sum(run.busy + ox for run in r.fp) for r in runs]
     phases = [dict.fromkeys(phase_names, 0) for _ in range(n)]
 
     for s in range(samples):
@@ -938,12 +948,12 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 start = max(start, bdone[c][s - slots[c]] + 1)
             load[c][s] = start
         slot_wait[0] += load[0][s] - unblocked[0]
-        arrived = None
+        arrived = gathered = None       # what chip c takes from chip c - 1 (words' cycles)
         for c, chip in enumerate(chips):
-            r, p = runs[c], phases[c]
+            r, p, m = runs[c], phases[c], msgs[c]
             start = load[c][s]
             if c == 0:
-                words = sum(msgs[0]["act_in"])
+                words = sum(m["act_in"])
                 t = start + math.ceil(words / timing.host_words_per_cycle)
                 first_word[0] = load[0][0]
             else:
@@ -951,16 +961,29 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 if s == 0:
                     first_word[c] = arrived[0]
             p["load"] += t - start
-            for run in r.fp:
-                t += run.busy + ox
-                p["fp"] += run.busy + ox
+            fp_start = t
+            t += fp_cycles[c]
+            p["fp"] += fp_cycles[c]
+            if m["gather_in"]:
+                end = gathered[-1] + timing.gather_tail
+                p["gather"] += end - t
+                t = end
             if c < n - 1:
                 send = t
-                slot_wait[c + 1] += max(0, load[c + 1][s] - max(unblocked[c + 1], send + 1))
-                rows = msgs[c]["act_out"]
+                # A slice chip with more of its layer behind sends its input on as FP
+                # starts, and the slices so far after FP; chip c + 1 loads the first
+                # message, and gathers the second after its own FP.
+                early = bool(m["input_out"])
+                offer = fp_start + 1 if early else send + 1
+                slot_wait[c + 1] += max(0, load[c + 1][s] - max(unblocked[c + 1], offer))
                 accepted, arrived = down[c].send(
-                    [(send + 1, rows[0], 0)] + [(0, words, 1) for words in rows[1:]],
+                    _source_runs(m["input_out"] if early else m["act_out"], offer),
                     load[c + 1][s])
+                if early:
+                    gather_ready = arrived[-1] + 1 + fp_cycles[c + 1] + 1
+                    offer = max(send, accepted[-1] + 1) + 1
+                    accepted, gathered = down[c].send(_source_runs(m["act_out"], offer),
+                                                      gather_ready)
                 t = accepted[-1] + timing.send_overhead
                 p["send"] += t - send
             fdone[c][s] = t
@@ -1059,6 +1082,12 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                             for k in range(batches)},
             "slots": slots,
             "chips": out}
+
+
+def _source_runs(rows, offer):
+    """A message of ``rows`` as :class:`MapSender` offers it to a link, its first word
+    at ``offer``: the rows back to back but for one read cycle between them."""
+    return [(offer, rows[0], 0)] + [(0, words, 1) for words in rows[1:]]
 
 
 def _order_errors(chips, layers, msgs, runs):
@@ -1284,7 +1313,10 @@ def _estimate(chip, layers, msgs, *, chain_first, chain_last, batch_size, timing
     r = _chip_runs(chip, layers, chain_last=chain_last, timing=timing)
     ox = timing.engine_overhead
     fwd = sum(msgs["act_in"]) if chain_first else _wire(msgs["act_in"], timing)
-    fwd += sum(run.busy + ox for run in r.fp) + timing.done_cycles
+    fwd += max(sum(run.busy + ox for run in r.fp), _wire(msgs["input_out"], timing))
+    fwd += timing.done_cycles
+    if msgs["gather_in"]:
+        fwd += _wire(msgs["gather_in"], timing) + timing.gather_tail
     if not chain_last:
         fwd += _wire(msgs["act_out"], timing) + timing.send_overhead
     if chain_last:

@@ -288,6 +288,28 @@ def test_serial_chip_matches_the_measured_core():
     assert r["cycles_per_sample"] == pytest.approx(1017.2, rel=0.01)
 
 
+@pytest.mark.slow
+def test_model_predicts_the_cluster():
+    """The 4-chip digits plan, built as planned (per-chip slots included) and trained
+    for one batch in Amaranth's simulator: its cycles from a cold start are the model's,
+    and each chip fills as many feature slots as the model says."""
+    from fpdeep.rtl.elaborate import chain_from_plan
+    from fpdeep.sim.harness import CoreRun, digits_samples
+    net = zoo.get("digits")
+    plan = digits_plan(4)
+    layout = chain_from_plan(plan, net)
+    assert layout.slots == plan.summary["gateware"]["slots"]
+    run = CoreRun(net, batch_size=8, splits=layout.splits, engines=layout.engines,
+                  slots=layout.slots, held=layout.held)
+    floats, labels = digits_samples(8)
+    reference = run.reference()
+    result = run.run([reference.quantize_input(x) for x in floats], labels)
+    model = plan.summary["gateware"]["run_cycles"]["1"]
+    assert result.run_cycles == pytest.approx(model, rel=0.005)
+    assert result.slots_peak == [chip["predicted"]["gateware"]["feature_slots_peak"]
+                                 for chip in plan.chips]
+
+
 # ---------------------------------------------------------------------------------------
 # Errors, each in one line.
 
