@@ -128,15 +128,19 @@ class TrainingCore(wiring.Component):
     After every ``batch_size`` samples, all layers step SGD at once. The results
     equal :class:`fpdeep.sim.reference.Reference` in int mode bit for bit.
 
-    Every engine has its own array, but the sequencer still runs them one after
-    another on one sample: overlapping samples (FP of one during BP and WU of
-    another) needs double-buffered feature memories and is not built yet.
+    Every engine has its own array. A forward sequencer (load, FP, send) and a
+    backward one (loss or receive, BP, WU) run different samples at once; the
+    feature memories they share have ``slots`` copies, so forward runs at most
+    ``slots`` samples ahead, and it waits at each mini-batch's end for the SGD step.
 
     A core may train only a range of the weighted layers (``layers``), as one chip
     of a :class:`~fpdeep.rtl.cluster.Cluster`: it then loads the previous chip's
     output map instead of a sample, sends its own output map on ``act_out``, takes
     the errors of that map back on ``err_in`` and sends the errors at its input on
-    ``err_out`` (formats in :mod:`fpdeep.rtl.rowlink`).
+    ``err_out`` (formats in :mod:`fpdeep.rtl.rowlink`). With ``channels`` it trains
+    output channels ``lo .. hi`` of one layer (see :class:`~fpdeep.rtl.cluster.Cluster`);
+    with ``remote`` a neighbour holds one layer's masters (``wgt_out``/``wgt_in``),
+    with ``hold`` this chip holds a neighbour's (``held_in``/``held_out``).
 
     Parameters
     ----------
@@ -151,6 +155,14 @@ class TrainingCore(wiring.Component):
         ``{layer: EngineSizes}``; by default one tile of up to 16 channels each.
     layers : (first, stop), optional
         The weighted layers this core trains; by default all of them.
+    channels : (lo, hi), optional
+        Output channels of the (only) layer, when a layer is split across chips.
+    slots : int
+        Feature-memory copies: how many samples FP may run ahead of BP/WU.
+    remote : tuple of str
+        At most one local layer whose masters the next chip holds.
+    hold : dict, optional
+        ``layer, lo, hi, geometry, masters`` of the previous chip's layer held here.
 
     Members
     -------
