@@ -29,6 +29,11 @@ map on as its FP starts, and after FP its channels and those before them (no
 label); a slice chip ``j > 0`` GATHERs the channels of the chips before it after
 its own FP, before it sends.
 
+Not modelled: the gateware starts a chip's first FP with the label and lets it
+take the input rows as they arrive (unless the chip sends its input on); here FP
+waits for the whole map, so predictions are slightly pessimistic (digits, 2
+batches: measured 0.996, 0.982 and 0.977 of the model on 1, 2 and 4 chips).
+
 A *backward* sequencer: LOSS on the last chip (with a split last layer, the last
 slice's chip takes the loss over all logits and sends the other slices' errors
 up), else RECEIVE framed error rows (``w + 2`` words; partial-sum rows of a split

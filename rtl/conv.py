@@ -129,6 +129,9 @@ class ConvEngine(wiring.Component):
         A step enters the array this cycle (a performance counter input).
     w_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(weight, rows)))
     x_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(in, w)))
+    x_ready : In(range(depth + 1)), all rows by default
+        Input rows ``0 .. x_ready - 1`` (row-layout addresses) are written: a step
+        whose row is not waits, so the engine can start on an input still arriving.
     o : Out(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(out, wo), "saturated"})))
         Requantized output rows (``values`` in ``out_fmt``, or in :attr:`acc_fmt` with
         ``raw``), in order of (tile, row, lane); ``saturated`` counts the row's
@@ -162,6 +165,7 @@ class ConvEngine(wiring.Component):
                 shape=data.ArrayLayout(weight_fmt.shape, rows))),
             "x_rd": In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(self.in_layout.depth), shape=self.in_layout.shape)),
+            "x_ready": In(range(self.in_layout.depth + 1), init=self.in_layout.depth),
             "o": Out(stream.Signature(data.StructLayout({
                 "channel": range(g.cout),
                 "row": range(g.ho),
@@ -230,14 +234,17 @@ class ConvEngine(wiring.Component):
             self.x_rd.addr.eq(i * g.h + y + ky - g.ph),
         ]
 
+        # A step waits for its input row: rows at addresses below ``x_ready`` are
+        # written (the input may still be arriving, row after row, address order).
+        issue = running & (at_bias | (self.x_rd.addr < self.x_ready))
         with m.If(advance):
             m.d.sync += [
-                s1_valid.eq(running),
+                s1_valid.eq(issue),
                 s1_bias.eq(at_bias),
                 s1_kx.eq(kx),
                 s1_last.eq(step_last),
             ]
-            with m.If(running):
+            with m.If(issue):
                 with m.If(at_bias if self._bias else last_tap):
                     m.d.sync += [at_bias.eq(0), i.eq(0), kx.eq(0)]
                     next_y_lo = Mux(y + 1 < g.ph, g.ph - (y + 1), 0)

@@ -639,13 +639,20 @@ class TrainingCore(wiring.Component):
         row_buffer = Signal(sample_layout.shape)
         loading = Signal()
         gathering = Signal()
+        # The first layer's FP starts with the label and takes the input rows as they
+        # arrive (``filling``), unless this chip sends its input on as FP starts.
+        stream_input = input_sender is None
+        filling = Signal()
+        taking = loading | filling
         if gatherer is not None:
             m.d.comb += [gatherer.i.valid.eq(host.sample.valid & gathering),
                          gatherer.i.payload.eq(host.sample.payload)]
-            m.d.comb += host.sample.ready.eq(Mux(gathering, gatherer.i.ready, loading))
+            m.d.comb += host.sample.ready.eq(Mux(gathering, gatherer.i.ready, taking))
         else:
-            m.d.comb += host.sample.ready.eq(loading)
-        with m.If(host.sample.valid & loading):
+            m.d.comb += host.sample.ready.eq(taking)
+        m.d.comb += fp_engines[0].x_ready.eq(Mux(filling, pixel_row, sample_layout.depth))
+        last_word = have_label & (pixel_x == w0 - 1) & (pixel_row == c0 * h0 - 1)
+        with m.If(host.sample.valid & taking):
             with m.If(~have_label):
                 m.d.sync += [label.eq(host.sample.payload), have_label.eq(1)]
             with m.Else():
@@ -661,6 +668,9 @@ class TrainingCore(wiring.Component):
                         m.d.comb += sample_wr.data[x].eq(row_buffer[x])
                     m.d.comb += sample_wr.data[w0 - 1].eq(host.sample.payload)
                     m.d.sync += pixel_row.eq(pixel_row + 1)
+            if stream_input:
+                with m.If(last_word):
+                    m.d.sync += [pixel_row.eq(0), have_label.eq(0), filling.eq(0)]
 
         # ---- host weight access, routed by address to the masters' stores: the
         # layers' update units, and the neighbour's layer this chip holds.
@@ -742,11 +752,16 @@ class TrainingCore(wiring.Component):
                         m.d.comb += unit.start_refresh.eq(1)
                     m.d.sync += dirty.eq(0)
                     m.next = "REFRESH"
-                with m.Elif(host.sample.valid & loading & have_label &
-                            (pixel_x == w0 - 1) & (pixel_row == c0 * h0 - 1)):
-                    m.d.sync += [pixel_row.eq(0), have_label.eq(0), flayer.eq(0),
-                                 labels[fslot].eq(label)]
-                    m.next = "FP_START"
+                if stream_input:
+                    with m.Elif(host.sample.valid & loading):
+                        m.d.sync += [flayer.eq(0), labels[fslot].eq(host.sample.payload),
+                                     filling.eq(1)]
+                        m.next = "FP_START"
+                else:
+                    with m.Elif(host.sample.valid & loading & last_word):
+                        m.d.sync += [pixel_row.eq(0), have_label.eq(0), flayer.eq(0),
+                                     labels[fslot].eq(label)]
+                        m.next = "FP_START"
             with m.State("REFRESH"):
                 with m.If(all_wu_idle & (fsettle == 1)):
                     m.d.sync += fsettle.eq(0)
@@ -769,7 +784,8 @@ class TrainingCore(wiring.Component):
                 with m.Switch(flayer):
                     for index in range(count):
                         with m.Case(index):
-                            m.d.comb += done.eq(fp_idle(index))
+                            m.d.comb += done.eq(fp_idle(index) & ~(filling if index == 0
+                                                                   else 0))
                 # Two idle cycles: the writer's pooled row lands one cycle after the engine.
                 with m.If(done & (fsettle == 2)):
                     with m.If(flayer == count - 1):

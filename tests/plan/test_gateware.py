@@ -305,7 +305,9 @@ def test_model_predicts_the_cluster():
     reference = run.reference()
     result = run.run([reference.quantize_input(x) for x in floats], labels)
     model = plan.summary["gateware"]["run_cycles"]["1"]
-    assert result.run_cycles == pytest.approx(model, rel=0.005)
+    # Each chip's first FP starts on its input rows as they arrive; the model has it
+    # wait for the whole map, so the gateware may be a little faster, never slower.
+    assert 0.95 * model <= result.run_cycles <= model
     assert result.slots_peak == [chip["predicted"]["gateware"]["feature_slots_peak"]
                                  for chip in plan.chips]
 

@@ -33,8 +33,30 @@ class EngineBench(Elaboratable):
         return m
 
 
-def run_engine(engine, weight_words, input_words, *, seed, stall=0.3):
-    bench = EngineBench(engine, w_rd=weight_words, x_rd=input_words)
+class StreamingBench(EngineBench):
+    """The input memory starts empty; the testbench writes its rows (``row``,
+    ``data``, ``write``) and raises ``x_ready`` as it goes."""
+
+    def __init__(self, engine, weight_words, rows):
+        super().__init__(engine, w_rd=weight_words, x_rd=rows)
+        self.write = Signal()
+        self.row = Signal(range(rows))
+        self.data = Signal(engine.x_rd.data.shape())
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        port = self.memories["x_rd"].write_port()
+        m.d.comb += [port.en.eq(self.write), port.addr.eq(self.row), port.data.eq(self.data)]
+        return m
+
+
+def run_engine(engine, weight_words, input_words, *, seed, stall=0.3, row_gap=None):
+    """Run the engine; with ``row_gap``, its input rows arrive one per ``row_gap``
+    cycles after ``start`` (the memory holds zeros until then)."""
+    if row_gap is None:
+        bench = EngineBench(engine, w_rd=weight_words, x_rd=input_words)
+    else:
+        bench = StreamingBench(engine, weight_words, len(input_words))
     g = engine._g
     out = np.zeros((g.cout, g.ho, g.wo), dtype=np.int64)
     seen = np.zeros((g.cout, g.ho), dtype=bool)
@@ -57,9 +79,23 @@ def run_engine(engine, weight_words, input_words, *, seed, stall=0.3):
             await ctx.tick()
         assert not ctx.get(engine.busy)
 
+    async def rows_arrive(ctx):
+        ctx.set(engine.x_ready, 0)
+        for row, word in enumerate(input_words):
+            for _ in range(row_gap):
+                await ctx.tick()
+            ctx.set(bench.row, row)
+            ctx.set(bench.data, word)
+            ctx.set(bench.write, 1)
+            await ctx.tick()
+            ctx.set(bench.write, 0)
+            ctx.set(engine.x_ready, row + 1)
+
     sim = Simulator(bench)
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
+    if row_gap is not None:
+        sim.add_testbench(rows_arrive, background=True)
     sim.run()
     return out, stats["saturated"]
 
@@ -90,6 +126,26 @@ def test_forward_matches_reference(case):
     assert sat == expect_sat
     if scale > 1:
         assert sat > 0
+
+
+@pytest.mark.parametrize("case", CASES[:3])
+def test_forward_starts_on_rows_as_they_arrive(case):
+    """With the input written a row at a time after start, the engine waits for each
+    row it needs (rows not yet written read as zeros, which would show) and still
+    computes the reference exactly."""
+    cin, cout, h, w, kh, kw, ph, pw, rows, scale = case
+    rng = np.random.default_rng(7 + hash(case) % 2**32)
+    g = ConvGeometry(cin=cin, cout=cout, h=h, w=w, kh=kh, kw=kw, ph=ph, pw=pw)
+    x = N.act.from_float(rng.uniform(0.5, 4, size=(cin, h, w)))
+    wq = N.weight.from_float(rng.normal(0, 0.5 * scale, size=(cout, cin, kh, kw)))
+    bq = N.weight.from_float(rng.normal(0, 0.5 * scale, size=cout))
+    acc = conv_forward_acc(x, wq, bq, ph, pw, N.act.one)
+    expect, _ = requantize_np(acc, N.act.frac + N.weight.frac, N.act)
+    engine = ConvEngine(geometry=g, rows=rows, in_fmt=N.act, weight_fmt=N.weight,
+                        out_fmt=N.act)
+    got, _ = run_engine(engine, pack_conv_weights(wq, bq, rows), pack_rows(x), seed=cin,
+                        row_gap=7)
+    np.testing.assert_array_equal(got, expect)
 
 
 @pytest.mark.parametrize("case", CASES[:3])
