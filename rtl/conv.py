@@ -132,6 +132,8 @@ class ConvEngine(wiring.Component):
     x_ready : In(range(depth + 1)), all rows by default
         Input rows ``0 .. x_ready - 1`` (row-layout addresses) are written: a step
         whose row is not waits, so the engine can start on an input still arriving.
+    starved : Out(1)
+        A step waits for its input row this cycle (busy, but not for lack of work).
     o : Out(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(out, wo), "saturated"})))
         Requantized output rows (``values`` in ``out_fmt``, or in :attr:`acc_fmt` with
         ``raw``), in order of (tile, row, lane); ``saturated`` counts the row's
@@ -166,6 +168,7 @@ class ConvEngine(wiring.Component):
             "x_rd": In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(self.in_layout.depth), shape=self.in_layout.shape)),
             "x_ready": In(range(self.in_layout.depth + 1), init=self.in_layout.depth),
+            "starved": Out(1),
             "o": Out(stream.Signature(data.StructLayout({
                 "channel": range(g.cout),
                 "row": range(g.ho),
@@ -237,6 +240,7 @@ class ConvEngine(wiring.Component):
         # A step waits for its input row: rows at addresses below ``x_ready`` are
         # written (the input may still be arriving, row after row, address order).
         issue = running & (at_bias | (self.x_rd.addr < self.x_ready))
+        m.d.comb += self.starved.eq(running & advance & ~issue)
         with m.If(advance):
             m.d.sync += [
                 s1_valid.eq(issue),

@@ -173,7 +173,7 @@ class TrainingCore(wiring.Component):
     perf_cycles : Out(32)
         Cycles spent on samples and updates.
     perf_busy, perf_steps : Out(ArrayLayout(32, engine count))
-        Per engine (:attr:`engine_names`), cycles busy and steps through its array.
+        Per engine (:attr:`engine_names`), cycles busy (less waits for input rows) and steps.
     act_out : Out(stream.Signature(signed(16)))
         Unless the core ends the network: label and output map, row-major.
     err_in : In(stream.Signature(signed(16)))
@@ -942,7 +942,9 @@ class TrainingCore(wiring.Component):
         self.engines_by_name = dict(zip(self.engine_names, engines))
         self.loss_unit = loss
         for k, engine in enumerate(engines):
-            with m.If(engine.busy):
+            # Busy, less the cycles an FP engine waits for input rows still arriving.
+            starved = engine.starved if hasattr(engine, "starved") else 0
+            with m.If(engine.busy & ~starved):
                 m.d.sync += self.perf_busy[k].eq(self.perf_busy[k] + 1)
             with m.If(engine.step):
                 m.d.sync += self.perf_steps[k].eq(self.perf_steps[k] + 1)
