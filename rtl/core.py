@@ -943,7 +943,7 @@ class TrainingCore(wiring.Component):
         self.loss_unit = loss
         for k, engine in enumerate(engines):
             # Busy, less the cycles an FP engine waits for input rows still arriving.
-            starved = engine.starved if hasattr(engine, "starved") else 0
+            starved = engine.starved if hasattr(engine, "starved") else C(0, 1)
             with m.If(engine.busy & ~starved):
                 m.d.sync += self.perf_busy[k].eq(self.perf_busy[k] + 1)
             with m.If(engine.step):

@@ -57,7 +57,7 @@ def test_refuses_a_paper_plan():
     (lambda d: d["chips"][0]["buffers"].pop("feature_slots"), "feature_slots"),
     (lambda d: d["chips"][0]["buffers"].update(feature_slots=0), "feature_slots must be"),
     (lambda d: d["chips"][0]["slices"][0]["engines"].pop("fp"), "fp engine"),
-    (lambda d: d["chips"].pop(0), ""),
+    (lambda d: d["chips"].pop(0), "where the chain needs 'conv1'"),
 ])
 def test_refuses_a_damaged_plan_in_one_line(damage, message):
     network, plan = gateware_plan(2)
