@@ -7,53 +7,11 @@ from amaranth.lib import wiring, stream, data, memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from ..plan.layers import ConvGeometry
 from .numerics import FixedFormat, check_accumulator, requantize_hw
 from .systolic import SystolicArray
 
 __all__ = ["ConvGeometry", "ConvEngine", "RowLayout", "pack_conv_weights", "pack_rows"]
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """A stride-1 zero-padded convolution ``(cin, h, w) -> (cout, h + 2ph - kh + 1, ...)``.
-
-    A fully-connected layer is the convolution whose kernel covers its whole input.
-    """
-    cin: int
-    cout: int
-    h: int
-    w: int
-    kh: int
-    kw: int
-    ph: int = 0
-    pw: int = 0
-
-    def __post_init__(self):
-        for name in ("cin", "cout", "h", "w", "kh", "kw"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, not {getattr(self, name)!r}")
-        if not 0 <= self.ph < self.kh or not 0 <= self.pw < self.kw:
-            raise ValueError(f"padding ({self.ph}, {self.pw}) must be smaller than the kernel "
-                             f"({self.kh}, {self.kw})")
-        if self.ho < 1 or self.wo < 1:
-            raise ValueError(f"a {self.kh}x{self.kw} kernel does not fit a {self.h}x{self.w} map")
-
-    @property
-    def ho(self):
-        return self.h + 2 * self.ph - self.kh + 1
-
-    @property
-    def wo(self):
-        return self.w + 2 * self.pw - self.kw + 1
-
-    @property
-    def macs(self):
-        return self.cout * self.cin * self.kh * self.kw * self.ho * self.wo
-
-    def transposed(self):
-        """The convolution that back-propagates errors: ``(cout, ho, wo) -> (cin, h, w)``."""
-        return ConvGeometry(cin=self.cout, cout=self.cin, h=self.ho, w=self.wo, kh=self.kh,
-                            kw=self.kw, ph=self.kh - 1 - self.ph, pw=self.kw - 1 - self.pw)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from amaranth.lib import wiring, data, memory, stream
 from amaranth.lib.wiring import In, Out
 
 from ..plan.errors import FpdeepError
-from ..plan.network import Conv2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy
+from ..plan.layers import gateware_layers
 from .activation import ActivationWriter
 from .backprop import ErrorDerivative, ErrorStore
-from .conv import ConvEngine, ConvGeometry, RowLayout
+from .conv import ConvEngine, RowLayout
 from .host import HostSignature
 from .loss import LossUnit
 from .numerics import DEFAULT_NUMERICS, saturating_add_hw
@@ -19,7 +19,7 @@ from .rowlink import WORD, MapReceiver, MapSender, RowDeserializer, RowSerialize
 from .weight_holder import WeightHolder
 from .weight_update import WeightUpdateUnit
 
-__all__ = ["LayerSpec", "EngineSizes", "TrainingCore", "network_layers"]
+__all__ = ["EngineSizes", "TrainingCore", "network_layers"]
 
 
 @dataclass(frozen=True)
@@ -30,54 +30,8 @@ class EngineSizes:
     wu: int
 
 
-@dataclass(frozen=True)
-class LayerSpec:
-    """A weighted layer with the post-ops that follow it."""
-    name: str
-    geometry: ConvGeometry
-    relu: bool
-    pool: bool
-
-    @property
-    def out_shape(self):
-        g = self.geometry
-        return (g.cout, g.ho // 2, g.wo // 2) if self.pool else (g.cout, g.ho, g.wo)
-
-
-def network_layers(network):
-    """Group a network into weighted layers and their post-ops; refuse what the core lacks."""
-    specs = []
-    layers = network.layers
-    index = 0
-    while index < len(layers):
-        layer = layers[index]
-        if isinstance(layer, SoftmaxCrossEntropy):
-            break
-        if not isinstance(layer, (Conv2d, Linear)):
-            raise FpdeepError(f"network {network.name!r}: layer {layer.name!r} "
-                              f"({type(layer).__name__}) must follow a Conv2d or Linear layer")
-        cin, h, w = network.input_shape_of(index)
-        if isinstance(layer, Conv2d):
-            (kh, kw), (ph, pw) = layer.kernel_hw, layer.padding_hw
-            g = ConvGeometry(cin=cin, cout=layer.out_channels, h=h, w=w, kh=kh, kw=kw,
-                             ph=ph, pw=pw)
-        else:
-            g = ConvGeometry(cin=cin, cout=layer.out_features, h=h, w=w, kh=h, kw=w)
-        index += 1
-        relu = pool = False
-        if index < len(layers) and isinstance(layers[index], ReLU):
-            relu, index = True, index + 1
-        if index < len(layers) and isinstance(layers[index], MaxPool2d):
-            pool, index = True, index + 1
-        if index < len(layers) and isinstance(layers[index], (ReLU, MaxPool2d)):
-            raise FpdeepError(f"network {network.name!r}: layer {layers[index].name!r} "
-                              f"cannot follow the post-ops of {layer.name!r} (ReLU then "
-                              f"max-pool is the supported order)")
-        specs.append(LayerSpec(layer.name, g, relu, pool))
-    if specs[-1].relu or specs[-1].pool:
-        raise FpdeepError(f"network {network.name!r}: the last weighted layer "
-                          f"{specs[-1].name!r} feeds the loss and cannot have post-ops")
-    return specs
+#: Weighted layers with their post-ops, as the chips and the planner's model see them.
+network_layers = gateware_layers
 
 
 def _connect_rows(m, source, sink):
@@ -217,8 +171,7 @@ class TrainingCore(wiring.Component):
         self.lo, self.hi, self.layer_channels = lo, hi, layer_channels
         if self.split:
             spec = self.specs[-1]
-            self.specs = [LayerSpec(spec.name, replace(spec.geometry, cout=hi - lo),
-                                    spec.relu, spec.pool)]
+            self.specs = [replace(spec, geometry=spec.geometry.channels(lo, hi))]
         #: The chip ends the chain: it holds the loss (the last slice of the last layer).
         self.has_loss = self.is_last and hi == layer_channels
         #: Channels above this slice are computed by the chips behind, those below in front.

@@ -465,18 +465,12 @@ def run_until_idle(top, start, busy, *, step=None, sink=None, period=1, setup=()
     return counts
 
 
-def rtl_geometry(g):
-    from fpdeep.rtl.conv import ConvGeometry
-    return ConvGeometry(cin=g.cin, cout=g.cout, h=g.h, w=g.w, kh=g.kh, kw=g.kw, ph=g.ph,
-                        pw=g.pw)
-
-
 def conv_bench(g, rows, *, bias, seed):
     from fpdeep.rtl.conv import ConvEngine, pack_conv_weights, pack_rows
     from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
     from tests.rtl.test_conv import EngineBench
     rng = np.random.default_rng(seed)
-    engine = ConvEngine(geometry=rtl_geometry(g), rows=rows, in_fmt=N.act, weight_fmt=N.weight,
+    engine = ConvEngine(geometry=g, rows=rows, in_fmt=N.act, weight_fmt=N.weight,
                         out_fmt=N.act, bias=bias)
     w = rng.integers(-300, 300, size=(g.cout, g.cin, g.kh, g.kw))
     b = rng.integers(-300, 300, size=g.cout) if bias else None
@@ -484,10 +478,10 @@ def conv_bench(g, rows, *, bias, seed):
     return engine, EngineBench(engine, w_rd=pack_conv_weights(w, b, rows), x_rd=pack_rows(x))
 
 
-DIGITS_CONV = gw.Geometry(1, 4, 8, 8, 3, 3, 1, 1)
-DIGITS_FC = gw.Geometry(4, 10, 4, 4, 4, 4)
-SMALL = [DIGITS_CONV, DIGITS_FC, gw.Geometry(2, 5, 5, 4, 3, 2, 1, 0),
-         gw.Geometry(3, 3, 6, 5, 2, 3, 0, 2), gw.Geometry(2, 3, 4, 4, 1, 1)]
+DIGITS_CONV = gw.ConvGeometry(1, 4, 8, 8, 3, 3, 1, 1)
+DIGITS_FC = gw.ConvGeometry(4, 10, 4, 4, 4, 4)
+SMALL = [DIGITS_CONV, DIGITS_FC, gw.ConvGeometry(2, 5, 5, 4, 3, 2, 1, 0),
+         gw.ConvGeometry(3, 3, 6, 5, 2, 3, 0, 2), gw.ConvGeometry(2, 3, 4, 4, 1, 1)]
 
 
 @pytest.mark.parametrize("g, rows", [(DIGITS_CONV, 4), (DIGITS_CONV, 3), (DIGITS_FC, 10),
@@ -519,7 +513,7 @@ def test_wu_engine_cycles(g, rows):
     from fpdeep.rtl.weight_update import WeightGradientEngine
     from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
     from tests.rtl.test_conv import EngineBench
-    engine = WeightGradientEngine(geometry=rtl_geometry(g), rows=rows, act_fmt=N.act,
+    engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act,
                                   error_fmt=N.error)
     bench = EngineBench(engine, e_rd=engine.e_layout.depth, x_rd=g.cin * g.h)
     got = run_until_idle(bench, engine.start, engine.busy, step=engine.step, sink=engine.o)
@@ -534,7 +528,7 @@ def test_sgd_walk_cycles(g):
     from tests.rtl.test_conv import EngineBench
     masters = (np.zeros((g.cout, g.cin, g.kh, g.kw), dtype=np.int64),
                np.zeros(g.cout, dtype=np.int64))
-    unit = WeightUpdateUnit(geometry=rtl_geometry(g), wu_rows=2, fp_rows=2, bp_rows=1,
+    unit = WeightUpdateUnit(geometry=g, wu_rows=2, fp_rows=2, bp_rows=1,
                             numerics=N, masters=masters, rate_q=100, momentum_q=60000,
                             batch_size=4)
     bench = EngineBench(unit, e_rd=unit.engine.e_layout.depth, x_rd=g.cin * g.h)
@@ -621,7 +615,7 @@ def test_runs_of_tiles_jump_exactly(seed):
     rng = random.Random(seed)
     for _ in range(40):
         kh, kw = rng.randint(1, 4), rng.randint(1, 4)
-        g = gw.Geometry(rng.randint(1, 5), rng.randint(1, 9), rng.randint(kh, 12),
+        g = gw.ConvGeometry(rng.randint(1, 5), rng.randint(1, 9), rng.randint(kh, 12),
                         rng.randint(kw, 12), kh, kw, rng.randint(0, kh - 1),
                         rng.randint(0, kw - 1))
         rows, period = rng.randint(1, g.cout + 1), rng.choice([1, 3, 4, 7])
