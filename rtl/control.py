@@ -44,7 +44,7 @@ from amaranth import *
 from amaranth.lib import wiring, stream, data, fifo, enum
 from amaranth.lib.wiring import In, Out
 
-from .host import WEIGHT_ADDR_WIDTH, WEIGHT_SHAPE
+from .host import WEIGHT_ADDR_WIDTH, WEIGHT_SHAPE, weight_members
 
 __all__ = ["CTL_WORD_WIDTH", "ControlOp", "REQUEST_LAYOUT", "RESPONSE_LAYOUT",
            "WeightPortSignature", "connect_weight_port", "WeightAccessRouter"]
@@ -105,15 +105,7 @@ class WeightPortSignature(wiring.Signature):
     """
 
     def __init__(self):
-        super().__init__({
-            "weight_addr": In(unsigned(WEIGHT_ADDR_WIDTH)),
-            "weight_read": In(1),
-            "weight_rdata": Out(WEIGHT_SHAPE),
-            "weight_rvalid": Out(1),
-            "weight_write": In(1),
-            "weight_wdata": In(WEIGHT_SHAPE),
-            "weight_count": Out(unsigned(WEIGHT_ADDR_WIDTH)),
-        })
+        super().__init__(weight_members())
 
 
 def connect_weight_port(m, user, holder):

@@ -72,14 +72,22 @@ class HostSignature(wiring.Signature):
             "saturations": Out(unsigned(32)),
             "loss_sum": Out(unsigned(32)),
             "busy": Out(1),
-            "weight_addr": In(unsigned(WEIGHT_ADDR_WIDTH)),
-            "weight_read": In(1),
-            "weight_rdata": Out(WEIGHT_SHAPE),
-            "weight_rvalid": Out(1),
-            "weight_write": In(1),
-            "weight_wdata": In(WEIGHT_SHAPE),
-            "weight_count": Out(unsigned(WEIGHT_ADDR_WIDTH)),
+            **weight_members(),
         })
+
+
+def weight_members():
+    """The weight-access members of :class:`HostSignature` (also
+    :class:`~fpdeep.rtl.control.WeightPortSignature`), from the weights' side."""
+    return {
+        "weight_addr": In(unsigned(WEIGHT_ADDR_WIDTH)),
+        "weight_read": In(1),
+        "weight_rdata": Out(WEIGHT_SHAPE),
+        "weight_rvalid": Out(1),
+        "weight_write": In(1),
+        "weight_wdata": In(WEIGHT_SHAPE),
+        "weight_count": Out(unsigned(WEIGHT_ADDR_WIDTH)),
+    }
 
 
 def _check_divisor(divisor):
