@@ -257,9 +257,11 @@ class HostClient:
         for start in range(0, len(words), MAX_SAMPLE_WORDS):
             self.transact(self.sample_request(words[start:start + MAX_SAMPLE_WORDS]))
 
-    def push_sample(self, label, pixels):
-        """Send one training sample: its label, then its C*H*W pixels, row-major."""
-        self.push_words([label, *pixels])
+    def push_sample(self, label, sample):
+        """Send one training sample: its label, then its ``(C, H, W)`` pixels in stream
+        order (:func:`~fpdeep.rtl.rowlink.map_words`: row by row, channels in turn)."""
+        from ..rtl.rowlink import map_words
+        self.push_words([label, *map_words(sample)])
 
     def counters(self, *, loss=True):
         return self.transact(self.counters_request(loss=loss))

@@ -2,7 +2,7 @@
 
 from amaranth import *
 from amaranth.lib import wiring, data, memory
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .conv import RowLayout
@@ -37,6 +37,14 @@ class ActivationWriter(wiring.Component):
         Same memory, to pair rows for pooling (unused without ``pool``).
     pooled_wr : In(memory.WritePort.Signature(...))
         Row-layout ``(channels, h/2, w/2)``; only with ``pool``.
+    clear : In(1)
+        Pulse as a new map begins: :attr:`rows_ready` returns to 0.
+    rows_ready : Out(range(rows + 1))
+        Rows ``0 .. rows_ready - 1`` of every channel of the next layer's input (the
+        pooled map with ``pool``, else ``full``) are written, and readable from the
+        cycle this shows them. Rows arrive row by row, channels in order
+        (:meth:`RowLayout.stream_order`, as :class:`~fpdeep.rtl.conv.ConvEngine`
+        emits them), so a row is complete once its last channel is written.
     """
 
     def __init__(self, *, channels, h, w, fmt, relu, pool):
@@ -58,6 +66,9 @@ class ActivationWriter(wiring.Component):
                 addr_width=ceil_log2(self.pooled_layout.depth), shape=self.pooled_layout.shape))
         else:
             self.pooled_layout = None
+        rows = h // 2 if pool else h
+        members["clear"] = In(1)
+        members["rows_ready"] = Out(range(rows + 1))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -73,17 +84,30 @@ class ActivationWriter(wiring.Component):
         ]
         for x in range(w):
             m.d.comb += self.full_wr.data[x].eq(values[x])
+        last_channel = self.i.payload.channel == self._c - 1
         if not self._pool:
+            with m.If(self.clear):
+                m.d.sync += self.rows_ready.eq(0)
+            with m.Elif(take & last_channel):
+                m.d.sync += self.rows_ready.eq(self.i.payload.row + 1)
             return m
 
         # Pair an odd row with the even row above it, read back from `full`.
         m.d.comb += self.full_rd.addr.eq(self.i.payload.channel * self._h + self.i.payload.row - 1)
         pending = Signal()
+        pending_last = Signal()         # ... of the row's last channel
         below = Signal(data.ArrayLayout(self._fmt.shape, w))
+        pooled_row = Signal(range(self._h // 2))
         pooled_addr = Signal.like(self.pooled_wr.addr)
         m.d.sync += [pending.eq(take & self.i.payload.row[0]),
+                     pending_last.eq(take & self.i.payload.row[0] & last_channel),
+                     pooled_row.eq(self.i.payload.row >> 1),
                      pooled_addr.eq(self.i.payload.channel * (self._h // 2)
                                     + (self.i.payload.row >> 1))]
+        with m.If(self.clear):
+            m.d.sync += self.rows_ready.eq(0)
+        with m.Elif(pending_last):
+            m.d.sync += self.rows_ready.eq(pooled_row + 1)
         for x in range(w):
             m.d.sync += below[x].eq(values[x])
         above = self.full_rd.data

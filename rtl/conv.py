@@ -33,6 +33,12 @@ class RowLayout:
     def address(self, channel, y):
         return channel * self.h + y
 
+    def stream_order(self):
+        """``(channel, y)`` of every row in stream order: row ``y`` of each channel in
+        turn, then row ``y + 1``. Maps travel in this order (host samples, links),
+        and engines produce them in it, so a consumer can start on the rows so far."""
+        return [(c, y) for y in range(self.h) for c in range(self.channels)]
+
     def row_stream(self):
         """The stream of this map's rows, one per beat, in any order."""
         return stream.Signature(data.StructLayout({
@@ -87,15 +93,17 @@ class ConvEngine(wiring.Component):
         A step enters the array this cycle (a performance counter input).
     w_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(weight, rows)))
     x_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(in, w)))
-    x_ready : In(range(depth + 1)), all rows by default
-        Input rows ``0 .. x_ready - 1`` (row-layout addresses) are written: a step
-        whose row is not waits, so the engine can start on an input still arriving.
+    x_ready : In(range(h + 1)), all rows by default
+        Rows ``0 .. x_ready - 1`` of every input channel are written: a step whose
+        row is not waits, so the engine can start on an input still arriving, row
+        after row (the order :class:`RowLayout` streams in).
     starved : Out(1)
         A step waits for its input row this cycle (busy, but not for lack of work).
     o : Out(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(out, wo), "saturated"})))
         Requantized output rows (``values`` in ``out_fmt``, or in :attr:`acc_fmt` with
-        ``raw``), in order of (tile, row, lane); ``saturated`` counts the row's
-        saturated values.
+        ``raw``), in order of (row, tile, lane): output row ``y`` of every channel
+        leaves before any of row ``y + 1``, so the next layer can start on it.
+        ``saturated`` counts the row's saturated values.
 
     Raises
     ------
@@ -125,7 +133,7 @@ class ConvEngine(wiring.Component):
                 shape=data.ArrayLayout(weight_fmt.shape, rows))),
             "x_rd": In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(self.in_layout.depth), shape=self.in_layout.shape)),
-            "x_ready": In(range(self.in_layout.depth + 1), init=self.in_layout.depth),
+            "x_ready": In(range(g.h + 1), init=g.h),
             "starved": Out(1),
             "o": Out(stream.Signature(data.StructLayout({
                 "channel": range(g.cout),
@@ -161,8 +169,10 @@ class ConvEngine(wiring.Component):
             rows=rows, cols=g.wo, a_shape=self._weight_fmt.shape, b_shape=self._in_fmt.shape,
             acc_width=self._acc_width, tag_shape=tag)
 
-        # Loop counters: tile t, output row y, input channel i, kernel row ky, column kx;
-        # the bias step follows the last tap of a tile-row.
+        # Loop counters, outermost first: output row y, tile t, input channel i, kernel
+        # row ky, column kx; the bias step follows the last tap of a tile-row. Rows
+        # outermost make the output a row stream: the weights are read at every step
+        # anyway, so the order costs nothing.
         t = Signal(range(max(2, self.tiles)))
         y = Signal(range(max(2, g.ho)))
         i = Signal(range(max(2, g.cin)))
@@ -195,9 +205,9 @@ class ConvEngine(wiring.Component):
             self.x_rd.addr.eq(i * g.h + y + ky - g.ph),
         ]
 
-        # A step waits for its input row: rows at addresses below ``x_ready`` are
-        # written (the input may still be arriving, row after row, address order).
-        issue = running & (at_bias | (self.x_rd.addr < self.x_ready))
+        # A step waits for its input row: rows below ``x_ready`` are written in every
+        # channel (the input may still be arriving, row after row).
+        issue = running & (at_bias | (y + ky - g.ph < self.x_ready))
         m.d.comb += self.starved.eq(running & advance & ~issue)
         with m.If(advance):
             m.d.sync += [
@@ -210,14 +220,12 @@ class ConvEngine(wiring.Component):
                 with m.If(at_bias if self._bias else last_tap):
                     m.d.sync += [at_bias.eq(0), i.eq(0), kx.eq(0)]
                     next_y_lo = Mux(y + 1 < g.ph, g.ph - (y + 1), 0)
-                    with m.If(y == g.ho - 1):
-                        m.d.sync += [y.eq(0), ky.eq(g.ph)]       # ky_lo of row 0
-                        with m.If(t == self.tiles - 1):
-                            m.d.sync += [t.eq(0), running.eq(0)]
-                        with m.Else():
-                            m.d.sync += t.eq(t + 1)
+                    with m.If(t != self.tiles - 1):
+                        m.d.sync += [t.eq(t + 1), ky.eq(ky_lo)]
+                    with m.Elif(y == g.ho - 1):
+                        m.d.sync += [t.eq(0), y.eq(0), ky.eq(g.ph), running.eq(0)]
                     with m.Else():
-                        m.d.sync += [y.eq(y + 1), ky.eq(next_y_lo)]
+                        m.d.sync += [t.eq(0), y.eq(y + 1), ky.eq(next_y_lo)]
                 with m.Elif(last_tap):
                     m.d.sync += at_bias.eq(1)
                 with m.Elif(kx == g.kw - 1):

@@ -579,32 +579,46 @@ class TrainingCore(wiring.Component):
         # From the chip in front, after the input map: its gathered channels 0 .. lo.
         gatherer = None
         if self.lo > 0:
-            gatherer = MapReceiver(layout=RowLayout(self.hi, oh, ow, n.act), rows=self.lo * oh)
+            gatherer = MapReceiver(layout=RowLayout(self.hi, oh, ow, n.act), channels=self.lo)
             m.submodules.gather = gatherer
             _connect_slot(m, gatherer.wr, act_out[-1].write_port(), fslot * out_depths[-1])
 
-        # ---- sample loader: a label word, then pixels row-major, assembled into rows.
+        # Rows ready, layer to layer: each FP takes the rows the layer in front has
+        # written so far, and the output map leaves as its rows (own and gathered) are in.
+        for fp, writer in zip(fp_engines[1:], writers):
+            m.d.comb += fp.x_ready.eq(writer.rows_ready)
+        if act_sender is not None:
+            rows_ready = writers[-1].rows_ready
+            if gatherer is not None:
+                rows_ready = Mux(gatherer.rows_ready < rows_ready, gatherer.rows_ready,
+                                 rows_ready)
+            m.d.comb += act_sender.rows_ready.eq(rows_ready)
+
+        # ---- sample loader: a label word, then pixels in stream order (row y of each
+        # channel, then row y + 1), assembled into rows.
         sample_wr = sample_mem.write_port()
         label = Signal(range(self.network.num_classes))
         have_label = Signal()
         pixel_x = Signal(range(w0))
-        pixel_row = Signal(range(c0 * h0 + 1))
+        pixel_c = Signal(range(c0))
+        rows_loaded = Signal(range(h0 + 1))     # rows of every channel written so far
         row_buffer = Signal(sample_layout.shape)
         loading = Signal()
-        gathering = Signal()
         # The first layer's FP starts with the label and takes the input rows as they
         # arrive (``filling``), unless this chip sends its input on as FP starts.
         stream_input = input_sender is None
         filling = Signal()
         taking = loading | filling
         if gatherer is not None:
-            m.d.comb += [gatherer.i.valid.eq(host.sample.valid & gathering),
-                         gatherer.i.payload.eq(host.sample.payload)]
-            m.d.comb += host.sample.ready.eq(Mux(gathering, gatherer.i.ready, taking))
+            # The slices in front send their channels after the input.
+            m.d.comb += [gatherer.i.valid.eq(host.sample.valid & ~taking),
+                         gatherer.i.payload.eq(host.sample.payload),
+                         host.sample.ready.eq(taking | gatherer.i.ready)]
         else:
             m.d.comb += host.sample.ready.eq(taking)
-        m.d.comb += fp_engines[0].x_ready.eq(Mux(filling, pixel_row, sample_layout.depth))
-        last_word = have_label & (pixel_x == w0 - 1) & (pixel_row == c0 * h0 - 1)
+        m.d.comb += fp_engines[0].x_ready.eq(Mux(filling, rows_loaded, h0))
+        last_word = (have_label & (pixel_x == w0 - 1) & (pixel_c == c0 - 1) &
+                     (rows_loaded == h0 - 1))
         with m.If(host.sample.valid & taking):
             with m.If(~have_label):
                 m.d.sync += [label.eq(host.sample.payload), have_label.eq(1)]
@@ -615,15 +629,18 @@ class TrainingCore(wiring.Component):
                             m.d.sync += row_buffer[x].eq(host.sample.payload)
                 m.d.sync += pixel_x.eq(Mux(pixel_x == w0 - 1, 0, pixel_x + 1))
                 with m.If(pixel_x == w0 - 1):
-                    m.d.comb += [sample_wr.addr.eq(pixel_row + fslot * sample_layout.depth),
+                    m.d.comb += [sample_wr.addr.eq(pixel_c * h0 + rows_loaded +
+                                                   fslot * sample_layout.depth),
                                  sample_wr.en.eq(1)]
                     for x in range(w0 - 1):
                         m.d.comb += sample_wr.data[x].eq(row_buffer[x])
                     m.d.comb += sample_wr.data[w0 - 1].eq(host.sample.payload)
-                    m.d.sync += pixel_row.eq(pixel_row + 1)
+                    m.d.sync += pixel_c.eq(Mux(pixel_c == c0 - 1, 0, pixel_c + 1))
+                    with m.If(pixel_c == c0 - 1):
+                        m.d.sync += rows_loaded.eq(rows_loaded + 1)
             if stream_input:
                 with m.If(last_word):
-                    m.d.sync += [pixel_row.eq(0), have_label.eq(0), filling.eq(0)]
+                    m.d.sync += [rows_loaded.eq(0), have_label.eq(0), filling.eq(0)]
 
         # ---- host weight access, routed by address to the masters' stores: the
         # layers' update units, and the neighbour's layer this chip holds.
@@ -675,16 +692,12 @@ class TrainingCore(wiring.Component):
         fwd_in_batch = Signal(range(self.batch_size + 1))
         fwd_batches = Signal(32)            # batches forward has finished
         bwd_in_batch = Signal(range(self.batch_size + 1))
-        flayer = Signal(range(max(2, count)))
         blayer = Signal(range(max(2, count)))
         fsettle = Signal(2)
         bsettle = Signal(2)
 
         def next_slot(slot):
             return Mux(slot == slots - 1, 0, slot + 1)
-
-        def fp_idle(i):
-            return ~fp_engines[i].busy
 
         def bp_idle(i):
             if i == 0:
@@ -707,12 +720,11 @@ class TrainingCore(wiring.Component):
                     m.next = "REFRESH"
                 if stream_input:
                     with m.Elif(host.sample.valid & loading):
-                        m.d.sync += [flayer.eq(0), labels[fslot].eq(host.sample.payload),
-                                     filling.eq(1)]
+                        m.d.sync += [labels[fslot].eq(host.sample.payload), filling.eq(1)]
                         m.next = "FP_START"
                 else:
                     with m.Elif(host.sample.valid & loading & last_word):
-                        m.d.sync += [pixel_row.eq(0), have_label.eq(0), flayer.eq(0),
+                        m.d.sync += [rows_loaded.eq(0), have_label.eq(0),
                                      labels[fslot].eq(label)]
                         m.next = "FP_START"
             with m.State("REFRESH"):
@@ -722,54 +734,34 @@ class TrainingCore(wiring.Component):
                 with m.Else():
                     m.d.sync += fsettle.eq(1)
             with m.State("FP_START"):
-                with m.Switch(flayer):
-                    for index in range(count):
-                        with m.Case(index):
-                            m.d.comb += fp_engines[index].start.eq(1)
+                # Every layer's FP starts at once: each takes its input rows as the
+                # layer in front writes them (``x_ready``), and the output map leaves
+                # row by row as it is written, so the layers and chips form a row
+                # pipeline.
+                for fp, writer in zip(fp_engines, writers):
+                    m.d.comb += [fp.start.eq(1), writer.clear.eq(1)]
                 if input_sender is not None:
-                    # The chips behind in the split need this input too: send it now.
+                    # The chips behind in the split need this input too: send it first.
                     m.d.comb += [input_sender.start.eq(1),
                                  input_sender.label.eq(labels[fslot])]
+                if gatherer is not None:
+                    m.d.comb += gatherer.start.eq(1)
+                if act_sender is not None:
+                    m.d.comb += act_sender.start.eq(1)
+                    if input_sender is None:
+                        m.d.comb += act_sender.label.eq(labels[fslot])
                 m.d.sync += fsettle.eq(0)
                 m.next = "FP_WAIT"
             with m.State("FP_WAIT"):
-                done = Signal()
-                with m.Switch(flayer):
-                    for index in range(count):
-                        with m.Case(index):
-                            m.d.comb += done.eq(fp_idle(index) & ~(filling if index == 0
-                                                                   else 0))
+                working = [filling] + [fp.busy for fp in fp_engines] + [
+                    part.busy for part in (input_sender, gatherer, act_sender)
+                    if part is not None]
+                done = ~Cat(*working).any()
                 # Two idle cycles: the writer's pooled row lands one cycle after the engine.
                 with m.If(done & (fsettle == 2)):
-                    with m.If(flayer == count - 1):
-                        m.next = ("GATHER" if gatherer is not None else
-                                  "SEND" if act_sender is not None else "DONE")
-                    with m.Else():
-                        m.d.sync += flayer.eq(flayer + 1)
-                        m.next = "FP_START"
+                    m.next = "DONE"
                 with m.Elif(done):
                     m.d.sync += fsettle.eq(fsettle + 1)
-            if gatherer is not None:
-                with m.State("GATHER"):
-                    m.d.comb += gatherer.start.eq(1)
-                    m.next = "GATHER_WAIT"
-                with m.State("GATHER_WAIT"):
-                    m.d.comb += gathering.eq(1)
-                    with m.If(~gatherer.busy):
-                        m.next = "SEND" if act_sender is not None else "DONE"
-            if act_sender is not None:
-                with m.State("SEND"):
-                    if input_sender is None:
-                        m.d.comb += [act_sender.start.eq(1),
-                                     act_sender.label.eq(labels[fslot])]
-                        m.next = "SEND_WAIT"
-                    else:
-                        with m.If(~input_sender.busy):
-                            m.d.comb += act_sender.start.eq(1)
-                            m.next = "SEND_WAIT"
-                with m.State("SEND_WAIT"):
-                    with m.If(~act_sender.busy):
-                        m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += forwarded.eq(1)
                 m.d.sync += fslot.eq(next_slot(fslot))

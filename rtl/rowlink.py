@@ -1,9 +1,12 @@
 """Feature-map rows as word streams, for the links between chips.
 
 Activations go down the chain in the host's sample format (a label word, then the
-map's words row-major; :class:`MapSender`), so a chip loads its input the same way
-whether it comes from the host or from the chip in front; :class:`MapReceiver`
-stores a map sent without its label. Errors come back as they leave the BP engine,
+map's words in stream order, :func:`map_words`; :class:`MapSender`), so a chip
+loads its input the same way whether it comes from the host or from the chip in
+front; :class:`MapReceiver` stores a map sent without its label. Stream order is
+row by row, every channel of a row in turn (:meth:`RowLayout.stream_order`), the
+order the engines produce rows in: a chip sends a map's rows as they are computed
+and the next starts on them as they arrive. Errors come back as they leave the BP engine,
 one framed row at a time (:class:`RowSerializer`; :class:`RowDeserializer` undoes
 it), because the error derivative takes rows in any order.
 
@@ -23,6 +26,7 @@ kind has its own channel count and row size, so one link channel carries the
 forwarded errors of a layer's output and the partial sums at its input.
 """
 
+import numpy as np
 from amaranth import *
 from amaranth.lib import wiring, stream, data, memory
 from amaranth.lib.wiring import In, Out
@@ -32,7 +36,7 @@ from .conv import RowLayout
 from .numerics import FixedFormat
 
 __all__ = ["WORD", "ROW_HEADER", "PARTIAL_WORDS", "RowSerializer", "RowDeserializer",
-           "MapSender", "MapReceiver"]
+           "MapSender", "MapReceiver", "map_words"]
 
 #: The link word: one 16-bit fixed-point value, label or row header.
 WORD = signed(16)
@@ -42,6 +46,12 @@ ROW_HEADER = data.StructLayout({"row": 15, "partial": 1})
 
 #: Words per value of a partial row: a 48-bit sum, low word first.
 PARTIAL_WORDS = 3
+
+
+def map_words(feature_map):
+    """The words of a ``(channels, h, w)`` map in stream order, as the host sends a
+    sample (after its label) and :class:`MapSender` sends a map."""
+    return [int(v) for v in np.asarray(feature_map).transpose(1, 0, 2).reshape(-1)]
 
 
 def _check_frame(channels, h, w, fmt, *, partial, name="fmt"):
@@ -257,7 +267,13 @@ class RowDeserializer(wiring.Component):
 
 
 class MapSender(wiring.Component):
-    """Sends a label, then a row-layout map's values row-major, as words.
+    """Sends a label, then a row-layout map's values in stream order, as words.
+
+    Rows go in :meth:`RowLayout.stream_order` (row ``y`` of each channel, then row
+    ``y + 1``), each row's values in order. A row is read only once ``rows_ready``
+    shows it written, so the sender may start while the map is still being computed.
+    With its rows ready it sends one word per cycle: the next row's read overlaps the
+    last word of the row before.
 
     Parameters
     ----------
@@ -271,11 +287,12 @@ class MapSender(wiring.Component):
     -------
     start : In(1)
     label : In(signed(16)), sampled at ``start``; only with ``label``.
+    rows_ready : In(range(h + 1)), all rows by default
+        Rows ``0 .. rows_ready - 1`` of every channel are written (in the memory, as of
+        this cycle's read).
     busy : Out(1)
     rd : In(memory.ReadPort.Signature(...)) the map.
     o : Out(stream.Signature(signed(16)))
-
-    Throughput: one word per cycle plus one cycle per row for the read.
     """
 
     def __init__(self, *, layout, label=True):
@@ -286,6 +303,7 @@ class MapSender(wiring.Component):
         if self._label:
             members["label"] = In(WORD)
         members.update({
+            "rows_ready": In(range(layout.h + 1), init=layout.h),
             "busy": Out(1),
             "rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(layout.depth),
                                                shape=layout.shape)),
@@ -296,40 +314,56 @@ class MapSender(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         layout = self._layout
-        address = Signal(range(layout.depth + 1))
-        x = Signal(range(layout.w))
-        m.d.comb += self.rd.addr.eq(address)
+        channels, h, w = layout.channels, layout.h, layout.w
+        c = Signal(range(channels))
+        y = Signal(range(h))
+        x = Signal(range(w))
+        last_channel = c == channels - 1
+        next_c = Mux(last_channel, 0, c + 1)
+        next_y = Mux(last_channel, y + 1, y)
+        last_row = last_channel & (y == h - 1)
+        next_ready = next_y < self.rows_ready
+        m.d.comb += self.rd.en.eq(0)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += address.eq(0)
+                    m.d.sync += [c.eq(0), y.eq(0), x.eq(0)]
                     if self._label:
                         label = Signal(WORD)
                         m.d.sync += label.eq(self.label)
                         m.next = "LABEL"
                     else:
-                        m.next = "READ"
+                        m.next = "WAIT"
             if self._label:
                 with m.State("LABEL"):
-                    m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(label)]
+                    # Read row 0 as the label leaves, if it is there.
+                    m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(label),
+                                 self.rd.addr.eq(c * h + y), self.rd.en.eq(1)]
                     with m.If(self.o.ready):
-                        m.next = "ROW"      # the read of row 0 was issued this cycle
+                        with m.If(y < self.rows_ready):
+                            m.next = "ROW"
+                        with m.Else():
+                            m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += [self.rd.addr.eq(c * h + y), self.rd.en.eq(1)]
+                with m.If(y < self.rows_ready):
+                    m.next = "ROW"
             with m.State("ROW"):
-                m.d.comb += [self.rd.en.eq(0), self.o.valid.eq(1)]
+                m.d.comb += [self.o.valid.eq(1), self.rd.addr.eq(next_c * h + next_y)]
                 with m.Switch(x):
-                    for xv in range(layout.w):
+                    for xv in range(w):
                         with m.Case(xv):
                             m.d.comb += self.o.payload.eq(self.rd.data[xv])
                 with m.If(self.o.ready):
-                    m.d.sync += x.eq(x + 1)
-                    with m.If(x == layout.w - 1):
-                        m.d.sync += [x.eq(0), address.eq(address + 1)]
-                        with m.If(address == layout.depth - 1):
+                    m.d.sync += x.eq(Mux(x == w - 1, 0, x + 1))
+                    with m.If(x == w - 1):
+                        m.d.sync += [c.eq(next_c), y.eq(next_y)]
+                        with m.If(last_row):
                             m.next = "IDLE"
+                        with m.Elif(next_ready):
+                            m.d.comb += self.rd.en.eq(1)
                         with m.Else():
-                            m.next = "READ"
-            with m.State("READ"):
-                m.next = "ROW"
+                            m.next = "WAIT"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m
 
@@ -337,29 +371,29 @@ class MapSender(wiring.Component):
 class MapReceiver(wiring.Component):
     """Words in, rows of a row-layout memory out: a map sent by ``MapSender(label=False)``.
 
-    After ``start``, takes ``rows`` rows of ``w`` words each, row-major, and writes
-    each row to address ``base + n`` (``n`` = 0, 1, ...) in the cycle its last word
-    is taken; ``base + rows`` must not exceed ``layout.depth``. Throughput: one word
-    per cycle, ``i`` is ready in every cycle while busy.
+    After ``start``, takes channels ``0 .. channels - 1`` of the map in stream order
+    (:meth:`RowLayout.stream_order`), ``w`` words per row, and writes each row to
+    its address in the cycle its last word is taken. Throughput: one word per
+    cycle, ``i`` is ready in every cycle while busy.
 
     Parameters
     ----------
     layout : RowLayout
         The memory's map (values of at most 16 bits; words are truncated to them).
-    rows : int or None
-        Rows per map; the whole memory (``layout.depth``) by default.
+    channels : int or None
+        The channels sent, from channel 0; all of the layout's by default.
 
     Members
     -------
     start : In(1)
         Pulse to receive one map; ignored while busy.
-    base : In(range(layout.depth))
-        The address of the first row, sampled at ``start``; e.g.
-        ``layout.address(first_channel, 0)`` for a slice of channels.
     busy : Out(1)
         From the cycle after ``start`` to the cycle of the last row's write.
     done : Out(1)
         One cycle, the cycle after the last row's write (its data is readable then).
+    rows_ready : Out(range(h + 1))
+        Rows ``0 .. rows_ready - 1`` of every channel received are written and
+        readable; 0 from the cycle after ``start``.
     i : In(stream.Signature(signed(16)))
         Taken only while busy.
     wr : In(memory.WritePort.Signature(addr_width=ceil_log2(layout.depth), shape=layout.shape))
@@ -367,21 +401,22 @@ class MapReceiver(wiring.Component):
     Raises
     ------
     ValueError
-        If ``rows`` is not from 1 to ``layout.depth``.
+        If ``channels`` is not from 1 to ``layout.channels``.
     """
 
-    def __init__(self, *, layout, rows=None):
+    def __init__(self, *, layout, channels=None):
         _check_frame(layout.channels, layout.h, layout.w, layout.fmt, partial=False,
                      name="layout.fmt")
-        rows = layout.depth if rows is None else rows
-        if not isinstance(rows, int) or not 1 <= rows <= layout.depth:
-            raise ValueError(f"rows must be an int from 1 to {layout.depth}, not {rows!r}")
-        self._layout, self._rows = layout, rows
+        channels = layout.channels if channels is None else channels
+        if not isinstance(channels, int) or not 1 <= channels <= layout.channels:
+            raise ValueError(f"channels must be an int from 1 to {layout.channels}, "
+                             f"not {channels!r}")
+        self._layout, self._channels = layout, channels
         super().__init__({
             "start": In(1),
-            "base": In(range(layout.depth)),
             "busy": Out(1),
             "done": Out(1),
+            "rows_ready": Out(range(layout.h + 1)),
             "i": In(stream.Signature(WORD)),
             "wr": In(memory.WritePort.Signature(addr_width=ceil_log2(layout.depth),
                                                 shape=layout.shape)),
@@ -389,30 +424,33 @@ class MapReceiver(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        layout = self._layout
-        w = layout.w
-        address = Signal(range(layout.depth + 1))
-        remaining = Signal(range(self._rows + 1))
+        layout, channels = self._layout, self._channels
+        h, w = layout.h, layout.w
+        c = Signal(range(channels))
+        y = Signal(range(h + 1), init=h)       # h: idle
         x = Signal(range(w))
         buffer = Signal(layout.shape)
         take = self.i.valid & self.i.ready
+        last_channel = c == channels - 1
 
-        m.d.comb += [self.busy.eq(remaining != 0), self.i.ready.eq(self.busy)]
+        m.d.comb += [self.busy.eq(y != h), self.i.ready.eq(self.busy)]
         m.d.sync += self.done.eq(0)
         with m.If(self.start & ~self.busy):
-            m.d.sync += [address.eq(self.base), remaining.eq(self._rows), x.eq(0)]
+            m.d.sync += [c.eq(0), y.eq(0), x.eq(0), self.rows_ready.eq(0)]
         with m.If(take):
             m.d.sync += x.eq(Mux(x == w - 1, 0, x + 1))
             with m.Switch(x):
                 for xv in range(w - 1):
                     with m.Case(xv):
                         m.d.sync += buffer[xv].eq(self.i.payload)
-        m.d.comb += [self.wr.addr.eq(address), self.wr.en.eq(take & (x == w - 1))]
+        m.d.comb += [self.wr.addr.eq(c * h + y), self.wr.en.eq(take & (x == w - 1))]
         for xv in range(w - 1):
             m.d.comb += self.wr.data[xv].eq(buffer[xv])
         m.d.comb += self.wr.data[w - 1].eq(self.i.payload)
         with m.If(self.wr.en):
-            m.d.sync += [address.eq(address + 1), remaining.eq(remaining - 1)]
-            with m.If(remaining == 1):
-                m.d.sync += self.done.eq(1)
+            m.d.sync += c.eq(Mux(last_channel, 0, c + 1))
+            with m.If(last_channel):
+                m.d.sync += [y.eq(y + 1), self.rows_ready.eq(y + 1)]
+                with m.If(y == h - 1):
+                    m.d.sync += self.done.eq(1)
         return m

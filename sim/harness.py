@@ -18,6 +18,7 @@ from ..plan.errors import FpdeepError
 from ..rtl.cluster import Cluster
 from ..rtl.core import TrainingCore
 from ..rtl.numerics import DEFAULT_NUMERICS
+from ..rtl.rowlink import map_words
 from .reference import Reference, init_masters
 
 #: The host counters a run reads back.
@@ -263,9 +264,9 @@ def _run_result(chips, result, *, wall_seconds, backend="pysim", build_seconds=0
 
 
 async def send_sample(ctx, port, x, label):
-    """Send a label and a quantized sample's values, row-major, on a host sample stream."""
+    """Send a label and a quantized sample's values, in stream order, on a host sample stream."""
     ctx.set(port.valid, 1)
-    for word in [int(label)] + [int(v) for v in np.asarray(x).reshape(-1)]:
+    for word in [int(label)] + map_words(x):
         ctx.set(port.payload, word)
         await ctx.tick().until(port.ready)
     ctx.set(port.valid, 0)

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..plan.errors import FpdeepError
+from ..rtl.rowlink import map_words
 
 __all__ = ["VerilatorBuild", "build_core", "run_core", "cache_root", "demangle",
            "header_ports", "port_array"]
@@ -340,10 +341,10 @@ def run_core(core, samples, labels, *, progress=None, max_cycles_per_sample=10**
             f.write(f"{len(samples)} {words_per_sample} {max_cycles_per_sample} "
                     f"{len(addresses)}\n")
             for x, label in zip(samples, labels):
-                flat = np.asarray(x).reshape(-1)
-                if 1 + flat.size != words_per_sample:
+                words = map_words(x)
+                if 1 + len(words) != words_per_sample:
                     raise FpdeepError("samples must all have the same shape")
-                f.write(" ".join(map(str, [int(label)] + [int(v) for v in flat])) + "\n")
+                f.write(" ".join(map(str, [int(label)] + words)) + "\n")
             f.write(" ".join(map(str, addresses)) + "\n")
         start = time.perf_counter()
         process = subprocess.Popen([str(build.executable), str(input_path)],

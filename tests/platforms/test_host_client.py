@@ -1,5 +1,6 @@
 import struct
 
+import numpy as np
 import pytest
 
 from fpdeep.platforms.host_client import (Counters, HostClient, HostError, Op, Status,
@@ -101,9 +102,9 @@ def test_client_against_fake_device():
     client.write_weights([7 * i for i in range(40)], start=10)
     assert client.read_weights(10, 40) == [7 * i for i in range(40)]
     assert client.read_weight(9) == -41
-    pixels = list(range(-32, 32))
+    pixels = np.arange(-32, 32).reshape(2, 4, 8)
     client.push_sample(3, pixels)
-    assert device.words == [3, *pixels]
+    assert device.words == [3, *pixels.transpose(1, 0, 2).reshape(-1)]   # row by row
     counters = client.counters()
     assert (counters.samples, counters.correct, counters.batches, counters.saturations,
             counters.loss_sum) == (65, 2, 3, 4, 0xFFFF_FFFF)

@@ -188,3 +188,37 @@ def test_refuses_bad_splits():
         Cluster(digits_cnn(), splits=[(0, 1, (0, 2))])
     with pytest.raises(FpdeepError, match="must hold that layer alone"):
         Cluster(digits_cnn(), splits=[(0, 2, (0, 5))])
+
+
+def test_rows_stream_through_layers_and_chips():
+    """One sample through digits on a chip holding both layers, and on two chips: the
+    FC layer's FP steps while the conv layer's map is still coming, because the conv's
+    pooled rows reach it (on the chip, or over the link) as they are written."""
+    net = digits_cnn()
+    x = N.act.from_float(digits_samples(1)[0][0])
+    map_words = 1 + 4 * 4 * 4               # the label and the pooled conv1 map
+    for splits in ([(0, 2)], [(0, 1), (1, 2)]):
+        cluster = Cluster(net, splits=splits, masters=init_masters(net, N, 0), batch_size=1)
+        early = []
+
+        async def producer(ctx):
+            await send_sample(ctx, cluster.host.sample, x, 3)
+
+        async def watch(ctx):
+            conv = cluster.chips[0].engines_by_name["conv1.fp"]
+            fc = cluster.chips[-1].engines_by_name["fc1.fp"]
+            fc_in = cluster.chips[-1].host.sample
+            taken = 0
+            while not ctx.get(cluster.host.samples):
+                coming = ctx.get(conv.busy) if len(splits) == 1 else taken < map_words
+                if coming and ctx.get(fc.step):
+                    early.append(True)
+                taken += ctx.get(fc_in.valid) and ctx.get(fc_in.ready)
+                await ctx.tick()
+
+        sim = Simulator(cluster)
+        sim.add_clock(1e-8)
+        sim.add_testbench(producer, background=True)
+        sim.add_testbench(watch)
+        sim.run()
+        assert early, f"{splits}: fc1 waited for the whole conv1 map"

@@ -319,12 +319,16 @@ def test_frame_limits():
 
 
 class MapBench(Elaboratable):
-    """A MapSender reading one memory and a MapReceiver writing another."""
+    """A MapSender reading one memory and a MapReceiver writing another. The
+    testbench may write the source too (``write``, ``address``, ``data``)."""
 
     def __init__(self, sender, receiver, src, dst):
         self.sender, self.receiver = sender, receiver
         self.src = memory.Memory(shape=sender.rd.data.shape(), depth=len(src), init=src)
         self.dst = memory.Memory(shape=receiver.wr.data.shape(), depth=len(dst), init=dst)
+        self.write = Signal()
+        self.address = Signal(range(len(src)))
+        self.data = Signal(sender.rd.data.shape())
 
     def elaborate(self, platform):
         m = Module()
@@ -332,6 +336,9 @@ class MapBench(Elaboratable):
         m.submodules.src, m.submodules.dst = self.src, self.dst
         wiring.connect(m, self.sender.rd, self.src.read_port())
         wiring.connect(m, self.receiver.wr, self.dst.write_port())
+        port = self.src.write_port()
+        m.d.comb += [port.en.eq(self.write), port.addr.eq(self.address),
+                     port.data.eq(self.data)]
         return m
 
 
@@ -339,6 +346,11 @@ def random_map(rng, layout):
     fmt = layout.fmt
     return [[rng.choice([fmt.min, fmt.max, rng.randint(fmt.min, fmt.max)])
              for _ in range(layout.w)] for _ in range(layout.depth)]
+
+
+def stream_words(layout, rows):
+    """The words of a row-layout map (a list of rows by address) in stream order."""
+    return [v for c, y in layout.stream_order() for v in rows[layout.address(c, y)]]
 
 
 @pytest.mark.parametrize("label", [True, False])
@@ -351,7 +363,7 @@ def test_map_sender_words(label):
     receiver = MapReceiver(layout=layout)
     bench = MapBench(sender, receiver, words, [[0] * layout.w] * layout.depth)
     driver = StreamDriver(rng, stall=0.3)
-    expect = ([-7] if label else []) + [v for row in words for v in row]
+    expect = ([-7] if label else []) + stream_words(layout, words)
 
     async def tb(ctx):
         if label:
@@ -371,36 +383,105 @@ def test_map_sender_words(label):
     sim.run()
 
 
+def test_map_sender_one_word_per_cycle():
+    """With every row ready and the sink always ready, no cycle is lost between rows."""
+    layout = RowLayout(3, 2, 2, N.act)
+    words = random_map(random.Random(31), layout)
+    sender = MapSender(layout=layout)
+    bench = MapBench(sender, MapReceiver(layout=layout), words, words)
+
+    async def tb(ctx):
+        ctx.set(sender.label, 1)
+        ctx.set(sender.o.ready, 1)
+        ctx.set(sender.start, 1)
+        await ctx.tick()
+        ctx.set(sender.start, 0)
+        got = []
+        for _ in range(1 + layout.depth * layout.w):
+            assert ctx.get(sender.o.valid)
+            got.append(ctx.get(sender.o.payload))
+            await ctx.tick()
+        assert got == [1] + stream_words(layout, words)
+        assert not ctx.get(sender.o.valid)
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_map_round_trip_at_offset(seed):
-    """MapSender(label=False) into a MapReceiver at a row offset of a larger memory."""
+def test_map_sender_waits_for_rows(seed):
+    """The map is written row by row (every channel of a row, then ``rows_ready``) while
+    the sender runs; rows it read too early would hold the zeros written before."""
+    rng = random.Random(60 + seed)
+    layout = RowLayout(rng.randint(1, 3), rng.randint(2, 4), rng.randint(1, 3), N.act)
+    words = random_map(rng, layout)
+    for row in words:
+        row[0] = row[0] or 1             # no row is all zeros
+    sender = MapSender(layout=layout, label=False)
+    zeros = [[0] * layout.w] * layout.depth
+    bench = MapBench(sender, MapReceiver(layout=layout), zeros, zeros)
+    driver = StreamDriver(rng, stall=0.2)
+
+    async def writer(ctx):
+        ctx.set(sender.rows_ready, 0)
+        for c, y in layout.stream_order():
+            for _ in range(rng.randint(0, 6)):
+                await ctx.tick()
+            ctx.set(bench.address, layout.address(c, y))
+            ctx.set(bench.data, words[layout.address(c, y)])
+            ctx.set(bench.write, 1)
+            await ctx.tick()
+            ctx.set(bench.write, 0)
+            if c == layout.channels - 1:
+                ctx.set(sender.rows_ready, y + 1)
+
+    async def tb(ctx):
+        ctx.set(sender.start, 1)
+        await ctx.tick()
+        ctx.set(sender.start, 0)
+        got = [await driver.get(ctx, sender.o) for _ in range(layout.depth * layout.w)]
+        assert got == stream_words(layout, words)
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-6)
+    sim.add_testbench(writer, background=True)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_map_round_trip_into_leading_channels(seed):
+    """MapSender(label=False) of a few channels into the first channels of a larger map."""
     rng = random.Random(40 + seed)
     w, h = rng.randint(1, 4), rng.randint(1, 3)
     src_layout = RowLayout(rng.randint(1, 3), h, w, N.act)
     dst_layout = RowLayout(src_layout.channels + rng.randint(0, 3), h, w, N.act)
-    base = dst_layout.address(rng.randint(0, dst_layout.channels - src_layout.channels), 0)
     src = random_map(rng, src_layout)
     before = random_map(rng, dst_layout)
     sender = MapSender(layout=src_layout, label=False)
-    receiver = MapReceiver(layout=dst_layout, rows=src_layout.depth)
+    receiver = MapReceiver(layout=dst_layout, channels=src_layout.channels)
     bench = MapBench(sender, receiver, src, before)
     driver = StreamDriver(rng, gap=0.3, stall=0.3)
     done = []
 
     async def tb(ctx):
-        ctx.set(receiver.base, base)
         ctx.set(receiver.start, 1)
         ctx.set(sender.start, 1)
         await ctx.tick()
         ctx.set(receiver.start, 0)
         ctx.set(sender.start, 0)
-        for _ in range(src_layout.depth * w):
+        for n in range(src_layout.depth * w):
             assert ctx.get(receiver.busy)
+            # Rows complete in every channel received so far.
+            assert ctx.get(receiver.rows_ready) == n // (w * src_layout.channels)
             await driver.put(ctx, receiver.i, await driver.get(ctx, sender.o))
         assert not ctx.get(receiver.busy) and ctx.get(receiver.done)
+        assert ctx.get(receiver.rows_ready) == h
         await ctx.tick()
         assert not ctx.get(receiver.done)
-        expect = before[:base] + src + before[base + len(src):]
+        expect = src + before[len(src):]
         assert [list(ctx.get(bench.dst.data[a])) for a in range(dst_layout.depth)] == expect
         done.append(True)
 
@@ -415,29 +496,34 @@ def test_map_receiver_one_word_per_cycle():
     layout = RowLayout(3, 2, 3, N.act)
     rng = random.Random(50)
     words = random_map(rng, layout)
-    receiver = MapReceiver(layout=layout, rows=4)
+    receiver = MapReceiver(layout=layout, channels=2)
     dst = memory.Memory(shape=layout.shape, depth=layout.depth, init=[])
     bench = Module()
     bench.submodules.receiver, bench.submodules.dst = receiver, dst
     wiring.connect(bench, receiver.wr, dst.write_port())
+    sent = RowLayout(2, 2, 3, N.act)
 
     async def tb(ctx):
         assert not ctx.get(receiver.i.ready), "nothing taken before start"
-        ctx.set(receiver.base, 1)
         ctx.set(receiver.start, 1)
         await ctx.tick()
         ctx.set(receiver.start, 0)
         ctx.set(receiver.i.valid, 1)
-        for value in [v for row in words[:4] for v in row]:
+        for value in stream_words(sent, words[:4]):
             assert ctx.get(receiver.i.ready) and not ctx.get(receiver.done)
             ctx.set(receiver.i.payload, value)
             await ctx.tick()
         ctx.set(receiver.i.valid, 0)
         assert ctx.get(receiver.done) and not ctx.get(receiver.i.ready)
         assert [list(ctx.get(dst.data[a])) for a in range(layout.depth)] == \
-            [[0] * layout.w] + words[:4] + [[0] * layout.w]
+            words[:4] + [[0] * layout.w] * 2
 
     sim = Simulator(bench)
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
+
+
+def test_map_receiver_channels_checked():
+    with pytest.raises(ValueError, match="channels"):
+        MapReceiver(layout=RowLayout(2, 2, 2, N.act), channels=3)
