@@ -20,19 +20,16 @@ What the gateware builds
 
 The chip schedule (``rtl/core.py``)
 -----------------------------------
-Per sample, a *forward* sequencer: LOAD the label and input words (1 word per
-cycle, from the host or the link), then per local layer the FP engine (busy +
-:attr:`~GatewareTiming.engine_overhead`), then SEND (not on the last chip) the
-label and output words, 1 per cycle plus a pause per row. A chip with a slice of
-a split layer that has more of the layer behind it sends the label and its input
-map on as its FP starts, and after FP its channels and those before them (no
-label); a slice chip ``j > 0`` GATHERs the channels of the chips before it after
-its own FP, before it sends.
-
-Not modelled: the gateware starts a chip's first FP with the label and lets it
-take the input rows as they arrive (unless the chip sends its input on); here FP
-waits for the whole map, so predictions are slightly pessimistic (digits, 2
-batches: measured 0.996, 0.982 and 0.977 of the model on 1, 2 and 4 chips).
+Per sample, a *forward* sequencer: LOAD takes the label word, then FP_START starts
+every local layer's FP engine, the sender of the output map and, on a slice chip
+after the first of its layer, the receiver of the slices in front, all at once.
+Maps travel and are produced row by row (row ``y`` of every channel, then row
+``y + 1``): an engine step waits until its input row is in (1 word per cycle from
+the host or the link, or the layer in front's output row), and the sender sends
+each output row as soon as it is written, one word per cycle. FP_WAIT ends when
+all of them are idle. A chip with a slice of a split layer that has more of the
+layer behind it loads its whole input first and sends it on (with the label) as
+its FP starts, then the channels up to its own (no label).
 
 A *backward* sequencer: LOSS on the last chip (with a split last layer, the last
 slice's chip takes the loss over all logits and sends the other slices' errors
@@ -51,7 +48,8 @@ The model
 ---------
 :func:`fp_run`, :func:`bp_run`, :func:`wu_run` give an engine's exact busy cycles
 from the tile-by-tile behaviour of :class:`~fpdeep.rtl.systolic.SystolicArray`
-(:func:`array_run`); :func:`loss_cycles` and :func:`sgd_cycles` those of the loss
+(:func:`array_run`), an FP engine's steps waiting for their input rows included
+(:func:`fp_run` with ``enter``); :func:`loss_cycles` and :func:`sgd_cycles` those of the loss
 and the SGD walk. :class:`LinkDirection` follows words through one direction of
 a link (packer, credits, replay slots, framer, receiver). :func:`simulate` runs the
 chain's two sequencers per chip, sample by sample, over a few mini-batches and
@@ -113,6 +111,16 @@ class GatewareTiming:
         rmw_tail
             :class:`WeightUpdateUnit` stays busy this long after its engine (the
             read-modify-write of the last gradient row).
+    Rows in flight (``rtl/activation.py``, ``rtl/core.py``, ``rtl/rowlink.py``)
+        row_visible
+            A row written in cycle ``n`` (its engine row leaving into the
+            :class:`ActivationWriter`, or its last word taken by a loader or
+            :class:`MapReceiver`) counts in the writer's ``rows_ready`` from cycle
+            ``n + row_visible``; an engine step reading it is issued then and enters
+            the array a cycle later, and a :class:`MapSender` offers its first word
+            a cycle later.
+        pool_delay
+            A pooled row is written this many cycles after its odd conv row.
     Row sinks (``rtl/backprop.py``, ``rtl/rowlink.py``, ``rtl/partial.py``)
         deriv_none, deriv_relu, deriv_pool
             Cycles per row that :class:`ErrorDerivative` takes: without post-ops (a
@@ -127,17 +135,13 @@ class GatewareTiming:
             :class:`PartialSum`: a row accepted in cycle ``n`` leaves in ``n + 2``.
     Sequencers (``rtl/core.py``)
         engine_overhead
-            FP_START / BACK_START (one cycle) plus three cycles of FP_WAIT /
-            BACK_WAIT after the engine's busy falls (two settle cycles and the
-            cycle that moves on).
+            BACK_START (one cycle) plus three cycles of BACK_WAIT after the
+            engine's busy falls (two settle cycles and the cycle that moves on).
+        fp_wait_tail
+            FP_WAIT moves on to DONE this many cycles after the forward path's
+            parts (FP engines, loader, senders, receiver) are all idle.
         loss_overhead
             LOSS_START plus the cycle LOSS_WAIT sees the loss unit idle.
-        send_overhead
-            SEND plus the cycle SEND_WAIT sees the sender idle.
-        gather_tail
-            On a slice chip after the first of its layer: GATHER_WAIT sees the
-            :class:`MapReceiver` idle the cycle after it took the last word of the
-            slices before, and moves on in the next.
         done_cycles
             The forward DONE state.
         idle_cycles
@@ -204,9 +208,10 @@ class GatewareTiming:
     partial_words: int = 3
     partial_latency: int = 2
     engine_overhead: int = 4
+    fp_wait_tail: int = 3
+    row_visible: int = 1
+    pool_delay: int = 1
     loss_overhead: int = 2
-    send_overhead: int = 2
-    gather_tail: int = 2
     done_cycles: int = 1
     idle_cycles: int = 1
     receive_tail: int = 2
@@ -267,15 +272,20 @@ class EngineRun:
     rows: tuple = ()
 
 
-def array_run(tiles, rows, cols, *, sink_period=1, timing=TIMING, keep_rows=False):
+def array_run(tiles, rows, cols, *, sink_period=1, timing=TIMING, keep_rows=False,
+              enter=None):
     """Busy cycles of an engine that feeds ``tiles`` through a ``rows × cols`` array.
 
     ``tiles`` is a sequence of runs ``(steps, used, count, tag)``: ``count`` tiles
     (accumulations) of ``steps`` steps each, of which ``used`` of the ``rows``
     result rows are used (lanes past the layer's channels drain in one cycle each,
-    unseen). ``tag`` ``(t, y)`` names the run's first tile; tile ``j`` of the run
-    is ``(t, y + j)`` (for ``keep_rows``). A used row leaves when the sink is
-    ready: at most one per ``sink_period`` cycles.
+    unseen). ``tag`` is the index of the run's first tile in the engine's order;
+    tile ``j`` of the run is ``tag + j``. A used row leaves when the sink is ready:
+    at most one per ``sink_period`` cycles.
+
+    ``enter``, if given, maps a tile's index to its steps' waits: ``(step, cycle)``
+    pairs, in step order, saying that step (counted from 0 in the tile) enters the
+    array no earlier than ``cycle``, as an FP engine's step waits for its input row.
 
     This follows :class:`~fpdeep.rtl.systolic.SystolicArray` cycle by cycle: steps
     enter one per cycle from :attr:`GatewareTiming.first_step`; a tile's result
@@ -283,7 +293,7 @@ def array_run(tiles, rows, cols, *, sink_period=1, timing=TIMING, keep_rows=Fals
     and leave one per cycle; with two result banks, a tile's last step waits until
     the tile two before it has drained. Within a run the recurrence is shift
     invariant, so once one tile moves the whole state by the same number of cycles
-    the rest of the run follows in one step, exactly.
+    the rest of the run follows in one step, exactly (without waits).
     """
     latency = rows + cols + 1 + timing.drain_delay
     period = sink_period
@@ -296,7 +306,14 @@ def array_run(tiles, rows, cols, *, sink_period=1, timing=TIMING, keep_rows=Fals
         j = 0
         while j < count:
             before = (prev_last, d1, d2, sink_free)
-            last = prev_last + run_steps
+            waits = enter(tag + j) if enter is not None else ()
+            at, step = prev_last, -1       # the cycle step ``step`` entered
+            for k, cycle in waits:
+                if k < run_steps - 1:
+                    at, step = max(at + k - step, cycle), k
+            last = at + run_steps - 1 - step
+            if waits and waits[-1][0] == run_steps - 1:
+                last = max(last, waits[-1][1])
             if d2 is not None:
                 last = max(last, d2 + 1)
             offered = last + latency
@@ -309,17 +326,17 @@ def array_run(tiles, rows, cols, *, sink_period=1, timing=TIMING, keep_rows=Fals
             prev_last = last
             steps += run_steps
             if keep_rows:
-                out += [(first + r * period, (tag[0], tag[1] + j), r) for r in range(used)]
+                out += [(first + r * period, tag + j, r) for r in range(used)]
             j += 1
             after = (prev_last, d1, d2, sink_free)
-            if j < count and None not in before:
+            if j < count and None not in before and enter is None:
                 deltas = {a - b for a, b in zip(after, before)}
                 if len(deltas) == 1:
                     delta, rest = deltas.pop(), count - j
                     if keep_rows:
                         base = out[-used:]
                         for k in range(1, rest + 1):
-                            out += [(cycle + k * delta, (tag[0], tag[1] + j - 1 + k), r)
+                            out += [(cycle + k * delta, tag + j - 1 + k, r)
                                     for cycle, _, r in base]
                     prev_last += rest * delta
                     d1 += rest * delta
@@ -356,18 +373,34 @@ def _runs(items):
 
 
 def fp_tiles(g, rows, *, bias=True):
-    """Tiles of :class:`~fpdeep.rtl.conv.ConvEngine`: per tile of ``rows`` output
-    channels and output row ``y``, ``cin * (valid kernel rows) * kw`` steps (+1 bias).
+    """Tiles of :class:`~fpdeep.rtl.conv.ConvEngine` in its order: per output row
+    ``y``, per tile ``t`` of ``rows`` output channels, ``cin * (valid kernel rows) *
+    kw`` steps (+1 bias). Tile ``n`` is row ``n // tiles``, channel tile ``n % tiles``.
 
     Returned as runs for :func:`array_run`.
     """
-    per_row = _runs((g.cin * _valid_taps(g, y) * g.kw + (1 if bias else 0), 0, (0, y))
-                    for y in range(g.ho))
-    tiles = []
-    for t in range(-(-g.cout // rows)):
-        used = min(rows, g.cout - t * rows)
-        tiles += [(steps, used, count, (t, tag[1])) for steps, _, count, tag in per_row]
-    return tiles
+    tiles = -(-g.cout // rows)
+    return _runs((g.cin * _valid_taps(g, y) * g.kw + (1 if bias else 0),
+                  min(rows, g.cout - t * rows), y * tiles + t)
+                 for y in range(g.ho) for t in range(tiles))
+
+
+def fp_waits(g, rows, enter):
+    """The waits (for :func:`array_run`) of an FP engine whose input row ``r`` can be
+    read by steps entering the array from cycle ``enter[r]`` on.
+
+    A tile of output row ``y`` reads input rows ``y + ky - ph`` (valid ``ky``) for
+    every input channel, channel by channel; rows arrive for every channel at once,
+    so only the first channel's steps can wait.
+    """
+    tiles = -(-g.cout // rows)
+
+    def waits(n):
+        y = n // tiles
+        lo = max(0, g.ph - y)
+        hi = min(g.kh - 1, g.h - 1 + g.ph - y)
+        return [((ky - lo) * g.kw, enter[y + ky - g.ph]) for ky in range(lo, hi + 1)]
+    return waits
 
 
 def wu_tiles(g, rows):
@@ -380,13 +413,19 @@ def wu_tiles(g, rows):
     tiles = []
     for t in range(-(-g.cout // rows)):
         used = min(rows, g.cout - t * rows)
-        tiles += [(steps, used, count, (t, 0)) for steps, _, count, _ in per_channel]
+        tiles += [(steps, used, count, t) for steps, _, count, _ in per_channel]
     return tiles
 
 
-def fp_run(g, rows, *, timing=TIMING):
-    """The FP engine (``rows × wo``) over one sample; its sink never stalls."""
-    return array_run(fp_tiles(g, rows), rows, g.wo, timing=timing)
+def fp_run(g, rows, *, timing=TIMING, enter=None, keep_rows=False):
+    """The FP engine (``rows × wo``) over one sample; its sink never stalls.
+
+    ``enter``: per input row, the first cycle (after ``start``) a step reading it
+    may enter the array (:func:`fp_waits`); by default every row is there.
+    """
+    waits = fp_waits(g, rows, enter) if enter is not None else None
+    return array_run(fp_tiles(g, rows), rows, g.wo, timing=timing, enter=waits,
+                     keep_rows=keep_rows)
 
 
 def bp_run(g, rows, *, sink_period=1, timing=TIMING, keep_rows=False):
@@ -394,7 +433,7 @@ def bp_run(g, rows, *, sink_period=1, timing=TIMING, keep_rows=False):
 
     ``sink_period``: cycles per row its consumer takes (:meth:`GatewareTiming.deriv`,
     or a serializer's row time). With ``keep_rows`` the run lists each row's
-    ``(cycle, (tile, y), lane)``.
+    ``(cycle, tile, lane)``, tiles numbered as :func:`fp_tiles` does.
     """
     t = g.transposed()
     return array_run(fp_tiles(t, rows, bias=False), rows, t.wo, sink_period=sink_period,
@@ -425,9 +464,9 @@ def sgd_cycles(g, *, timing=TIMING):
 
 
 def map_sender_cycles(rows, width):
-    """Cycles :class:`~fpdeep.rtl.rowlink.MapSender` is busy with an always-ready sink:
-    the label, then each row's words with one read cycle between rows."""
-    return 1 + rows * width + (rows - 1)
+    """Cycles :class:`~fpdeep.rtl.rowlink.MapSender` is busy with an always-ready sink
+    and every row ready: the label, then every word, one per cycle."""
+    return 1 + rows * width
 
 
 # ---------------------------------------------------------------------------------------
@@ -437,8 +476,8 @@ class LinkDirection:
     """Words through one direction of a link, message after message.
 
     A message is a list of *runs*, groups of words that the source offers back to
-    back (a row), each with the earliest cycle its first word can be offered; between
-    runs the source pauses, which closes the packer's frame. The packer takes a word
+    back (a row), each with the earliest cycle its first word can be offered; a
+    pause in the source between runs closes the packer's frame. The packer takes a word
     when it has a credit (at most ``rx_depth`` words between it and the consumer),
     and a frame needs a free replay slot when it starts. The framer sends committed
     frames one after another; the consumer takes a frame's words from the receiver's
@@ -483,7 +522,7 @@ class LinkDirection:
             for p in range(words):
                 if p == 0:
                     offer = earliest if last is None else max(earliest, last + 1 + gap)
-                    if open_frame:      # the source paused: the frame closed
+                    if open_frame and offer > last + 1:     # the source paused: the frame closed
                         self._close(open_frame, last + 1, consumed, consumer_ready)
                         open_frame = 0
                 else:
@@ -640,12 +679,13 @@ def _input_shape(layer, layers):
 def _messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
     """The traffic of one chip, per sample.
 
-    Returns a dict of row lists: ``act_in`` (loaded before FP), ``gather_in`` (on a
-    slice chip after the first, the slices before it, taken after FP), ``input_out``
-    (on a slice chip with more of the layer behind it, its input map, sent on while
-    its FP runs) and ``act_out`` (sent after FP) as word counts per run, the label
-    with the first of a message; ``err_in`` and ``err_out`` (``(words, kind,
-    channel)`` per framed row, kind ``"error"`` or ``"partial"``).
+    Returns a dict of row lists: ``act_in`` (the label and input map), ``gather_in``
+    (on a slice chip after the first, the slices before it, after the input),
+    ``input_out`` (on a slice chip with more of the layer behind it, its input map,
+    sent on as its FP starts) and ``act_out`` (the output map of ``out_shape``, sent
+    as its rows are written) as word counts per row, the label with the first of a
+    message; ``err_in`` and ``err_out`` (``(words, kind, channel)`` per framed row,
+    kind ``"error"`` or ``"partial"``).
     """
     first, last = chip.first_layer, chip.last_layer
     x_rows = _map_rows(_input_shape(first, layers))
@@ -668,6 +708,8 @@ def _messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
         return rows
 
     lo, hi = chip.slices[0].lo, chip.slices[0].hi
+    lc, lh, lw = last.out_shape
+    out_shape = (hi, lh, lw) if chip.split else last.out_shape
     act_in = labelled(x_rows)
     gather_in = slices_before(lo) if chip.split else []
     input_out = []
@@ -678,14 +720,13 @@ def _messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
         act_out = slices_before(hi)
         err_in = up_rows(chip.part + 1, hi)
     else:
-        lc, lh, lw = last.out_shape
         act_out = labelled(_map_rows(last.out_shape))
         err_in = [(lw + 2, "error", ch) for ch in range(lc) for _ in range(lh)]
     err_out = up_rows(chip.part if chip.split else 0, lo if chip.split else 0)
     if first.index == 0 and not (chip.split and chip.part):
         err_out = []
     return {"act_in": act_in, "gather_in": gather_in, "input_out": input_out,
-            "act_out": act_out, "err_in": err_in, "err_out": err_out}
+            "act_out": act_out, "out_shape": out_shape, "err_in": err_in, "err_out": err_out}
 
 
 @functools.lru_cache(maxsize=None)
@@ -703,11 +744,34 @@ def _bp_cached(g, rows, sink, timing, keep_rows=False):
     return bp_run(g, rows, sink_period=sink, timing=timing, keep_rows=keep_rows)
 
 
+@functools.lru_cache(maxsize=None)
+def _fp_streamed(g, rows, enter, timing):
+    """:func:`fp_run` with its input rows entering from ``enter`` (a tuple); the
+    pattern repeats from sample to sample, so a cache saves most of the walks."""
+    return fp_run(g, rows, timing=timing, enter=enter, keep_rows=True)
+
+
+def _rows_visible(run, sl, timing):
+    """Per row of a slice's FP output map (pooled if it pools), the cycle after
+    ``start`` from which the next reader sees it: its last channel's row written,
+    and with pooling the odd row's pooled row after it."""
+    g = sl.geometry
+    tiles = -(-g.cout // sl.fp)
+    done = [0] * g.ho
+    for cycle, n, _ in run.rows:
+        done[n // tiles] = max(done[n // tiles], cycle)
+    if sl.layer.pool:
+        return [done[2 * y + 1] + timing.pool_delay + timing.row_visible
+                for y in range(g.ho // 2)]
+    return [cycle + timing.row_visible for cycle in done]
+
+
 @dataclass
 class _ChipRuns:
     """The engine runs of one chip, and what its backward path sends up."""
     fp: list                  # per slice: EngineRun
     bp: list                  # per slice: EngineRun or None
+    bp_span: list             # per slice: BP busy, or until its sink took the last row
     wu: list                  # per slice: EngineRun
     sgd: int                  # busy cycles of the SGD walk (the slowest layer's)
     loss: int                 # 0 unless the chip takes the loss
@@ -718,7 +782,7 @@ class _ChipRuns:
 
 
 def _chip_runs(chip, layers, *, chain_last, timing):
-    fp, bp, wu = [], [], []
+    fp, bp, bp_span, wu = [], [], [], []
     up_offsets, up_words, up_channels = [], 0, []
     for k, s in enumerate(chip.slices):
         g = s.geometry
@@ -726,6 +790,7 @@ def _chip_runs(chip, layers, *, chain_last, timing):
         wu.append(_wu_cached(g, s.wu, timing))
         if not s.has_bp:
             bp.append(None)
+            bp_span.append(0)
         elif k == 0:
             # Into the serializer (via PartialSum on a chip that adds the slices after it).
             raw = chip.split and chip.part > 0
@@ -734,15 +799,22 @@ def _chip_runs(chip, layers, *, chain_last, timing):
             adds = chip.split and chip.part < chip.parts - 1
             delay = 1 + (timing.partial_latency if adds else 0)
             up_offsets = [cycle + delay for cycle, _, _ in run.rows]
-            up_channels = [tile * s.bp + lane for _, (tile, _), lane in run.rows]
+            tiles = -(-g.cin // s.bp)
+            up_channels = [n % tiles * s.bp + lane for _, n, lane in run.rows]
             bp.append(run)
+            bp_span.append(run.busy)
         else:
+            # BACK_WAIT also waits for the derivative to take the last row and be
+            # ready again, ``period`` cycles after.
             prev = chip.slices[k - 1].layer
-            bp.append(_bp_cached(g, s.bp, timing.deriv(prev.relu, prev.pool), timing))
+            period = timing.deriv(prev.relu, prev.pool)
+            run = _bp_cached(g, s.bp, period, timing, True)
+            bp.append(run)
+            bp_span.append(max(run.busy, run.rows[-1][0] + period - 1))
     sgd = max(sgd_cycles(s.geometry, timing=timing) for s in chip.slices)
     loss = loss_cycles(layers[-1].geometry.cout, timing=timing) if chain_last else 0
     last = chip.last_layer
-    return _ChipRuns(fp, bp, wu, sgd, loss, up_offsets, up_words, up_channels,
+    return _ChipRuns(fp, bp, bp_span, wu, sgd, loss, up_offsets, up_words, up_channels,
                      timing.deriv(last.relu, last.pool))
 
 
@@ -819,9 +891,7 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
     sgd_done = [[] for _ in range(n)]
     unblocked = [0] * n                # when each chip could load but for its slots
     slot_wait = [0] * n
-    phase_names = ("load", "fp", "gather", "send", "done", "idle", "loss", "receive", "bp",
-                   "wu_wait", "sgd")
-    fp_cycles = [sum(run.busy + ox for run in r.fp) for r in runs]
+    phase_names = ("load", "fp", "done", "idle", "loss", "receive", "bp", "wu_wait", "sgd")
     phases = [dict.fromkeys(phase_names, 0) for _ in range(n)]
 
     for s in range(samples):
@@ -842,38 +912,53 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
             start = load[c][s]
             if c == 0:
                 words = sum(m["act_in"])
-                t = start + math.ceil(words / timing.host_words_per_cycle)
+                arrived = [start + k // timing.host_words_per_cycle for k in range(words)]
                 first_word[0] = load[0][0]
-            else:
-                t = arrived[-1] + 1
-                if s == 0:
-                    first_word[c] = arrived[0]
-            p["load"] += t - start
-            fp_start = t
-            t += fp_cycles[c]
-            p["fp"] += fp_cycles[c]
+            elif s == 0:
+                first_word[c] = arrived[0]
+            # FP starts with the label, or once the whole input is in on a chip that
+            # sends it on; then every part of the forward path runs at once.
+            sends_input = bool(m["input_out"])
+            fp_start = (arrived[-1] if sends_input else arrived[0]) + 1
+            p["load"] += fp_start - start
+            x_shape = _input_shape(chip.first_layer, layers)
+            visible = [fp_start] * x_shape[1] if sends_input else [
+                arrived[(y + 1) * x_shape[0] * x_shape[2]] + timing.row_visible
+                for y in range(x_shape[1])]
+            idle = [arrived[-1] + 1]
+            for k, sl in enumerate(chip.slices):
+                enter = tuple(v - fp_start + 1 for v in visible)
+                run = _fp_streamed(sl.geometry, sl.fp, enter, timing)
+                idle.append(fp_start + run.busy + 1)
+                visible = [fp_start + v for v in _rows_visible(run, sl, timing)]
             if m["gather_in"]:
-                end = gathered[-1] + timing.gather_tail
-                p["gather"] += end - t
-                t = end
+                # Channels 0 .. lo from the slices in front, then row by row as own.
+                lo = chip.slices[0].lo
+                ow = chip.last_layer.out_shape[2]
+                visible = [max(v, gathered[(y + 1) * lo * ow - 1] + timing.row_visible)
+                           for y, v in enumerate(visible)]
+                idle.append(gathered[-1] + 1)
             if c < n - 1:
-                send = t
-                # A slice chip with more of its layer behind sends its input on as FP
-                # starts, and the slices so far after FP; chip c + 1 loads the first
-                # message, and gathers the second after its own FP.
-                early = bool(m["input_out"])
-                offer = fp_start + 1 if early else send + 1
+                # The label leaves as FP starts, each row of the output map once written
+                # (row y of every channel in turn); a chip that sends its input on
+                # sends the label and input first, the channels so far after it.
+                oc, oh, ow = m["out_shape"]
+                rows = [(v + 1, ow, 0) for v in visible for _ in range(oc)]
+                offer = fp_start + 1
                 slot_wait[c + 1] += max(0, load[c + 1][s] - max(unblocked[c + 1], offer))
-                accepted, arrived = down[c].send(
-                    _source_runs(m["input_out"] if early else m["act_out"], offer),
-                    load[c + 1][s])
-                if early:
-                    gather_ready = arrived[-1] + 1 + fp_cycles[c + 1] + 1
-                    offer = max(send, accepted[-1] + 1) + 1
-                    accepted, gathered = down[c].send(_source_runs(m["act_out"], offer),
-                                                      gather_ready)
-                t = accepted[-1] + timing.send_overhead
-                p["send"] += t - send
+                if sends_input:
+                    accepted, arrived = down[c].send([(offer, sum(m["input_out"]), 0)],
+                                                     load[c + 1][s])
+                    rows[0] = (max(rows[0][0], fp_start + 2, accepted[-1] + 1),) + rows[0][1:]
+                    # Chip c + 1 gathers from its own FP start on.
+                    gather_ready = (arrived[-1] if msgs[c + 1]["input_out"] else
+                                    arrived[0]) + 2
+                    accepted, gathered = down[c].send(rows, gather_ready)
+                else:
+                    accepted, arrived = down[c].send([(offer, 1, 0)] + rows, load[c + 1][s])
+                idle.append(accepted[-1] + 1)
+            t = max(idle) + timing.fp_wait_tail
+            p["fp"] += t - fp_start
             fdone[c][s] = t
             p["done"] += timing.done_cycles
             fwd_free[c] = t + timing.done_cycles
@@ -909,7 +994,7 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 if r.bp[k] is None:
                     end = t + ox
                 else:
-                    end = t + r.bp[k].busy + ox
+                    end = t + r.bp_span[k] + ox
                 if k == 0 and c > 0:
                     rows = relay + [(t + offset, r.up_words, timing.serializer_gap)
                                     for offset in r.up_offsets]
@@ -970,12 +1055,6 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                             for k in range(batches)},
             "slots": slots,
             "chips": out}
-
-
-def _source_runs(rows, offer):
-    """A message of ``rows`` as :class:`MapSender` offers it to a link, its first word
-    at ``offer``: the rows back to back but for one read cycle between them."""
-    return [(offer, rows[0], 0)] + [(0, words, 1) for words in rows[1:]]
 
 
 def _order_errors(chips, layers, msgs, runs):
@@ -1200,13 +1279,11 @@ def _estimate(chip, layers, msgs, *, chain_first, chain_last, batch_size, timing
     """Quick ``(forward, backward)`` cycles per sample of one chip, links at wire speed."""
     r = _chip_runs(chip, layers, chain_last=chain_last, timing=timing)
     ox = timing.engine_overhead
-    fwd = sum(msgs["act_in"]) if chain_first else _wire(msgs["act_in"], timing)
-    fwd += max(sum(run.busy + ox for run in r.fp), _wire(msgs["input_out"], timing))
-    fwd += timing.done_cycles
-    if msgs["gather_in"]:
-        fwd += _wire(msgs["gather_in"], timing) + timing.gather_tail
-    if not chain_last:
-        fwd += _wire(msgs["act_out"], timing) + timing.send_overhead
+    # The forward path streams: its parts overlap, and the slowest sets the pace.
+    load = sum(msgs["act_in"]) if chain_first else _wire(msgs["act_in"], timing)
+    fwd = max([load, _wire(msgs["input_out"], timing) + _wire(msgs["act_out"], timing),
+               _wire(msgs["gather_in"], timing)] + [run.busy for run in r.fp])
+    fwd += timing.fp_wait_tail + timing.done_cycles
     if chain_last:
         bwd = r.loss + timing.loss_overhead
     else:
@@ -1215,7 +1292,7 @@ def _estimate(chip, layers, msgs, *, chain_first, chain_last, batch_size, timing
     t = wu_idle = 0
     for k in reversed(range(len(chip.slices))):
         wu_idle = max(wu_idle, t + r.wu[k].busy + timing.rmw_tail + 1)
-        step = ox if r.bp[k] is None else r.bp[k].busy + ox
+        step = r.bp_span[k] + ox
         if k == 0 and msgs["err_out"]:
             step = max(step, _wire([w for w, _, _ in msgs["err_out"]], timing) + ox)
         t += step
