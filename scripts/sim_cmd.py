@@ -6,8 +6,8 @@ gateware (or takes ``--plan``), elaborates the plan into chips
 back in Amaranth's simulator, and prints whether every weight equals the integer
 reference bit for bit, the counters, each engine's PE utilization, and every
 measured figure next to the plan's model (:mod:`fpdeep.sim.compare`).
-``--backend verilator`` runs the same core in Verilator instead (built once per
-core into a cache; see :mod:`fpdeep.sim.verilator`), fast enough for hundreds
+``--backend verilator`` runs the same chips in Verilator instead (built once per
+design into a cache; see :mod:`fpdeep.sim.verilator`), fast enough for hundreds
 of batches; its results equal pysim's cycle for cycle.
 """
 
@@ -47,7 +47,7 @@ def register(subparsers):
     parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
     parser.add_argument("--backend", choices=("pysim", "verilator"), default="pysim",
                         help="simulator: Amaranth's (default) or Verilator, built once per "
-                             "core into ~/.cache/fpdeep/verilator ($FPDEEP_CACHE)")
+                             "design into ~/.cache/fpdeep/verilator ($FPDEEP_CACHE)")
     parser.add_argument("--vcd", metavar="FILE",
                         help="write a VCD and a GTKWave save file (FILE with .gtkw) beside it")
     parser.set_defaults(handler=run)
@@ -61,6 +61,9 @@ def run(args):
         raise FpdeepError(f"--chips must be at least 1, not {args.chips}")
     if args.batches < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise FpdeepError("--batches and --batch-size must be at least 1")
+    if args.backend == "verilator" and args.vcd:
+        raise FpdeepError("--vcd needs --backend pysim: the Verilator backend does not write "
+                          "waveforms yet")
     if args.vcd:
         from pathlib import Path
         if not Path(args.vcd).resolve().parent.is_dir():
@@ -72,9 +75,6 @@ def run(args):
                           f"a (1, 8, 8) input and 10 classes")
     plan = plan_for(args, network)
     chips = len(plan.chips)
-    if chips > 1 and args.backend == "verilator":
-        raise FpdeepError(f"{chips} chips: the Verilator backend runs one chip so far; "
-                          f"use --backend pysim")
     layout = chain_from_plan(plan, network)
     args.batch_size = plan.data["batch_size"]
     count = args.batches * args.batch_size
@@ -99,9 +99,6 @@ def run(args):
         extra = (f"; masters of {chip.remote_layer} held by chip {k + 1}"
                  if chip.remote_layer else "")
         print(f"  chip {k}: {held}; engines {rows}; {chip.slots} feature slots{extra}")
-    if args.backend == "verilator" and args.vcd:
-        raise FpdeepError("--vcd needs --backend pysim: the Verilator backend does not write "
-                          "waveforms yet")
     # A line per sample while that stays readable; past 64 samples, a line per batch.
     per_batch = args.backend == "verilator" and count > 64
     batch_cycles = []

@@ -1,9 +1,10 @@
-"""Simulate a training core against the NumPy reference.
+"""Simulate a training core or a cluster against the NumPy reference.
 
-:class:`CoreRun` builds a :class:`~fpdeep.rtl.core.TrainingCore`, feeds it samples
-through its host port in Amaranth's simulator (or, with ``backend="verilator"``,
-in Verilator: :mod:`fpdeep.sim.verilator`), and returns what it measured:
-the master weights after training, the host counters, and the per-engine
+:class:`CoreRun` builds a :class:`~fpdeep.rtl.core.TrainingCore` (or a
+:class:`~fpdeep.rtl.cluster.Cluster` of them), feeds it samples through its host
+port in Amaranth's simulator (or, with ``backend="verilator"``, in Verilator:
+:mod:`fpdeep.sim.verilator`), and returns what it measured: the master weights
+after training, the host counters, and the per-chip, per-engine and per-link
 performance counters. :func:`compare_weights` checks them against
 :class:`~fpdeep.sim.reference.Reference` in int mode, bit for bit.
 """
@@ -60,7 +61,7 @@ class RunResult:
     engines: list = field(default_factory=list)
     #: Per chip, the most feature-memory slots in use at once.
     slots_peak: list = field(default_factory=list)
-    #: Cycles from the first sample word to the last chip going idle (pysim).
+    #: Cycles from the first sample word to the last chip going idle.
     run_cycles: int = 0
     #: Per chip, its busy cycles (``perf_cycles``).
     chip_cycles: list = field(default_factory=list)
@@ -89,7 +90,7 @@ class RunResult:
 
 
 class CoreRun:
-    """One single-chip training run in Amaranth's simulator.
+    """A training run on one chip or a chain of them, in Amaranth's simulator or Verilator.
 
     Parameters
     ----------
@@ -100,7 +101,7 @@ class CoreRun:
         Engine sizes per layer.
     splits : list of (first, stop), optional
         Weighted layers per chip. With more than one chip the design is a
-        :class:`~fpdeep.rtl.cluster.Cluster` (Amaranth's simulator only, so far).
+        :class:`~fpdeep.rtl.cluster.Cluster`.
     """
 
     def __init__(self, network, *, batch_size=8, lr=0.02, momentum=0.9, seed=0, engines=None,
@@ -132,15 +133,13 @@ class CoreRun:
         """Train on quantized ``samples`` (int arrays) with ``labels``; returns a :class:`RunResult`.
 
         ``backend`` is ``"pysim"`` (Amaranth's simulator) or ``"verilator"``
-        (:mod:`fpdeep.sim.verilator`: built once per core into a cache, about
-        three orders of magnitude faster). Both give the same result, cycle for
-        cycle; Verilator reads the masters through the host port and calls
-        ``progress`` as its samples finish, and does not write a VCD yet.
+        (:mod:`fpdeep.sim.verilator`: built once per design into a cache, about
+        two orders of magnitude faster). Both give the same result, cycle for
+        cycle, on one chip or a cluster; Verilator reads the masters through the
+        host port (a cluster's reaches every chip's over the links), runs the
+        links free of bit errors, and does not write a VCD yet.
         """
         if backend == "verilator":
-            if len(self.chips) > 1:
-                raise FpdeepError("the Verilator backend runs one chip so far; simulate "
-                                  "clusters with --backend pysim")
             return self._run_verilator(samples, labels, progress=progress, vcd=vcd,
                                        max_cycles_per_sample=max_cycles_per_sample)
         if backend != "pysim":
@@ -178,10 +177,8 @@ class CoreRun:
             result["run_cycles"] = cycles
             result["chip_cycles"] = [ctx.get(chip.perf_cycles) for chip in chips]
             if isinstance(top, Cluster):
-                traffic = top.LINK_TRAFFIC
-                result["link_words"] = {
-                    (k, direction, vc): ctx.get(top.perf_link_words[k * len(traffic) + j])
-                    for k in range(len(top.links)) for j, (direction, vc) in enumerate(traffic)}
+                result["link_words"] = _link_words(top, [ctx.get(words)
+                                                         for words in top.perf_link_words])
             result["sample_cycles"] = sample_cycles
             result["counters"] = {name: ctx.get(getattr(top.host, name))
                                   for name in COUNTERS}
@@ -214,29 +211,40 @@ class CoreRun:
         if vcd:
             raise FpdeepError("the Verilator backend does not write a VCD yet; use "
                               "backend 'pysim' (fpdeep sim --backend pysim) for waveforms")
-        core = self.core
-        # A core elaborates once, so one build serves every Verilator run of this
+        # A design elaborates once, so one build serves every Verilator run of this
         # CoreRun; each run starts a fresh simulator from the initial masters.
-        build = getattr(self, "verilator_build", None) or verilator.build_core(core)
+        build = getattr(self, "verilator_build", None) or verilator.build_top(self.top)
         self.verilator_build = build
-        raw, build, seconds = verilator.run_core(core, samples, labels, progress=progress,
-                                                 max_cycles_per_sample=max_cycles_per_sample,
-                                                 build=build)
-        outputs, count = raw["outputs"], len(core.engine_names)
+        raw, build, seconds = verilator.run_top(self.top, samples, labels, progress=progress,
+                                                max_cycles_per_sample=max_cycles_per_sample,
+                                                build=build)
+        # The ports of verilator.DriverTop: every chip's counters, in chip order.
+        outputs, chips = raw["outputs"], len(self.chips)
+        engines = sum(len(chip.engine_names) for chip in self.chips)
+        chip_cycles = verilator.port_array(outputs["perf_cycles"], chips)
         result = {
             "sample_cycles": raw["sample_cycles"],
-            "counters": {name: outputs[f"host__{name}"]
-                         for name in COUNTERS},
-            "total_cycles": outputs["perf_cycles"],
+            "counters": {name: outputs[f"host__{name}"] for name in COUNTERS},
+            "total_cycles": max(chip_cycles),
             "run_cycles": raw["run_cycles"],
-            "chip_cycles": [outputs["perf_cycles"]],
-            "slots_peak": [outputs["perf_slots_peak"]],
-            "busy": verilator.port_array(outputs["perf_busy"], count),
-            "steps": verilator.port_array(outputs["perf_steps"], count),
+            "chip_cycles": chip_cycles,
+            "slots_peak": verilator.port_array(outputs["perf_slots_peak"], chips),
+            "busy": verilator.port_array(outputs["perf_busy"], engines),
+            "steps": verilator.port_array(outputs["perf_steps"], engines),
             "masters": raw["masters"],
         }
-        return _run_result([core], result, wall_seconds=seconds, backend="verilator",
+        if isinstance(self.top, Cluster):
+            result["link_words"] = _link_words(self.top, verilator.port_array(
+                outputs["perf_link_words"], len(self.top.perf_link_words)))
+        return _run_result(self.chips, result, wall_seconds=seconds, backend="verilator",
                            build_seconds=build.build_seconds + build.convert_seconds)
+
+
+def _link_words(cluster, counts):
+    """``{(link, direction, channel): words}`` from a cluster's ``perf_link_words`` values."""
+    traffic = cluster.LINK_TRAFFIC
+    return {(k, direction, vc): counts[k * len(traffic) + j]
+            for k in range(len(cluster.links)) for j, (direction, vc) in enumerate(traffic)}
 
 
 def _run_result(chips, result, *, wall_seconds, backend="pysim", build_seconds=0.0):

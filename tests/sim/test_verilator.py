@@ -9,6 +9,9 @@ from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
 from fpdeep.sim import verilator
 from fpdeep.sim.harness import CoreRun, compare_weights, digits_samples
 
+#: Digits on two chips: conv1 on chip 0, fc1 on chip 1.
+TWO_CHIPS = [(0, 1), (1, 2)]
+
 HEADER = """
 class alignas(VL_CACHE_LINE_BYTES) Vtop VL_NOT_FINAL : public VerilatedModel {
     VL_IN8(&clk,0,0);
@@ -56,24 +59,38 @@ def test_cache_root_follows_environment(monkeypatch, tmp_path):
     assert verilator.cache_root() == tmp_path / "verilator"
 
 
-@pytest.fixture(scope="module")
-def digits_runs():
+def test_driver_top_brings_every_chips_counters_out():
+    cluster = CoreRun(digits_cnn(), batch_size=1, splits=TWO_CHIPS).top
+    members = verilator.DriverTop(cluster).signature.members
+    engines = sum(len(chip.engine_names) for chip in cluster.chips)
+    assert members["perf_cycles"].shape.length == 2
+    assert members["perf_busy"].shape.length == members["perf_steps"].shape.length == engines
+    assert members["perf_link_words"].shape.length == len(cluster.perf_link_words)
+    assert "err_masks" not in members        # tied to zero inside
+    assert "perf_link_words" not in verilator.DriverTop(cluster.chips[0]).signature.members
+    with pytest.raises(TypeError, match="TrainingCore or a Cluster"):
+        verilator.DriverTop(cluster.links[0])
+
+
+# Module-scoped: each design is built (or found in the cache) once for every test.
+@pytest.fixture(scope="module", params=[None, TWO_CHIPS], ids=["one-chip", "two-chips"])
+def digits_runs(request):
     """Digits, 2 batches of 4, in both backends from the same initial masters."""
     floats, labels = digits_samples(8, seed=2)
     samples = [N.act.from_float(x) for x in floats]
-    pysim_run = CoreRun(digits_cnn(), batch_size=4, seed=1)
-    verilator_run = CoreRun(digits_cnn(), batch_size=4, seed=1)
+    pysim_run = CoreRun(digits_cnn(), batch_size=4, seed=1, splits=request.param)
+    verilator_run = CoreRun(digits_cnn(), batch_size=4, seed=1, splits=request.param)
     reference = pysim_run.reference()
     for start in range(0, 8, 4):
         reference.train_batch(samples[start:start + 4], labels[start:start + 4])
-    return dict(samples=samples, labels=labels, reference=reference,
+    return dict(samples=samples, labels=labels, reference=reference, splits=request.param,
                 verilator_run=verilator_run,
                 pysim=pysim_run.run(samples, labels),
                 verilator=verilator_run.run(samples, labels, backend="verilator"))
 
 
-# The first build compiles the C++ model (about 30-60 s on 2 cores); later runs
-# find it in the cache.
+# The first build compiles the C++ model (about 20-60 s per design on 2 cores);
+# later runs find it in the cache.
 @pytest.mark.slow
 def test_verilator_equals_reference_bit_for_bit(digits_runs):
     result, reference = digits_runs["verilator"], digits_runs["reference"]
@@ -83,25 +100,36 @@ def test_verilator_equals_reference_bit_for_bit(digits_runs):
     assert (result.samples, result.batches) == (8, 2)
     assert result.correct == reference.correct
     assert result.saturations == sum(reference.saturations.values())
+    assert result.loss_sum == reference.loss_sum
 
 
 @pytest.mark.slow
 def test_verilator_equals_pysim_cycle_for_cycle(digits_runs):
     fast, slow = digits_runs["verilator"], digits_runs["pysim"]
+    assert fast.masters.keys() == slow.masters.keys()
     for name, (w, b) in slow.masters.items():
         np.testing.assert_array_equal(fast.masters[name][0], w)
         np.testing.assert_array_equal(fast.masters[name][1], b)
     assert fast.sample_cycles == slow.sample_cycles
-    assert fast.total_cycles == slow.total_cycles
-    assert (fast.samples, fast.correct, fast.batches, fast.saturations) == \
-        (slow.samples, slow.correct, slow.batches, slow.saturations)
+    assert (fast.run_cycles, fast.total_cycles) == (slow.run_cycles, slow.total_cycles)
+    assert (fast.chip_cycles, fast.slots_peak) == (slow.chip_cycles, slow.slots_peak)
+    assert (fast.samples, fast.correct, fast.batches, fast.saturations, fast.loss_sum) == \
+        (slow.samples, slow.correct, slow.batches, slow.saturations, slow.loss_sum)
     assert fast.engines == slow.engines
+    assert fast.link_words == slow.link_words
+    chips = len(digits_runs["splits"] or [None])
+    assert len(fast.chip_cycles) == chips and len(fast.slots_peak) == chips
+    if chips > 1:     # activations down, errors up; no weight traffic while training
+        words = fast.link_words
+        assert words[(0, "down", "act")] > 0 and words[(0, "up", "err")] > 0
+        assert words[(0, "down", "ctl")] == words[(0, "up", "ctl")] == 0
 
 
 @pytest.mark.slow
 def test_second_build_comes_from_the_cache(digits_runs):
-    # A new core with the same parameters converts to the same Verilog: no rebuild.
-    build = verilator.build_core(CoreRun(digits_cnn(), batch_size=4, seed=1).core)
+    # A new design with the same parameters converts to the same Verilog: no rebuild.
+    again = CoreRun(digits_cnn(), batch_size=4, seed=1, splits=digits_runs["splits"])
+    build = verilator.build_top(again.top)
     assert build.directory == digits_runs["verilator_run"].verilator_build.directory
     assert build.cached and build.executable.exists()
     assert not [p for p in os.listdir(build.directory.parent) if p.startswith(".")], \
@@ -120,7 +148,8 @@ def test_progress_and_cycle_limit(digits_runs):
         run.run(samples[:1], labels[:1], backend="verilator", max_cycles_per_sample=10)
 
 
-def test_vcd_is_refused_with_verilator(tmp_path):
-    run = CoreRun(digits_cnn(), batch_size=1)
+@pytest.mark.parametrize("splits", [None, TWO_CHIPS], ids=["one-chip", "two-chips"])
+def test_vcd_is_refused_with_verilator(tmp_path, splits):
+    run = CoreRun(digits_cnn(), batch_size=1, splits=splits)
     with pytest.raises(FpdeepError, match="VCD"):
         run.run([], [], backend="verilator", vcd=str(tmp_path / "x.vcd"))
