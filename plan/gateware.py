@@ -389,9 +389,9 @@ def fp_waits(g, rows, enter):
     """The waits (for :func:`array_run`) of an FP engine whose input row ``r`` can be
     read by steps entering the array from cycle ``enter[r]`` on.
 
-    A tile of output row ``y`` reads input rows ``y + ky - ph`` (valid ``ky``) for
-    every input channel, channel by channel; rows arrive for every channel at once,
-    so only the first channel's steps can wait.
+    A tile of output row ``y`` reads input row ``y + ky - ph`` for each valid ``ky``
+    in turn, every input channel of it (``cin * kw`` steps); rows arrive for every
+    channel at once, so only a kernel row's first step can wait.
     """
     tiles = -(-g.cout // rows)
 
@@ -399,7 +399,7 @@ def fp_waits(g, rows, enter):
         y = n // tiles
         lo = max(0, g.ph - y)
         hi = min(g.kh - 1, g.h - 1 + g.ph - y)
-        return [((ky - lo) * g.kw, enter[y + ky - g.ph]) for ky in range(lo, hi + 1)]
+        return [((ky - lo) * g.cin * g.kw, enter[y + ky - g.ph]) for ky in range(lo, hi + 1)]
     return waits
 
 

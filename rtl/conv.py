@@ -169,10 +169,12 @@ class ConvEngine(wiring.Component):
             rows=rows, cols=g.wo, a_shape=self._weight_fmt.shape, b_shape=self._in_fmt.shape,
             acc_width=self._acc_width, tag_shape=tag)
 
-        # Loop counters, outermost first: output row y, tile t, input channel i, kernel
-        # row ky, column kx; the bias step follows the last tap of a tile-row. Rows
-        # outermost make the output a row stream: the weights are read at every step
-        # anyway, so the order costs nothing.
+        # Loop counters, outermost first: output row y, tile t, kernel row ky, input
+        # channel i, column kx; the bias step follows the last tap of a tile-row. Rows
+        # outermost make the output a row stream, and kernel rows before channels take
+        # the input in the order it streams in (row by row, every channel of a row):
+        # a tile-row needs its last input row only for its last kernel row. The
+        # weights are read at every step anyway, so the order costs nothing.
         t = Signal(range(max(2, self.tiles)))
         y = Signal(range(max(2, g.ho)))
         i = Signal(range(max(2, g.cin)))
@@ -230,10 +232,10 @@ class ConvEngine(wiring.Component):
                     m.d.sync += at_bias.eq(1)
                 with m.Elif(kx == g.kw - 1):
                     m.d.sync += kx.eq(0)
-                    with m.If(ky == ky_hi):
-                        m.d.sync += [ky.eq(ky_lo), i.eq(i + 1)]
+                    with m.If(i == g.cin - 1):
+                        m.d.sync += [i.eq(0), ky.eq(ky + 1)]
                     with m.Else():
-                        m.d.sync += ky.eq(ky + 1)
+                        m.d.sync += i.eq(i + 1)
                 with m.Else():
                     m.d.sync += kx.eq(kx + 1)
         with m.If(self.start & ~self.busy):
