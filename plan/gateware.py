@@ -890,6 +890,7 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
     bdone = [[0] * samples for _ in range(n)]
     sgd_done = [[] for _ in range(n)]
     unblocked = [0] * n                # when each chip could load but for its slots
+    bp_stall = [0] * n                 # cycles the first layer's BP waited for the link
     slot_wait = [0] * n
     phase_names = ("load", "fp", "done", "idle", "loss", "receive", "bp", "wu_wait", "sgd")
     phases = [dict.fromkeys(phase_names, 0) for _ in range(n)]
@@ -1001,6 +1002,13 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                     accepted, arrived = up[c - 1].send(rows, begin[c - 1])
                     if r.up_offsets:
                         end = max(end, accepted[-1] + ox)
+                        # A link short of credits holds the serializer, which holds the
+                        # BP engine's rows: its busy ends as late as its last row leaves.
+                        nominal = t + r.up_offsets[-1]
+                        before = len(accepted) - r.up_words - 1
+                        if before >= 0:
+                            bp_stall[c] += max(0, accepted[before] + 1 +
+                                               timing.serializer_gap - nominal)
                 p["bp"] += end - t
                 t = end
             done = max(t, wu_idle)
@@ -1025,10 +1033,11 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 if run is None:
                     continue
                 rows, cols = s_.engine_shapes()[kind]
+                busy = run.busy + (bp_stall[c] / samples if kind == "bp" and k == 0 else 0)
                 engines[f"{s_.layer.name}.{kind}"] = {
                     "rows": rows, "cols": cols, "pes": rows * cols,
-                    "busy_cycles_per_sample": run.busy, "steps_per_sample": run.steps,
-                    "busy_fraction": run.busy / period,
+                    "busy_cycles_per_sample": busy, "steps_per_sample": run.steps,
+                    "busy_fraction": busy / period,
                     "step_fraction": run.steps / period}
         out.append({
             "cycles_per_sample": period,
