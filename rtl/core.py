@@ -74,8 +74,10 @@ class TrainingCore(wiring.Component):
     """Trains a network with synchronous mini-batch SGD on one chip.
 
     Per sample, in order: load the sample from the host; FP of every layer
-    (:class:`~fpdeep.rtl.conv.ConvEngine` with :class:`~fpdeep.rtl.activation.ActivationWriter`);
-    the loss (:class:`~fpdeep.rtl.loss.LossUnit`); then from the last layer back,
+    (:class:`~fpdeep.rtl.conv.ConvEngine` with :class:`~fpdeep.rtl.activation.ActivationWriter`),
+    all layers at once as a row pipeline (a layer's steps wait for their input rows,
+    counted by the writer in front, and the sample's rows feed the first as they
+    arrive); the loss (:class:`~fpdeep.rtl.loss.LossUnit`); then from the last layer back,
     BP of layer ``l`` (a transposed :class:`ConvEngine`, :class:`ErrorDerivative`,
     :class:`ErrorStore`) while the WU engine of layer ``l`` (inside its
     :class:`~fpdeep.rtl.weight_update.WeightUpdateUnit`) sums that layer's gradients.
