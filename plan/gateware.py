@@ -161,9 +161,9 @@ class GatewareTiming:
             UPDATE_WAIT's settle and exit.
     Loss (``rtl/loss.py``)
         loss_base, loss_per_class
-            The :class:`LossUnit` is busy ``loss_base + classes * (error_frac +
-            loss_per_class)`` cycles: two passes of one class per cycle, then a
-            restoring divider (``error_frac + 2`` quotient bits) per class.
+            The :class:`LossUnit` is busy ``loss_base + error_frac + classes *
+            loss_per_class`` cycles: three passes of one class per cycle, the last
+            through a divider pipeline of ``error_frac + 2`` stages.
         error_frac
             Fraction bits of the error format (``DEFAULT_NUMERICS.error.frac``).
     SGD walk (``WeightUpdateUnit.start_update``)
@@ -222,8 +222,8 @@ class GatewareTiming:
     idle_cycles: int = 1
     receive_tail: int = 2
     sgd_overhead: int = 2
-    loss_base: int = 3
-    loss_per_class: int = 8
+    loss_base: int = 7
+    loss_per_class: int = 3
     error_frac: int = 13
     sgd_drain: int = 5
     host_words_per_cycle: int = 1
@@ -471,13 +471,13 @@ def wu_run(g, rows, *, timing=TIMING, enter=None):
 
 def loss_cycles(classes, *, timing=TIMING):
     """Cycles :class:`~fpdeep.rtl.loss.LossUnit` is busy (its output never stalls)."""
-    return timing.loss_base + classes * (timing.error_frac + timing.loss_per_class)
+    return timing.loss_base + timing.error_frac + classes * timing.loss_per_class
 
 
 def loss_emit_cycle(classes, index, *, timing=TIMING):
-    """Cycle (after ``start``) at which the loss emits class ``index``'s error."""
-    per_class = timing.error_frac + timing.loss_per_class - 2
-    return timing.loss_base + 2 * classes + 1 + index * per_class + per_class - 1
+    """Cycle (after ``start``) at which the loss emits class ``index``'s error: the
+    division pipeline delivers one class per cycle, the last in the last busy cycle."""
+    return loss_cycles(classes, timing=timing) - classes + 1 + index
 
 
 def sgd_cycles(g, *, timing=TIMING):
