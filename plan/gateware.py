@@ -131,6 +131,9 @@ class GatewareTiming:
             With post-ops, the derivative's first output row of a row taken in
             cycle ``n`` leaves (into the :class:`ErrorStore`) in ``n +
             deriv_latency``, the second (max-pool) a cycle later; without, in ``n``.
+        deser_latency
+            A framed row whose last word is taken from the link in cycle ``n``
+            leaves the :class:`RowDeserializer` in ``n + deser_latency``.
         serializer_gap
             :class:`RowSerializer` takes a new row this many cycles after the last
             word of the previous one left.
@@ -210,6 +213,7 @@ class GatewareTiming:
     deriv_relu: int = 3
     deriv_pool: int = 4
     deriv_latency: int = 2
+    deser_latency: int = 1
     serializer_gap: int = 1
     partial_words: int = 3
     partial_latency: int = 2
@@ -809,7 +813,7 @@ class _ChipRuns:
     loss: int                 # 0 unless the chip takes the loss
     up_offsets: list          # per BP row sent up: cycle after BACK_START it is offered
     up_words: int
-    up_channels: list         # per BP row sent up: its channel (the BP's output order)
+    up_rows: list             # per BP row sent up: (channel, row), the BP's output order
     recv_period: int          # derivative period behind RECEIVE
 
 
@@ -832,48 +836,86 @@ def _errors_stored(run, s, prev, timing):
     return tuple(written[r] + timing.row_visible + 1 for r in range(len(written)))
 
 
-def _chip_runs(chip, layers, *, chain_last, timing):
-    fp, bp, bp_span, wu, wu_end = [], [], [], [], []
-    up_offsets, up_words, up_channels = [], 0, []
-    enter = None                  # the last slice's errors are all in at BACK_START
+def _backward(chip, enter, timing):
+    """A chip's backward engines from BACK_START, its last slice's error rows entering
+    from ``enter`` (``None``: all in): per slice the BP span and the WU busy end, and
+    for the rows its first BP sends up, their offsets and ``(channel, row)``."""
+    bp_span, wu_end = [], []
+    up_offsets, up_rows = [], []
     for k in reversed(range(len(chip.slices))):
         s = chip.slices[k]
         g = s.geometry
-        fp.append(_fp_cached(g, s.fp, timing))
-        wu.append(_wu_cached(g, s.wu, timing, None))
         wu_end.append(_wu_cached(g, s.wu, timing, enter).busy)
         if not s.has_bp:
-            bp.append(None)
             bp_span.append(0)
             continue
         if k == 0:
             # Into the serializer (via PartialSum on a chip that adds the slices after it).
-            raw = chip.split and chip.part > 0
-            up_words = timing.partial_words * g.w + 2 if raw else g.w + 2
-            sink = up_words + timing.serializer_gap
-            bp.append(_bp_cached(g, s.bp, sink, timing))
-            run = _bp_cached(g, s.bp, sink, timing, True, enter)
+            run = _bp_cached(g, s.bp, _up_words(chip, timing) + timing.serializer_gap,
+                             timing, True, enter)
             adds = chip.split and chip.part < chip.parts - 1
             delay = 1 + (timing.partial_latency if adds else 0)
             up_offsets = [cycle + delay for cycle, _, _ in run.rows]
             tiles = -(-g.cin // s.bp)
-            up_channels = [n % tiles * s.bp + lane for _, n, lane in run.rows]
+            up_rows = [(n % tiles * s.bp + lane, n // tiles) for _, n, lane in run.rows]
             bp_span.append(run.busy)
         else:
             # BACK_WAIT also waits for the derivative to take the last row and be
             # ready again, ``period`` cycles after.
             prev = chip.slices[k - 1].layer
             period = timing.deriv(prev.relu, prev.pool)
-            bp.append(_bp_cached(g, s.bp, period, timing))
             run = _bp_cached(g, s.bp, period, timing, True, enter)
             bp_span.append(max(run.busy, run.rows[-1][0] + period - 1))
             enter = _errors_stored(run, s, prev, timing)
-    fp, bp, bp_span, wu, wu_end = (x[::-1] for x in (fp, bp, bp_span, wu, wu_end))
+    return bp_span[::-1], wu_end[::-1], up_offsets, up_rows
+
+
+def _up_words(chip, timing):
+    """Words per row that the chip's first BP sends up (raw partial sums on a slice
+    chip after the first of its layer)."""
+    g = chip.slices[0].geometry
+    raw = chip.split and chip.part > 0
+    return timing.partial_words * g.w + 2 if raw else g.w + 2
+
+
+def _errors_arriving(chip, rows, arrived, start, timing):
+    """``enter`` (for :func:`_backward`) of the error rows a chip takes from the link:
+    ``rows`` are the received rows in order, ``(words, kind, channel, row)``, and
+    ``arrived`` the cycle each word was taken. A row leaves the deserializer into the
+    last layer's derivative, then its store; ``start`` is BACK_START."""
+    last = chip.last_layer
+    lo, hi = chip.slices[-1].lo, chip.slices[-1].hi
+    post = last.relu or last.pool
+    rows_out = 2 if last.pool else 1
+    delay = timing.deser_latency + (timing.deriv_latency if post else 0)
+    written = {}
+    taken = 0
+    for words, kind, channel, row in rows:
+        taken += words
+        if kind == "error" and channel == hi - 1:
+            for k in range(rows_out):
+                written[row * rows_out + k] = arrived[taken - 1] + delay + k
+    return tuple(written[r] + timing.row_visible + 1 - start for r in range(len(written)))
+
+
+def _chip_runs(chip, layers, *, chain_last, timing):
+    fp = [_fp_cached(s.geometry, s.fp, timing) for s in chip.slices]
+    wu = [_wu_cached(s.geometry, s.wu, timing, None) for s in chip.slices]
+    bp = []
+    for k, s in enumerate(chip.slices):
+        if not s.has_bp:
+            bp.append(None)
+            continue
+        prev = chip.slices[k - 1].layer if k else None
+        sink = (_up_words(chip, timing) + timing.serializer_gap if k == 0 else
+                timing.deriv(prev.relu, prev.pool))
+        bp.append(_bp_cached(s.geometry, s.bp, sink, timing))
+    bp_span, wu_end, up_offsets, up_rows = _backward(chip, None, timing)
     sgd = max(sgd_cycles(s.geometry, timing=timing) for s in chip.slices)
     loss = loss_cycles(layers[-1].geometry.cout, timing=timing) if chain_last else 0
     last = chip.last_layer
-    return _ChipRuns(fp, bp, bp_span, wu, wu_end, sgd, loss, up_offsets, up_words,
-                     up_channels, timing.deriv(last.relu, last.pool))
+    return _ChipRuns(fp, bp, bp_span, wu, wu_end, sgd, loss, up_offsets,
+                     _up_words(chip, timing), up_rows, timing.deriv(last.relu, last.pool))
 
 
 # ---------------------------------------------------------------------------------------
@@ -949,8 +991,9 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
     sgd_done = [[] for _ in range(n)]
     unblocked = [0] * n                # when each chip could load but for its slots
     bp_stall = [0] * n                 # cycles the first layer's BP waited for the link
+    backward_cache = {}                # (chip, error rows' arrival pattern): _backward
     slot_wait = [0] * n
-    phase_names = ("load", "fp", "done", "idle", "loss", "receive", "bp", "wu_wait", "sgd")
+    phase_names = ("load", "fp", "done", "idle", "loss", "bp", "wu_wait", "sgd")
     phases = [dict.fromkeys(phase_names, 0) for _ in range(n)]
 
     for s in range(samples):
@@ -1036,7 +1079,10 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                               timing.serializer_gap) for k in range(chip.slices[0].lo)]
                 t += r.loss + timing.loss_overhead
                 p["loss"] += r.loss + timing.loss_overhead
-            else:
+            bp_span, wu_end, up_offsets = r.bp_span, r.wu_end, r.up_offsets
+            received = t
+            if c < n - 1:
+                # BACK_START right away: the engines take the error rows as they come.
                 if chip.split and chip.part:
                     taken = 0
                     for words, kind, channel in msgs[c]["err_in"]:
@@ -1044,21 +1090,24 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                         if kind == "error" and channel < chip.slices[0].lo:
                             relay.append((arrived[taken - 1] + 2, words,
                                           timing.serializer_gap))
-                end = arrived[-1] + timing.receive_tail + r.recv_period
-                p["receive"] += end - t
-                t = end
+                enter = _errors_arriving(chip, msgs[c]["err_in_rows"], arrived, t, timing)
+                if (c, enter) not in backward_cache:
+                    backward_cache[c, enter] = _backward(chip, enter, timing)
+                bp_span, wu_end, up_offsets, _ = backward_cache[c, enter]
+                # BACK_WAIT sees the whole map in (the last row through the derivative).
+                received = arrived[-1] + timing.receive_tail + r.recv_period + ox - 2
             # BACK_START: every BP and WU engine at once (see _ChipRuns).
-            wu_idle = max(t + end + timing.rmw_tail + 1 for end in r.wu_end)
-            end = t + max(r.bp_span) + ox
+            wu_idle = max(t + end + timing.rmw_tail + 1 for end in wu_end)
+            end = max(t + max(bp_span) + ox, received)
             if c > 0:
                 rows = relay + [(t + offset, r.up_words, timing.serializer_gap)
-                                for offset in r.up_offsets]
+                                for offset in up_offsets]
                 accepted, arrived = up[c - 1].send(rows, begin[c - 1])
-                if r.up_offsets:
+                if up_offsets:
                     end = max(end, accepted[-1] + ox)
                     # A link short of credits holds the serializer, which holds the
                     # BP engine's rows: its busy ends as late as its last row leaves.
-                    nominal = t + r.up_offsets[-1]
+                    nominal = t + up_offsets[-1]
                     before = len(accepted) - r.up_words - 1
                     if before >= 0:
                         bp_stall[c] += max(0, accepted[before] + 1 +
@@ -1131,17 +1180,18 @@ def _order_errors(chips, layers, msgs, runs):
         if chip.split and chip.part:
             lo = chip.slices[0].lo
             if c == n - 1:
-                relay = [(3, "error", k) for k in range(lo)]
+                relay = [(3, "error", k, 0) for k in range(lo)]
             else:
-                relay = [row for row in msgs[c]["err_in"]
+                relay = [row for row in msgs[c]["err_in_rows"]
                          if row[1] == "error" and row[2] < lo]
         kind = "partial" if chip.split and chip.part else "error"
-        bp = [(runs[c].up_words, kind, channel) for channel in runs[c].up_channels]
+        bp = [(runs[c].up_words, kind, channel, y) for channel, y in runs[c].up_rows]
         rows = relay + bp
-        if sorted(rows) != sorted(msgs[c]["err_out"]):
+        if sorted(row[:3] for row in rows) != sorted(msgs[c]["err_out"]):
             raise AssertionError(f"chip {c}: error rows out of step with the message plan")
-        msgs[c]["err_out"] = rows
-        msgs[c - 1]["err_in"] = rows
+        msgs[c]["err_out"] = [row[:3] for row in rows]
+        msgs[c - 1]["err_in"] = [row[:3] for row in rows]
+        msgs[c - 1]["err_in_rows"] = rows
 
 
 def _peak(events):
@@ -1347,12 +1397,13 @@ def _estimate(chip, layers, msgs, *, chain_first, chain_last, batch_size, timing
     fwd = max([load, _wire(msgs["input_out"], timing) + _wire(msgs["act_out"], timing),
                _wire(msgs["gather_in"], timing)] + [run.busy for run in r.fp])
     fwd += timing.fp_wait_tail + timing.done_cycles
-    if chain_last:
-        bwd = r.loss + timing.loss_overhead
-    else:
-        bwd = (_wire([w for w, _, _ in msgs["err_in"]], timing) + timing.receive_tail
-               + r.recv_period)
+    # The engines start with the loss done, or with the first error row from the link
+    # (they take the rows as they come: the wire time bounds them from below).
+    bwd = r.loss + timing.loss_overhead if chain_last else 0
     t = max(r.bp_span) + ox
+    if not chain_last:
+        t = max(t, _wire([w for w, _, _ in msgs["err_in"]], timing) + timing.receive_tail
+                + r.recv_period + ox - 2)
     if msgs["err_out"]:
         t = max(t, _wire([w for w, _, _ in msgs["err_out"]], timing) + ox)
     wu_idle = max(end + timing.rmw_tail + 1 for end in r.wu_end)

@@ -84,7 +84,7 @@ depth of its feature memories, the fewest slots that keep the chain within
                              "pes", "busy_cycles_per_sample", "steps_per_sample",
                              "busy_fraction", "step_fraction"}, ...},
                          "phases_per_sample": {"load", "fp", "done", "idle", "loss",
-                             "receive", "bp", "wu_wait", "sgd"},
+                             "bp", "wu_wait", "sgd"},
                          "loss_cycles", "sgd_cycles_per_batch",
                          "feature_slots", "feature_slots_peak", "slots_in_use_max",
                          "slot_wait_per_sample", "latency_cycles",

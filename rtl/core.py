@@ -468,6 +468,7 @@ class TrainingCore(wiring.Component):
         # below ``lo`` belong to the chips in front and are passed on up.
         receiving = Signal()            # the backward path takes error rows from the link
         receiving_partials = Signal()   # ... and partial-sum rows
+        taking_errors = Signal()        # in BACK_START / BACK_WAIT
         for index, spec in enumerate(specs):
             if index == count - 1 and self.has_loss:
                 derivs.append(None)
@@ -523,14 +524,20 @@ class TrainingCore(wiring.Component):
             m.submodules.err_out = err_sink
             sat_events.append(_connect_rows(m, bp_out[0], err_sink.i))
         if passed_up is not None and err_sink is not None:
-            # Never at once: errors pass up while the backward path receives them,
-            # BP runs after. Switch between whole frames all the same.
-            m.d.comb += [self.err_out.valid.eq(Mux(passed_up.busy, passed_up.o.valid,
+            # Both run at once (BP takes the errors as they pass): whole frames from
+            # one or the other. A serializer offers a frame's words exactly while it
+            # is busy and idles a cycle between frames, so the link changes hands only
+            # when its holder is between frames, and the other's frame starts whole.
+            passed_owns = Signal()
+            keep = Mux(passed_owns, passed_up.busy, err_sink.busy)
+            choose_passed = Mux(keep, passed_owns, passed_up.busy)
+            m.d.sync += passed_owns.eq(choose_passed)
+            m.d.comb += [self.err_out.valid.eq(Mux(choose_passed, passed_up.o.valid,
                                                    err_sink.o.valid)),
-                         self.err_out.payload.eq(Mux(passed_up.busy, passed_up.o.payload,
+                         self.err_out.payload.eq(Mux(choose_passed, passed_up.o.payload,
                                                      err_sink.o.payload)),
-                         passed_up.o.ready.eq(passed_up.busy & self.err_out.ready),
-                         err_sink.o.ready.eq(~passed_up.busy & self.err_out.ready)]
+                         passed_up.o.ready.eq(choose_passed & self.err_out.ready),
+                         err_sink.o.ready.eq(~choose_passed & self.err_out.ready)]
         elif passed_up is not None or err_sink is not None:
             source = passed_up if passed_up is not None else err_sink
             wiring.connect(m, source.o, wiring.flipped(self.err_out))
@@ -779,13 +786,23 @@ class TrainingCore(wiring.Component):
                     m.d.sync += fwd_in_batch.eq(fwd_in_batch + 1)
                 m.next = "LOAD"
 
+        if not self.has_loss:
+            m.d.comb += [receiving.eq(taking_errors & (err_rows != err_rows_expected)),
+                         receiving_partials.eq(taking_errors &
+                                               (partial_count != partial_expected))]
+            if partial_sum is not None and not self.group_last:
+                m.d.comb += partial_sum.rows_in.eq(partial_count)
         with m.FSM(name="backward") as bwd:
             with m.State("IDLE"):
                 with m.If(ahead != 0):
                     # This sample's error maps begin: every store counts rows afresh.
                     for store in stores:
                         m.d.comb += store.clear.eq(1)
-                    m.next = "LOSS_START" if self.has_loss else "RECEIVE"
+                    if self.has_loss:
+                        m.next = "LOSS_START"
+                    else:
+                        m.d.sync += [err_rows.eq(0), partial_count.eq(0)]
+                        m.next = "BACK_START"
             if self.has_loss:
                 with m.State("LOSS_START"):
                     m.d.comb += [loss.start.eq(1), loss.label.eq(labels[bslot])]
@@ -794,24 +811,18 @@ class TrainingCore(wiring.Component):
                     m.d.comb += loss.label.eq(labels[bslot])
                     with m.If(~loss.busy & (~passed_up.busy if passed_up is not None else 1)):
                         m.next = "BACK_START"
-            else:
-                # Take this sample's errors back through the last layer's derivative
-                # into its error store.
-                with m.State("RECEIVE"):
-                    # Only this sample's rows: the next sample's may follow at once.
-                    m.d.comb += [receiving.eq(err_rows != err_rows_expected),
-                                 receiving_partials.eq(partial_count != partial_expected)]
-                    # (Counted rows have left the deserializer, which may already
-                    # hold the next sample's.)
-                    with m.If((err_rows == err_rows_expected) & last_in.ready &
-                              (partial_count == partial_expected) &
-                              (~passed_up.busy if passed_up is not None else 1)):
-                        m.d.sync += [err_rows.eq(0), partial_count.eq(0)]
-                        m.next = "BACK_START"
+            # Every layer's BP and WU start at once, as a row pipeline back through the
+            # layers: each takes the error rows of its layer's output as they are
+            # stored (the store's rows_ready), from the loss, from the BP behind it,
+            # or, on a chip that does not end the chain, from the link as they come.
+            # Only this sample's rows are taken from the link: the next sample's may
+            # follow at once. (Counted rows have left the deserializer, which may
+            # already hold the next sample's.)
+            if not self.has_loss:
+                received = ((err_rows == err_rows_expected) & last_in.ready &
+                            (partial_count == partial_expected) &
+                            (~passed_up.busy if passed_up is not None else 1))
             with m.State("BACK_START"):
-                # Every layer's BP and WU start at once, as a row pipeline back
-                # through the layers: each takes the error rows of its layer's
-                # output as the BP behind it writes them (the store's rows_ready).
                 for index, unit in enumerate(self.units):
                     m.d.comb += unit.start_sample.eq(1)
                     if self.has_bp(index):
@@ -821,6 +832,8 @@ class TrainingCore(wiring.Component):
             with m.State("BACK_WAIT"):
                 done = Cat(*[bp_idle(index) for index in range(count)
                              if self.has_bp(index)], C(1, 1)).all()
+                if not self.has_loss:
+                    done = done & received
                 with m.If(done & (bsettle == 2)):
                     m.next = "WU_WAIT"
                 with m.Elif(done):
@@ -846,6 +859,7 @@ class TrainingCore(wiring.Component):
                     m.d.sync += bsettle.eq(1)
         #: The sequencers, for waveforms and for debugging a stalled run.
         self.forward_fsm, self.backward_fsm = fwd, bwd
+        m.d.comb += taking_errors.eq(bwd.ongoing("BACK_START") | bwd.ongoing("BACK_WAIT"))
         busy = Signal()
         m.d.comb += busy.eq(~fwd.ongoing("LOAD") | have_label | ~bwd.ongoing("IDLE") |
                             (ahead != 0))

@@ -32,8 +32,10 @@ class PartialSum(wiring.Component):
     (:func:`~fpdeep.rtl.numerics.requantize_hw` with ``layout.fmt.frac`` fraction bits
     of the sum).
 
-    Rows may come in any order. The caller must have written every incoming row
-    before the row of the same address arrives on ``i``.
+    Rows come in stream order (:meth:`RowLayout.stream_order`), on ``i`` and in the
+    memory alike, map after map: the ``n``-th row on ``i`` waits until ``rows_in``
+    shows the ``n``-th incoming row written, so this chip's BP can run while the
+    chip behind is still sending its sums.
 
     The raw sum is exact if the whole layer's sum fits ``layout.fmt.width`` bits, which
     :func:`~fpdeep.rtl.numerics.check_accumulator` over the unsplit layer proves (each
@@ -67,6 +69,8 @@ class PartialSum(wiring.Component):
         This chip's raw rows (``layout.row_stream()``).
     rd : In(memory.ReadPort.Signature(addr_width=ceil_log2(channels * h), shape=layout.shape))
         The incoming partial sums, only with ``incoming``.
+    rows_in : In(range(channels * h + 1)), all by default; only with ``incoming``
+        Incoming rows written so far in this map, in stream order (0 as a map begins).
     o : Out(stream.Signature(StructLayout({"channel", "row", "values"})))
         Raw sums as ``layout.row_stream()``, or with ``requantize`` rows of
         ``values: ArrayLayout(out_fmt.shape, w)`` and ``saturated: range(w + 1)``, the
@@ -95,6 +99,7 @@ class PartialSum(wiring.Component):
         if self._incoming:
             members["rd"] = In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(layout.depth), shape=layout.shape))
+            members["rows_in"] = In(range(layout.depth + 1), init=layout.depth)
         if self._requantize:
             members["o"] = Out(stream.Signature(data.StructLayout({
                 "channel": range(layout.channels),
@@ -118,16 +123,23 @@ class PartialSum(wiring.Component):
         s2_channel, s2_row = Signal.like(s1.channel), Signal.like(s1.row)
         s2_sums = Signal(data.ArrayLayout(signed(width + 1), layout.w))
         advance = ~s2_valid | self.o.ready
-        m.d.comb += self.i.ready.eq(advance)
+        take = Signal()
+        m.d.comb += [self.i.ready.eq(advance), take.eq(self.i.valid)]
 
         if self._incoming:
+            # The n-th row of a map waits for the n-th incoming row.
+            taken = Signal(range(layout.depth))
+            m.d.comb += [self.i.ready.eq(advance & (taken < self.rows_in)),
+                         take.eq(self.i.valid & (taken < self.rows_in))]
+            with m.If(self.i.valid & self.i.ready):
+                m.d.sync += taken.eq(Mux(taken == layout.depth - 1, 0, taken + 1))
             m.d.comb += [
                 self.rd.addr.eq(self.i.payload.channel * layout.h + self.i.payload.row),
                 self.rd.en.eq(advance),
             ]
         with m.If(advance):
             m.d.sync += [
-                s1_valid.eq(self.i.valid),
+                s1_valid.eq(take),
                 s1.eq(self.i.payload),
                 s2_valid.eq(s1_valid),
                 s2_channel.eq(s1.channel),

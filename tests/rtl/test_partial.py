@@ -262,3 +262,85 @@ def test_parameters_are_checked():
         PartialSum(layout=layout, incoming=True, requantize=True)
     with pytest.raises(ValueError, match="out_fmt"):
         PartialSum(layout=layout, incoming=True, requantize=False, out_fmt=N.error)
+
+
+class ArrivingBench(Elaboratable):
+    """A PartialSum whose incoming memory starts empty; the testbench writes it
+    (``write``, ``address``, ``data``) and raises ``rows_in``."""
+
+    def __init__(self, partial):
+        layout = partial._layout
+        self.partial = partial
+        self.mem = memory.Memory(shape=layout.shape, depth=layout.depth, init=[])
+        self.write = Signal()
+        self.address = Signal(range(layout.depth))
+        self.data = Signal(layout.shape)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.partial, m.submodules.mem = self.partial, self.mem
+        wiring.connect(m, self.partial.rd, self.mem.read_port())
+        port = self.mem.write_port()
+        m.d.comb += [port.en.eq(self.write), port.addr.eq(self.address),
+                     port.data.eq(self.data)]
+        return m
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_rows_wait_for_incoming_rows(seed):
+    """Two maps in stream order on ``i`` at full speed while the incoming sums arrive
+    slowly, row by row: every row waits for its incoming row, so the sums are exact
+    (a row added too early would add the previous map's, or zeros)."""
+    rng = random.Random(seed)
+    layout = RowLayout(rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 3), ACC)
+    partial = PartialSum(layout=layout, incoming=True, requantize=False)
+    bench = ArrivingBench(partial)
+    order = layout.stream_order()
+    maps = [[[rng.randint(-2**40, 2**40) for _ in range(layout.w)] for _ in order]
+            for _ in range(2)]
+    sums = [[[rng.randint(-2**40, 2**40) for _ in range(layout.w)] for _ in order]
+            for _ in range(2)]
+    got = []
+
+    async def incoming(ctx):
+        for k in range(2):
+            ctx.set(partial.rows_in, 0)
+            for n, (channel, row) in enumerate(order):
+                for _ in range(rng.randint(2, 8)):
+                    await ctx.tick()
+                ctx.set(bench.address, layout.address(channel, row))
+                ctx.set(bench.data, sums[k][n])
+                ctx.set(bench.write, 1)
+                await ctx.tick()
+                ctx.set(bench.write, 0)
+                ctx.set(partial.rows_in, n + 1)
+            while len(got) < (k + 1) * len(order):
+                await ctx.tick()
+
+    async def own(ctx):
+        for k in range(2):
+            for n, (channel, row) in enumerate(order):
+                ctx.set(partial.i.valid, 1)
+                ctx.set(partial.i.payload.channel, channel)
+                ctx.set(partial.i.payload.row, row)
+                for x in range(layout.w):
+                    ctx.set(partial.i.payload.values[x], maps[k][n][x])
+                await ctx.tick().until(partial.i.ready)
+            ctx.set(partial.i.valid, 0)
+            while len(got) < (k + 1) * len(order):
+                await ctx.tick()
+
+    async def sink(ctx):
+        ctx.set(partial.o.ready, 1)
+        while len(got) < 2 * len(order):
+            beat, = await ctx.tick().sample(partial.o.payload).until(partial.o.valid)
+            got.append([beat.values[x] for x in range(layout.w)])
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-6)
+    sim.add_testbench(incoming, background=True)
+    sim.add_testbench(own, background=True)
+    sim.add_testbench(sink)
+    sim.run()
+    assert got == [[a + b for a, b in zip(maps[k][n], sums[k][n])]
+                   for k in range(2) for n in range(len(order))]
