@@ -295,7 +295,7 @@ def held_masters_boards():
                     for c, bits in enumerate(sizes)]
 
 
-def test_masters_move_to_the_next_chip():
+def test_masters_move_to_the_next_chip(capsys):
     """A chip that does not fit its memory even with one feature slot keeps a layer's
     masters and velocities on the next chip: conv1's on fc1[0:k]'s chip, which moves
     its own on to the last chip. Each holder counts what it holds, each owner does not;
@@ -352,6 +352,17 @@ def test_masters_move_to_the_next_chip():
             predicted["wgt_down"]["words_per_batch"] * 16 / 4
     model = plan.summary["gateware"]["run_cycles"]["1"]
     assert result.run_cycles == pytest.approx(model, rel=0.002)
+    # fpdeep sim lists the WGT words next to the model's, fpdeep plan says who holds what.
+    from fpdeep.scripts.plan_cmd import print_gateware
+    from fpdeep.sim.compare import model_rows
+    rows = {row.quantity: row for row in model_rows(result, plan, 1)}
+    for name in ("link 0 down wgt words/batch", "link 0 up wgt words/batch",
+                 "link 1 down wgt words/batch", "link 1 up wgt words/batch"):
+        assert rows[name].ratio == 1
+    print_gateware(plan)
+    text = capsys.readouterr().out
+    assert f"chip 1's fc1 masters and velocities ({65 * k} weights) are held by chip 2" in text
+    assert "WGT 81 words down, 40 up per batch" in text
 
 
 def test_a_chip_too_small_even_with_its_masters_moved():
