@@ -763,7 +763,7 @@ def _gateware_plan(network, cluster, batch_size):
                 "macs_per_sample": macs,
                 "pe_utilisation": macs / (chip.pes() * r["cycles_per_sample"]),
                 "memory_bits": memory["total"], "memory_capacity_bits": board.bram_bits,
-                "weight_bits": memory["weights"], "weights": weights,
+                "weight_bits": memory["weights"] + memory["held"], "weights": weights,
                 "dram_bits_per_sample": 0.0,
                 "link_bits_per_sample": {
                     "fwd": {"act": link["down"]["words"][0] * 16,
