@@ -579,6 +579,10 @@ def test_constants_follow_the_rtl():
     assert t.partial_words == PARTIAL_WORDS
     assert gw.DEFAULT_SLOTS == inspect.signature(TrainingCore).parameters["slots"].default
     assert gw.ChipSpec(0, []).slots == gw.DEFAULT_SLOTS
+    from fpdeep.rtl.weight_holder import WeightHolder
+    from fpdeep.rtl.weight_update import gradient_words
+    assert t.exchange_words == gradient_words(DEFAULT_NUMERICS)
+    assert t.holder_copies == WeightHolder.COPY_FIFO_DEPTH - 1
 
 
 def test_timing_round_trips():
