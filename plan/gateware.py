@@ -34,9 +34,10 @@ its FP starts, then the channels up to its own (no label).
 A *backward* sequencer: LOSS on the last chip (with a split last layer, the last
 slice's chip takes the loss over all logits and sends the other slices' errors
 up), else RECEIVE framed error rows (``w + 2`` words; partial-sum rows of a split
-layer's BP are ``3w + 2``); then from the last local layer to the first, BP
-(busy + overhead) with the layer's WU engine started alongside; then wait for
-every WU engine. Per mini-batch of B samples, an SGD walk over every local weight;
+layer's BP are ``3w + 2``); then every local layer's BP and WU engine at once, each
+taking the rows of its error map as the BP behind it stores them (the last
+layer's are all in); BACK_WAIT ends when every BP is done, then wait for every WU
+engine. Per mini-batch of B samples, an SGD walk over every local weight;
 for a layer whose masters and velocities the next chip holds (``Cluster(held=...)``)
 an exchange instead, which the owner waits for: its saturated gradient sums go down
 the link's WGT channel (1 + 2 words per weight), the holder steps SGD on them as
@@ -145,6 +146,10 @@ class GatewareTiming:
             Cycles per row that :class:`ErrorDerivative` takes: without post-ops (a
             pass-through), with ReLU only (take, look up, emit), with max-pool (two
             rows out).
+        deriv_latency
+            With post-ops, the derivative's first output row of a row taken in
+            cycle ``n`` leaves (into the :class:`ErrorStore`) in ``n +
+            deriv_latency``, the second (max-pool) a cycle later; without, in ``n``.
         serializer_gap
             :class:`RowSerializer` takes a new row this many cycles after the last
             word of the previous one left.
@@ -175,9 +180,9 @@ class GatewareTiming:
             UPDATE_WAIT's settle and exit.
     Loss (``rtl/loss.py``)
         loss_base, loss_per_class
-            The :class:`LossUnit` is busy ``loss_base + classes * (error_frac +
-            loss_per_class)`` cycles: two passes of one class per cycle, then a
-            restoring divider (``error_frac + 2`` quotient bits) per class.
+            The :class:`LossUnit` is busy ``loss_base + error_frac + classes *
+            loss_per_class`` cycles: three passes of one class per cycle, the last
+            through a divider pipeline of ``error_frac + 2`` stages.
         error_frac
             Fraction bits of the error format (``DEFAULT_NUMERICS.error.frac``).
     SGD walk (``WeightUpdateUnit.start_update``)
@@ -246,6 +251,7 @@ class GatewareTiming:
     deriv_none: int = 1
     deriv_relu: int = 3
     deriv_pool: int = 4
+    deriv_latency: int = 2
     serializer_gap: int = 1
     partial_words: int = 3
     partial_latency: int = 2
@@ -258,8 +264,8 @@ class GatewareTiming:
     idle_cycles: int = 1
     receive_tail: int = 2
     sgd_overhead: int = 2
-    loss_base: int = 3
-    loss_per_class: int = 8
+    loss_base: int = 7
+    loss_per_class: int = 3
     error_frac: int = 13
     sgd_drain: int = 5
     exchange_words: int = 2
@@ -453,17 +459,31 @@ def fp_waits(g, rows, enter):
 
 
 def wu_tiles(g, rows):
-    """Tiles of :class:`~fpdeep.rtl.weight_update.WeightGradientEngine`: per tile of
-    ``rows`` output channels, one per ``(i, ky)`` of ``(valid output rows) * wo``
-    steps, then the bias over all ``ho * wo`` pixels. Returned as runs."""
-    per_channel = [(_valid_rows(g, ky) * g.wo, 0, None) for ky in range(g.kh)] * g.cin
-    per_channel.append((g.ho * g.wo, 0, None))
-    per_channel = _runs(per_channel)
-    tiles = []
-    for t in range(-(-g.cout // rows)):
-        used = min(rows, g.cout - t * rows)
-        tiles += [(steps, used, count, t) for steps, _, count, _ in per_channel]
-    return tiles
+    """Tiles of :class:`~fpdeep.rtl.weight_update.WeightGradientEngine` in its order:
+    per tile of ``rows`` output channels, one per ``(i, ky)`` of ``(valid output
+    rows) * wo`` steps, then the bias over all ``ho * wo`` pixels; tile ``n`` is
+    channel tile ``n // (cin * kh + 1)``. Returned as runs."""
+    per = g.cin * g.kh + 1
+    return _runs((g.ho * g.wo if j == per - 1 else _valid_rows(g, j % g.kh) * g.wo,
+                  min(rows, g.cout - t * rows), t * per + j)
+                 for t in range(-(-g.cout // rows)) for j in range(per))
+
+
+def wu_waits(g, enter):
+    """The waits (for :func:`array_run`) of a WU engine whose error row ``y`` can be
+    read by steps entering from cycle ``enter[y]``: each tile walks its valid
+    output rows in order, ``wo`` steps a row."""
+    per = g.cin * g.kh + 1
+
+    def waits(n):
+        j = n % per
+        lo, hi = 0, g.ho - 1
+        if j != per - 1:
+            ky = j % g.kh
+            lo = max(0, g.ph - ky)
+            hi = min(g.ho - 1, g.h - 1 + g.ph - ky)
+        return [((y - lo) * g.wo, enter[y]) for y in range(lo, hi + 1)]
+    return waits
 
 
 def fp_run(g, rows, *, timing=TIMING, enter=None, keep_rows=False):
@@ -477,32 +497,36 @@ def fp_run(g, rows, *, timing=TIMING, enter=None, keep_rows=False):
                      keep_rows=keep_rows)
 
 
-def bp_run(g, rows, *, sink_period=1, timing=TIMING, keep_rows=False):
+def bp_run(g, rows, *, sink_period=1, timing=TIMING, keep_rows=False, enter=None):
     """The BP engine (``rows × w``): the FP engine on the transposed geometry, no bias.
 
     ``sink_period``: cycles per row its consumer takes (:meth:`GatewareTiming.deriv`,
     or a serializer's row time). With ``keep_rows`` the run lists each row's
-    ``(cycle, tile, lane)``, tiles numbered as :func:`fp_tiles` does.
+    ``(cycle, tile, lane)``, tiles numbered as :func:`fp_tiles` does. ``enter``: per
+    error row, the first cycle a step reading it may enter (as :func:`fp_run`).
     """
     t = g.transposed()
+    waits = fp_waits(t, rows, enter) if enter is not None else None
     return array_run(fp_tiles(t, rows, bias=False), rows, t.wo, sink_period=sink_period,
-                     timing=timing, keep_rows=keep_rows)
+                     timing=timing, keep_rows=keep_rows, enter=waits)
 
 
-def wu_run(g, rows, *, timing=TIMING):
-    """The WU engine (``rows × kw``) over one sample; its sink never stalls."""
-    return array_run(wu_tiles(g, rows), rows, g.kw, timing=timing)
+def wu_run(g, rows, *, timing=TIMING, enter=None):
+    """The WU engine (``rows × kw``) over one sample; its sink never stalls.
+    ``enter``: per error row, as :func:`bp_run`."""
+    waits = wu_waits(g, enter) if enter is not None else None
+    return array_run(wu_tiles(g, rows), rows, g.kw, timing=timing, enter=waits)
 
 
 def loss_cycles(classes, *, timing=TIMING):
     """Cycles :class:`~fpdeep.rtl.loss.LossUnit` is busy (its output never stalls)."""
-    return timing.loss_base + classes * (timing.error_frac + timing.loss_per_class)
+    return timing.loss_base + timing.error_frac + classes * timing.loss_per_class
 
 
 def loss_emit_cycle(classes, index, *, timing=TIMING):
-    """Cycle (after ``start``) at which the loss emits class ``index``'s error."""
-    per_class = timing.error_frac + timing.loss_per_class - 2
-    return timing.loss_base + 2 * classes + 1 + index * per_class + per_class - 1
+    """Cycle (after ``start``) at which the loss emits class ``index``'s error: the
+    division pipeline delivers one class per cycle, the last in the last busy cycle."""
+    return loss_cycles(classes, timing=timing) - classes + 1 + index
 
 
 def sgd_cycles(g, *, timing=TIMING):
@@ -873,13 +897,13 @@ def _fp_cached(g, rows, timing):
 
 
 @functools.lru_cache(maxsize=None)
-def _wu_cached(g, rows, timing):
-    return wu_run(g, rows, timing=timing)
+def _wu_cached(g, rows, timing, enter):
+    return wu_run(g, rows, timing=timing, enter=enter)
 
 
 @functools.lru_cache(maxsize=None)
-def _bp_cached(g, rows, sink, timing, keep_rows=False):
-    return bp_run(g, rows, sink_period=sink, timing=timing, keep_rows=keep_rows)
+def _bp_cached(g, rows, sink, timing, keep_rows=False, enter=None):
+    return bp_run(g, rows, sink_period=sink, timing=timing, keep_rows=keep_rows, enter=enter)
 
 
 @functools.lru_cache(maxsize=None)
@@ -906,11 +930,19 @@ def _rows_visible(run, sl, timing):
 
 @dataclass
 class _ChipRuns:
-    """The engine runs of one chip, and what its backward path sends up."""
+    """The engine runs of one chip, and what its backward path sends up.
+
+    The backward path starts every BP and WU engine at once (BACK_START); each
+    takes its error rows as the BP behind it stores them, so its timing is that of
+    the chip alone: ``bp_span`` and ``wu_end`` count from BACK_START. ``fp``, ``bp``
+    and ``wu`` are the engines' runs with every input there (their busy counters
+    leave out waits for rows).
+    """
     fp: list                  # per slice: EngineRun
     bp: list                  # per slice: EngineRun or None
-    bp_span: list             # per slice: BP busy, or until its sink took the last row
+    bp_span: list             # per slice: until BP is idle and its sink took the last row
     wu: list                  # per slice: EngineRun
+    wu_end: list              # per slice: the WU engine's busy end, waits included
     sgd: int                  # busy cycles of the SGD walk (the slowest local layer's)
     exchange: ConvGeometry    # the layer (slice) whose masters the next chip holds, or None
     loss: int                 # 0 unless the chip takes the loss
@@ -920,43 +952,69 @@ class _ChipRuns:
     recv_period: int          # derivative period behind RECEIVE
 
 
+def _errors_stored(run, s, prev, timing):
+    """Per row of ``prev``'s conv output map (the error store in front of slice ``s``'s
+    BP), the first cycle after BACK_START that a step reading it may enter an
+    engine: the derivative takes each BP row as it leaves, a row is complete with
+    its last channel, and the store shows it ``row_visible`` later."""
+    g = s.geometry.transposed()
+    tiles = -(-g.cout // s.bp)
+    post = prev.relu or prev.pool
+    rows_out = 2 if prev.pool else 1
+    delay = timing.deriv_latency if post else 0
+    written = {}
+    for cycle, n, lane in run.rows:
+        channel, y = n % tiles * s.bp + lane, n // tiles
+        if channel == g.cout - 1:
+            for k in range(rows_out):
+                written[y * rows_out + k] = cycle + delay + k
+    return tuple(written[r] + timing.row_visible + 1 for r in range(len(written)))
+
+
 def _chip_runs(chip, layers, *, chain_last, timing):
-    fp, bp, bp_span, wu = [], [], [], []
+    fp, bp, bp_span, wu, wu_end = [], [], [], [], []
     up_offsets, up_words, up_channels = [], 0, []
-    for k, s in enumerate(chip.slices):
+    enter = None                  # the last slice's errors are all in at BACK_START
+    for k in reversed(range(len(chip.slices))):
+        s = chip.slices[k]
         g = s.geometry
         fp.append(_fp_cached(g, s.fp, timing))
-        wu.append(_wu_cached(g, s.wu, timing))
+        wu.append(_wu_cached(g, s.wu, timing, None))
+        wu_end.append(_wu_cached(g, s.wu, timing, enter).busy)
         if not s.has_bp:
             bp.append(None)
             bp_span.append(0)
-        elif k == 0:
+            continue
+        if k == 0:
             # Into the serializer (via PartialSum on a chip that adds the slices after it).
             raw = chip.split and chip.part > 0
             up_words = timing.partial_words * g.w + 2 if raw else g.w + 2
-            run = _bp_cached(g, s.bp, up_words + timing.serializer_gap, timing, True)
+            sink = up_words + timing.serializer_gap
+            bp.append(_bp_cached(g, s.bp, sink, timing))
+            run = _bp_cached(g, s.bp, sink, timing, True, enter)
             adds = chip.split and chip.part < chip.parts - 1
             delay = 1 + (timing.partial_latency if adds else 0)
             up_offsets = [cycle + delay for cycle, _, _ in run.rows]
             tiles = -(-g.cin // s.bp)
             up_channels = [n % tiles * s.bp + lane for _, n, lane in run.rows]
-            bp.append(run)
             bp_span.append(run.busy)
         else:
             # BACK_WAIT also waits for the derivative to take the last row and be
             # ready again, ``period`` cycles after.
             prev = chip.slices[k - 1].layer
             period = timing.deriv(prev.relu, prev.pool)
-            run = _bp_cached(g, s.bp, period, timing, True)
-            bp.append(run)
+            bp.append(_bp_cached(g, s.bp, period, timing))
+            run = _bp_cached(g, s.bp, period, timing, True, enter)
             bp_span.append(max(run.busy, run.rows[-1][0] + period - 1))
+            enter = _errors_stored(run, s, prev, timing)
+    fp, bp, bp_span, wu, wu_end = (x[::-1] for x in (fp, bp, bp_span, wu, wu_end))
     sgd = max((sgd_cycles(s.geometry, timing=timing) for s in chip.slices
                if s.layer.name != chip.remote), default=0)
     exchange = next((s.geometry for s in chip.slices if s.layer.name == chip.remote), None)
     loss = loss_cycles(layers[-1].geometry.cout, timing=timing) if chain_last else 0
     last = chip.last_layer
-    return _ChipRuns(fp, bp, bp_span, wu, sgd, exchange, loss,
-                     up_offsets, up_words, up_channels, timing.deriv(last.relu, last.pool))
+    return _ChipRuns(fp, bp, bp_span, wu, wu_end, sgd, exchange, loss, up_offsets,
+                     up_words, up_channels, timing.deriv(last.relu, last.pool))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1033,6 +1091,7 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
     bdone = [[0] * samples for _ in range(n)]
     sgd_done = [[] for _ in range(n)]
     unblocked = [0] * n                # when each chip could load but for its slots
+    bp_stall = [0] * n                 # cycles the first layer's BP waited for the link
     slot_wait = [0] * n
     phase_names = ("load", "fp", "done", "idle", "loss", "receive", "bp", "wu_wait", "sgd")
     phases = [dict.fromkeys(phase_names, 0) for _ in range(n)]
@@ -1131,21 +1190,24 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 end = arrived[-1] + timing.receive_tail + r.recv_period
                 p["receive"] += end - t
                 t = end
-            wu_idle = 0
-            for k in reversed(range(len(chip.slices))):
-                wu_idle = max(wu_idle, t + r.wu[k].busy + timing.rmw_tail + 1)
-                if r.bp[k] is None:
-                    end = t + ox
-                else:
-                    end = t + r.bp_span[k] + ox
-                if k == 0 and c > 0:
-                    rows = relay + [(t + offset, r.up_words, timing.serializer_gap)
-                                    for offset in r.up_offsets]
-                    accepted, arrived = up[c - 1].send(rows, begin[c - 1])
-                    if r.up_offsets:
-                        end = max(end, accepted[-1] + ox)
-                p["bp"] += end - t
-                t = end
+            # BACK_START: every BP and WU engine at once (see _ChipRuns).
+            wu_idle = max(t + end + timing.rmw_tail + 1 for end in r.wu_end)
+            end = t + max(r.bp_span) + ox
+            if c > 0:
+                rows = relay + [(t + offset, r.up_words, timing.serializer_gap)
+                                for offset in r.up_offsets]
+                accepted, arrived = up[c - 1].send(rows, begin[c - 1])
+                if r.up_offsets:
+                    end = max(end, accepted[-1] + ox)
+                    # A link short of credits holds the serializer, which holds the
+                    # BP engine's rows: its busy ends as late as its last row leaves.
+                    nominal = t + r.up_offsets[-1]
+                    before = len(accepted) - r.up_words - 1
+                    if before >= 0:
+                        bp_stall[c] += max(0, accepted[before] + 1 +
+                                           timing.serializer_gap - nominal)
+            p["bp"] += end - t
+            t = end
             done = max(t, wu_idle)
             p["wu_wait"] += done - t + 1
             bdone[c][s] = done
@@ -1172,10 +1234,11 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 if run is None:
                     continue
                 rows, cols = s_.engine_shapes()[kind]
+                busy = run.busy + (bp_stall[c] / samples if kind == "bp" and k == 0 else 0)
                 engines[f"{s_.layer.name}.{kind}"] = {
                     "rows": rows, "cols": cols, "pes": rows * cols,
-                    "busy_cycles_per_sample": run.busy, "steps_per_sample": run.steps,
-                    "busy_fraction": run.busy / period,
+                    "busy_cycles_per_sample": busy, "steps_per_sample": run.steps,
+                    "busy_fraction": busy / period,
                     "step_fraction": run.steps / period}
         out.append({
             "cycles_per_sample": period,
@@ -1575,13 +1638,10 @@ def _estimate(chip, layers, msgs, *, chain_first, chain_last, batch_size, timing
     else:
         bwd = (_wire([w for w, _, _ in msgs["err_in"]], timing) + timing.receive_tail
                + r.recv_period)
-    t = wu_idle = 0
-    for k in reversed(range(len(chip.slices))):
-        wu_idle = max(wu_idle, t + r.wu[k].busy + timing.rmw_tail + 1)
-        step = r.bp_span[k] + ox
-        if k == 0 and msgs["err_out"]:
-            step = max(step, _wire([w for w, _, _ in msgs["err_out"]], timing) + ox)
-        t += step
+    t = max(r.bp_span) + ox
+    if msgs["err_out"]:
+        t = max(t, _wire([w for w, _, _ in msgs["err_out"]], timing) + ox)
+    wu_idle = max(end + timing.rmw_tail + 1 for end in r.wu_end)
     bwd += max(t, wu_idle) + 1 + timing.idle_cycles
     # A held layer's step: its sums to the holder at wire speed, the last copy back.
     exchange = 0

@@ -158,6 +158,13 @@ class ErrorStore(wiring.Component):
     i : In(stream) error rows.
     lane_wr : In(memory.WritePort.Signature(..., granularity=w))
     row_wr : In(memory.WritePort.Signature(...)), only with ``rows``.
+    clear : In(1)
+        Pulse before a new map: :attr:`rows_ready` returns to 0.
+    rows_ready : Out(range(h + 1))
+        Rows ``0 .. rows_ready - 1`` of every channel are written (readable from
+        this cycle on). Rows come row by row, each channel's in order (BP engines
+        emit stream order; a max-pool derivative turns a row into two), so a row
+        is complete once the last channel's is written.
     """
 
     def __init__(self, *, channels, h, w, fmt, lanes, rows):
@@ -174,6 +181,8 @@ class ErrorStore(wiring.Component):
             members["row_wr"] = In(memory.WritePort.Signature(
                 addr_width=ceil_log2(self.row_layout.depth), shape=self.row_layout.shape))
         self._rows = rows
+        members["clear"] = In(1)
+        members["rows_ready"] = Out(range(h + 1))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -195,4 +204,8 @@ class ErrorStore(wiring.Component):
         for r in range(lanes):
             for x in range(w):
                 m.d.comb += self.lane_wr.data[r * w + x].eq(self.i.payload.values[x])
+        with m.If(self.clear):
+            m.d.sync += self.rows_ready.eq(0)
+        with m.Elif(take & (channel == self._c - 1)):
+            m.d.sync += self.rows_ready.eq(row + 1)
         return m

@@ -74,8 +74,10 @@ class TrainingCore(wiring.Component):
     """Trains a network with synchronous mini-batch SGD on one chip.
 
     Per sample, in order: load the sample from the host; FP of every layer
-    (:class:`~fpdeep.rtl.conv.ConvEngine` with :class:`~fpdeep.rtl.activation.ActivationWriter`);
-    the loss (:class:`~fpdeep.rtl.loss.LossUnit`); then from the last layer back,
+    (:class:`~fpdeep.rtl.conv.ConvEngine` with :class:`~fpdeep.rtl.activation.ActivationWriter`),
+    all layers at once as a row pipeline (a layer's steps wait for their input rows,
+    counted by the writer in front, and the sample's rows feed the first as they
+    arrive); the loss (:class:`~fpdeep.rtl.loss.LossUnit`); then from the last layer back,
     BP of layer ``l`` (a transposed :class:`ConvEngine`, :class:`ErrorDerivative`,
     :class:`ErrorStore`) while the WU engine of layer ``l`` (inside its
     :class:`~fpdeep.rtl.weight_update.WeightUpdateUnit`) sums that layer's gradients.
@@ -583,6 +585,13 @@ class TrainingCore(wiring.Component):
             m.submodules.gather = gatherer
             _connect_slot(m, gatherer.wr, act_out[-1].write_port(), fslot * out_depths[-1])
 
+        # Error rows ready, layer to layer backwards: each layer's BP and WU take the
+        # rows of its error map as they are stored.
+        for index, (unit, store) in enumerate(zip(self.units, stores)):
+            m.d.comb += unit.e_ready.eq(store.rows_ready)
+            if self.has_bp(index):
+                m.d.comb += bp_engines[index].x_ready.eq(store.rows_ready)
+
         # Rows ready, layer to layer: each FP takes the rows the layer in front has
         # written so far, and the output map leaves as its rows (own and gathered) are in.
         for fp, writer in zip(fp_engines[1:], writers):
@@ -644,15 +653,15 @@ class TrainingCore(wiring.Component):
 
         # ---- host weight access, routed by address to the masters' stores: the
         # layers' update units, and the neighbour's layer this chip holds.
-        stores = [(unit, base) for unit, base in zip(self.units, self.bases)
+        masters_at = [(unit, base) for unit, base in zip(self.units, self.bases)
                   if unit.host_span]
         if self.holder is not None:
             m.submodules.held_weights = self.holder
-            stores.append((self.holder, self.holder_base))
+            masters_at.append((self.holder, self.holder_base))
             wiring.connect(m, wiring.flipped(self.held_in), self.holder.grads_in)
             wiring.connect(m, self.holder.copies_out, wiring.flipped(self.held_out))
-        host_store = Signal(range(max(2, len(stores))))
-        for index, (store, base) in enumerate(stores):
+        host_store = Signal(range(max(2, len(masters_at))))
+        for index, (store, base) in enumerate(masters_at):
             selected = (host.weight_addr >= base) & (host.weight_addr < base + store.host_span)
             m.d.comb += [
                 store.host_addr.eq(host.weight_addr - base),
@@ -663,7 +672,7 @@ class TrainingCore(wiring.Component):
             with m.If(host.weight_read & selected):
                 m.d.sync += host_store.eq(index)
         with m.Switch(host_store):
-            for index, (store, _) in enumerate(stores):
+            for index, (store, _) in enumerate(masters_at):
                 with m.Case(index):
                     m.d.comb += [host.weight_rdata.eq(store.host_rdata),
                                  host.weight_rvalid.eq(store.host_rvalid)]
@@ -692,7 +701,6 @@ class TrainingCore(wiring.Component):
         fwd_in_batch = Signal(range(self.batch_size + 1))
         fwd_batches = Signal(32)            # batches forward has finished
         bwd_in_batch = Signal(range(self.batch_size + 1))
-        blayer = Signal(range(max(2, count)))
         fsettle = Signal(2)
         bsettle = Signal(2)
 
@@ -774,6 +782,9 @@ class TrainingCore(wiring.Component):
         with m.FSM(name="backward") as bwd:
             with m.State("IDLE"):
                 with m.If(ahead != 0):
+                    # This sample's error maps begin: every store counts rows afresh.
+                    for store in stores:
+                        m.d.comb += store.clear.eq(1)
                     m.next = "LOSS_START" if self.has_loss else "RECEIVE"
             if self.has_loss:
                 with m.State("LOSS_START"):
@@ -782,7 +793,6 @@ class TrainingCore(wiring.Component):
                 with m.State("LOSS_WAIT"):
                     m.d.comb += loss.label.eq(labels[bslot])
                     with m.If(~loss.busy & (~passed_up.busy if passed_up is not None else 1)):
-                        m.d.sync += blayer.eq(count - 1)
                         m.next = "BACK_START"
             else:
                 # Take this sample's errors back through the last layer's derivative
@@ -796,31 +806,23 @@ class TrainingCore(wiring.Component):
                     with m.If((err_rows == err_rows_expected) & last_in.ready &
                               (partial_count == partial_expected) &
                               (~passed_up.busy if passed_up is not None else 1)):
-                        m.d.sync += [err_rows.eq(0), partial_count.eq(0),
-                                     blayer.eq(count - 1)]
+                        m.d.sync += [err_rows.eq(0), partial_count.eq(0)]
                         m.next = "BACK_START"
             with m.State("BACK_START"):
-                # WU of this layer and BP into the layer in front run side by side.
-                with m.Switch(blayer):
-                    for index in range(count):
-                        with m.Case(index):
-                            m.d.comb += self.units[index].start_sample.eq(1)
-                            if self.has_bp(index):
-                                m.d.comb += bp_engines[index].start.eq(1)
+                # Every layer's BP and WU start at once, as a row pipeline back
+                # through the layers: each takes the error rows of its layer's
+                # output as the BP behind it writes them (the store's rows_ready).
+                for index, unit in enumerate(self.units):
+                    m.d.comb += unit.start_sample.eq(1)
+                    if self.has_bp(index):
+                        m.d.comb += bp_engines[index].start.eq(1)
                 m.d.sync += bsettle.eq(0)
                 m.next = "BACK_WAIT"
             with m.State("BACK_WAIT"):
-                done = Signal()
-                with m.Switch(blayer):
-                    for index in range(count):
-                        with m.Case(index):
-                            m.d.comb += done.eq(bp_idle(index) if self.has_bp(index) else 1)
+                done = Cat(*[bp_idle(index) for index in range(count)
+                             if self.has_bp(index)], C(1, 1)).all()
                 with m.If(done & (bsettle == 2)):
-                    with m.If(blayer == 0):
-                        m.next = "WU_WAIT"
-                    with m.Else():
-                        m.d.sync += blayer.eq(blayer - 1)
-                        m.next = "BACK_START"
+                    m.next = "WU_WAIT"
                 with m.Elif(done):
                     m.d.sync += bsettle.eq(bsettle + 1)
             with m.State("WU_WAIT"):

@@ -16,12 +16,15 @@ class LossUnit(wiring.Component):
     """Computes :func:`fpdeep.rtl.numerics.softmax_error_np` over the stored logits,
     and the sample's loss, :func:`fpdeep.rtl.numerics.cross_entropy_np`.
 
-    Three passes over the ``classes`` logits, one class per cycle for the first
-    two: find the first largest logit; compute the base-2 exponentials of
-    ``z - max`` from a 256-entry table and sum them; then divide each by the sum
-    with a restoring divider (one quotient bit per cycle) and emit the error.
-    With ``o.ready`` held high, ``busy`` falls ``4 + classes * (error.frac + 8)``
-    cycles after ``start``; each cycle ``o.ready`` is low adds one.
+    Three passes over the ``classes`` logits, one class per cycle each: find the
+    first largest logit; compute the base-2 exponentials of ``z - max`` from a
+    256-entry table and sum them; then divide each by the sum and emit the error.
+    The division is a restoring divider unrolled into a pipeline of ``error.frac +
+    2`` stages, one quotient bit each, that takes a class per cycle: the classes'
+    divisions overlap, so the loss is not a long serial step in the backward path.
+    With ``o.ready`` held high, ``busy`` falls ``3 * classes + error.frac + 8``
+    cycles after ``start``; each cycle ``o.ready`` is low adds one (the whole
+    pipeline holds).
 
     The loss takes no cycles of its own: the exponential pass also keeps the
     label's exponent argument, and while the first division runs, a priority
@@ -100,12 +103,14 @@ class LossUnit(wiring.Component):
         # The quotient is at most one (2**error.frac), so error.frac + 1 bits suffice and
         # the division starts from the numerator's top bits.
         q_bits = n.error.frac + 2
-        numerator = Signal(EXP2_LUT_FRAC + 1 + n.error.frac + 1 + 1)
-        remainder = Signal(total_bits + 2)
-        quotient = Signal(q_bits)
-        bit = Signal(range(q_bits + 1))
+        numerator_bits = EXP2_LUT_FRAC + 1 + n.error.frac + 1 + 1
         z = self.z_rd.data[0]
         m.d.comb += self.z_rd.addr.eq(index)
+        dividing = Signal()
+        stage_layout = data.StructLayout({
+            "valid": 1, "index": range(classes), "numerator": numerator_bits,
+            "remainder": total_bits + 2, "quotient": q_bits})
+        stages = [Signal(stage_layout, name=f"div{k}") for k in range(q_bits + 1)]
 
         # Pipeline registers of the exponential pass.
         t_shift = Signal(range(64))
@@ -171,44 +176,46 @@ class LossUnit(wiring.Component):
                 m.d.sync += index.eq(index + 1)
                 with m.If(t_valid & (t_index == classes - 1)):
                     m.d.sync += [index.eq(0), log2_start.eq(1)]
-                    m.next = "DIV_READ"
-            with m.State("DIV_READ"):
-                m.d.comb += exps_rd.addr.eq(index)
-                m.next = "DIV_LOAD"
-            with m.State("DIV_LOAD"):
-                # numerator = e * 2**(frac+1) + total; divide by 2 * total.
-                m.d.comb += exps_rd.addr.eq(index)
-                full = (exps_rd.data << (n.error.frac + 1)) + total
-                m.d.sync += [
-                    numerator.eq(full),
-                    remainder.eq(full >> q_bits),
-                    quotient.eq(0),
-                    bit.eq(q_bits),
-                ]
-                m.next = "DIVIDE"
+                    m.next = "DIVIDE"
             with m.State("DIVIDE"):
-                divisor = total << 1
-                shifted = Cat(numerator.bit_select((bit - 1).as_unsigned(), 1), remainder)
-                with m.If(bit == 0):
-                    m.next = "EMIT"
-                with m.Elif(shifted >= divisor):
-                    m.d.sync += [remainder.eq(shifted - divisor),
-                                 quotient.eq(Cat(1, quotient)), bit.eq(bit - 1)]
-                with m.Else():
-                    m.d.sync += [remainder.eq(shifted), quotient.eq(Cat(0, quotient)),
-                                 bit.eq(bit - 1)]
-            with m.State("EMIT"):
-                m.d.comb += [
-                    self.o.valid.eq(1),
-                    self.o.payload.channel.eq(index),
-                    self.o.payload.values[0].eq(
-                        quotient - Mux(index == self.label, one, 0)),
-                ]
-                with m.If(self.o.ready):
-                    m.d.sync += index.eq(index + 1)
-                    with m.If(index == classes - 1):
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "DIV_READ"
+                m.d.comb += dividing.eq(1)
+                with m.If(self.o.valid & self.o.ready & (stages[-1].index == classes - 1)):
+                    m.next = "IDLE"
+
+        # The division pipeline: the exponentials are read one per cycle; stage 0 forms
+        # numerator = e * 2**(frac+1) + total (divided by 2 * total: round(e / total),
+        # ties up) and its top bits; stage k brings down numerator bit q_bits - k and
+        # decides quotient bit q_bits - k. The whole pipeline holds while the output
+        # waits for ``o.ready``.
+        advance = ~self.o.valid | self.o.ready
+        feed = Signal(range(classes + 1))
+        read_valid = Signal()
+        read_index = Signal(range(classes))
+        m.d.comb += [exps_rd.addr.eq(feed), exps_rd.en.eq(advance)]
+        divisor = total << 1
+        with m.If(advance):
+            m.d.sync += [read_valid.eq(dividing & (feed < classes)), read_index.eq(feed)]
+            with m.If(dividing & (feed < classes)):
+                m.d.sync += feed.eq(feed + 1)
+            full = (exps_rd.data << (n.error.frac + 1)) + total
+            m.d.sync += [stages[0].valid.eq(read_valid), stages[0].index.eq(read_index),
+                         stages[0].numerator.eq(full), stages[0].remainder.eq(full >> q_bits),
+                         stages[0].quotient.eq(0)]
+            for k in range(1, q_bits + 1):
+                prev, cur = stages[k - 1], stages[k]
+                shifted = Cat(prev.numerator[q_bits - k], prev.remainder)
+                fits = shifted >= divisor
+                m.d.sync += [cur.valid.eq(prev.valid), cur.index.eq(prev.index),
+                             cur.numerator.eq(prev.numerator),
+                             cur.remainder.eq(Mux(fits, shifted - divisor, shifted)),
+                             cur.quotient.eq(Cat(fits, prev.quotient))]
+        with m.If(~dividing):
+            m.d.sync += feed.eq(0)
+        done = stages[-1]
+        m.d.comb += [
+            self.o.valid.eq(done.valid),
+            self.o.payload.channel.eq(done.index),
+            self.o.payload.values[0].eq(done.quotient - Mux(done.index == self.label, one, 0)),
+        ]
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

@@ -89,6 +89,11 @@ class WeightGradientEngine(wiring.Component):
         Errors at the layer's output, :class:`LaneLayout`.
     x_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(act, w)))
         The layer's input, :class:`RowLayout`.
+    e_ready : In(range(ho + 1)), all rows by default
+        Error rows ``0 .. e_ready - 1`` of every channel are written: a step whose
+        row is not waits, so the engine can start while BP is still producing them.
+    starved : Out(1)
+        A step waits for its error row this cycle.
     o : Out(stream.Signature(StructLayout({"channel", "index", "sums": ArrayLayout(signed(acc), kw)})))
         Gradient sums of output channel ``channel`` and row ``index = i * kh + ky``
         (``cin * kh`` for the bias, in ``sums[0]``).
@@ -111,6 +116,8 @@ class WeightGradientEngine(wiring.Component):
                 addr_width=ceil_log2(self.e_layout.depth), shape=self.e_layout.shape)),
             "x_rd": In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(self.x_layout.depth), shape=self.x_layout.shape)),
+            "e_ready": In(range(g.ho + 1), init=g.ho),
+            "starved": Out(1),
             "o": Out(stream.Signature(data.StructLayout({
                 "channel": range(g.cout),
                 "index": range(gradient_index_count(g)),
@@ -168,16 +175,19 @@ class WeightGradientEngine(wiring.Component):
         def first_row(ky_value):
             return max(0, g.ph - ky_value)
 
+        # A step waits for its error row (BP may still be producing the map).
+        issue = running & (y < self.e_ready)
+        m.d.comb += self.starved.eq(running & advance & ~issue)
         with m.If(advance):
             m.d.sync += [
-                s1_valid.eq(running),
+                s1_valid.eq(issue),
                 s1_bias.eq(at_bias),
                 s1_x.eq(x),
                 s1_last.eq(tile_last),
                 array.i.payload.tag.t.eq(t),            # the tile's tag travels with it
                 array.i.payload.tag.index.eq(index),
             ]
-            with m.If(running):
+            with m.If(issue):
                 with m.If(tile_last):
                     m.d.sync += x.eq(0)
                     with m.If(at_bias):
@@ -608,7 +618,7 @@ class WeightUpdateUnit(wiring.Component):
     busy : Out(1)
         A sample, an update or a refresh (with ``remote``, the whole exchange) is in
         progress; the ``start_*`` inputs and host accesses are ignored meanwhile.
-    e_rd, x_rd : as :class:`WeightGradientEngine`
+    e_rd, x_rd, e_ready : as :class:`WeightGradientEngine`
     saturations : Out(32)
         Saturation events in the update (gradient, velocity, master, 16-bit copy;
         with ``remote`` only the gradient).
@@ -688,6 +698,7 @@ class WeightUpdateUnit(wiring.Component):
             "busy": Out(1),
             "e_rd": self.engine.signature.members["e_rd"],
             "x_rd": self.engine.signature.members["x_rd"],
+            "e_ready": self.engine.signature.members["e_ready"],
             "saturations": Out(32),
         }
         if remote:
@@ -735,6 +746,7 @@ class WeightUpdateUnit(wiring.Component):
         m.submodules.engine = engine = self.engine
         wiring.connect(m, wiring.flipped(self.e_rd), engine.e_rd)
         wiring.connect(m, wiring.flipped(self.x_rd), engine.x_rd)
+        m.d.comb += engine.e_ready.eq(self.e_ready)
 
         m.submodules.grads = grads = self.grads
         m.submodules.fp_weights = self.fp_weights

@@ -103,7 +103,7 @@ def test_errors_and_loss_match_reference(classes, seed):
 
 def test_loss_saturates_and_takes_no_extra_cycles():
     """With Q8.8 activations a logit gap of 511.99 is 738.6 bits: the loss clamps to
-    LOSS_MAX. With ``ready`` held high, ``busy`` still falls 4 + classes * (error.frac + 8)
+    LOSS_MAX. With ``ready`` held high, ``busy`` still falls 3 * classes + error.frac + 8
     cycles after ``start``, as it did before the unit had a loss output."""
     numerics = Numerics(act=FixedFormat(16, 8))
     classes = 3
@@ -123,4 +123,4 @@ def test_loss_saturates_and_takes_no_extra_cycles():
     # Three equal logits: log2(3) = 1.58496 bits = 405.75 LSBs of Q8.8, rounded to 406.
     assert losses == [[LOSS_MAX], [cross_entropy_np(cases[1], 0, numerics)], [406]]
     assert cross_entropy_np(cases[0], 1, numerics) == LOSS_MAX
-    assert cycles == [4 + classes * (N.error.frac + 8)] * len(cases)
+    assert cycles == [3 * classes + N.error.frac + 8] * len(cases)

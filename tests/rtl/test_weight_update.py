@@ -2,6 +2,7 @@ import random
 
 import numpy as np
 import pytest
+from amaranth import Signal
 from amaranth.sim import Simulator
 
 from fpdeep.rtl.conv import ConvGeometry, pack_rows
@@ -21,16 +22,42 @@ CASES = [
 ]
 
 
+class ErrorRowsBench(EngineBench):
+    """The error memory starts empty; the testbench writes its words (``address``,
+    ``data``, ``write``) and raises ``e_ready`` as rows complete."""
+
+    def __init__(self, engine, depth, x_words):
+        super().__init__(engine, e_rd=depth, x_rd=x_words)
+        self.write = Signal()
+        self.address = Signal(range(depth))
+        self.data = Signal(engine.e_rd.data.shape())
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        port = self.memories["e_rd"].write_port()
+        m.d.comb += [port.en.eq(self.write), port.addr.eq(self.address),
+                     port.data.eq(self.data)]
+        return m
+
+
+@pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("case", CASES)
-def test_gradients_match_reference(case):
+def test_gradients_match_reference(case, streamed):
+    """With ``streamed``, the error rows are written a row (every channel's) at a time
+    after start, as BP produces them, and the engine waits for each row it reads."""
     cin, cout, h, w, kh, kw, ph, pw, rows = case
     rng = np.random.default_rng(sum(case))
     g = ConvGeometry(cin=cin, cout=cout, h=h, w=w, kh=kh, kw=kw, ph=ph, pw=pw)
     x = rng.integers(N.act.min, N.act.max + 1, size=(cin, h, w))     # full range: large sums
     e = rng.integers(N.error.min, N.error.max + 1, size=(cout, g.ho, g.wo))
+    e[e == 0] = 1                      # rows read before they are written would show
     gw, gb = conv_weight_grad_acc(x, e, kh, kw, ph, pw, N.act.one)
     engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error)
-    bench = EngineBench(engine, e_rd=pack_lanes(e, rows), x_rd=pack_rows(x))
+    lanes = pack_lanes(e, rows)
+    if streamed:
+        bench = ErrorRowsBench(engine, len(lanes), pack_rows(x))
+    else:
+        bench = EngineBench(engine, e_rd=lanes, x_rd=pack_rows(x))
     got_w = np.zeros_like(gw)
     got_b = np.zeros_like(gb)
     count = cout * gradient_index_count(g)
@@ -58,9 +85,25 @@ def test_gradients_match_reference(case):
             await ctx.tick()
         assert not ctx.get(engine.busy)
 
+    async def rows_arrive(ctx):
+        ctx.set(engine.e_ready, 0)
+        layout = engine.e_layout
+        for y in range(g.ho):
+            for t in range(layout.tiles):
+                for _ in range(5):
+                    await ctx.tick()
+                ctx.set(bench.address, layout.address(t, y))
+                ctx.set(bench.data, lanes[layout.address(t, y)])
+                ctx.set(bench.write, 1)
+                await ctx.tick()
+                ctx.set(bench.write, 0)
+            ctx.set(engine.e_ready, y + 1)
+
     sim = Simulator(bench)
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
+    if streamed:
+        sim.add_testbench(rows_arrive, background=True)
     sim.run()
     np.testing.assert_array_equal(got_w, gw)
     np.testing.assert_array_equal(got_b, gb)
@@ -184,4 +227,4 @@ def test_random_shapes_gradients(seed):
     rows = int(rng.integers(1, geometry["cout"] + 2))
     g = ConvGeometry(**geometry)
     case = (g.cin, g.cout, g.h, g.w, g.kh, g.kw, g.ph, g.pw, rows)
-    test_gradients_match_reference(case)
+    test_gradients_match_reference(case, streamed=bool(seed % 2))
