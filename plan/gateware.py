@@ -37,7 +37,11 @@ up), else RECEIVE framed error rows (``w + 2`` words; partial-sum rows of a spli
 layer's BP are ``3w + 2``); then every local layer's BP and WU engine at once, each
 taking the rows of its error map as the BP behind it stores them (the last
 layer's are all in); BACK_WAIT ends when every BP is done, then wait for every WU
-engine. Per mini-batch of B samples, an SGD walk over every local weight.
+engine. Per mini-batch of B samples, an SGD walk over every local weight;
+for a layer whose masters and velocities the next chip holds (``Cluster(held=...)``)
+an exchange instead, which the owner waits for: its saturated gradient sums go down
+the link's WGT channel (1 + 2 words per weight), the holder steps SGD on them as
+they arrive and sends each new 16-bit copy back up (1 word per weight).
 
 Forward of sample ``s + 1`` overlaps backward of ``s``: a chip's feature memories
 hold its own number of samples, its *slots* (``Cluster(slots=[...])``), and its
@@ -52,16 +56,19 @@ from the tile-by-tile behaviour of :class:`~fpdeep.rtl.systolic.SystolicArray`
 (:func:`array_run`), an FP engine's steps waiting for their input rows included
 (:func:`fp_run` with ``enter``); :func:`loss_cycles` and :func:`sgd_cycles` those of the loss
 and the SGD walk. :class:`LinkDirection` follows words through one direction of
-a link (packer, credits, replay slots, framer, receiver). :func:`simulate` runs the
+a link (packer, credits, replay slots, framer, receiver); :func:`exchange_step`
+follows a held layer's exchange through both directions at once, cycle for cycle.
+:func:`simulate` runs the
 chain's two sequencers per chip, sample by sample, over a few mini-batches and
 returns the steady-state figures. Every timing constant is in
 :class:`GatewareTiming`, with the RTL behaviour it mirrors, so that a measurement
 can correct it in one place.
 
-Known approximations: CTRL frames (ACK and credit updates sent while a direction has
-no data) are not modelled as taking the wire (a :class:`LinkPair` carrying traffic
-both ways delivered as fast as with one way: the updates ride in the data frames'
-headers), nor are periodic refresh frames; credit and ACK returns are fixed delays;
+Known approximations, except in the exchange: CTRL frames (ACK and credit updates
+sent while a direction has no data) are not modelled as taking the wire (a
+:class:`LinkPair` carrying traffic both ways delivered as fast as with one way: the
+updates ride in the data frames' headers), nor are periodic refresh frames; credit
+and ACK returns are fixed delays;
 an engine stalled by a full serializer is not slowed further than the link it feeds;
 a slice chip receives the partial sums of the chips after it before its own BP.
 
@@ -73,6 +80,16 @@ backward paths (:func:`_estimate`), simulates the best few chains, each with its
 feature slots sized by :func:`choose_slots`, moves the channel boundaries of split
 layers while the simulation improves, and keeps the fastest.
 
+Weight balancing (architecture decision 4) as the gateware builds it: a chip whose
+memory does not hold its layers with even one feature slot keeps the masters and
+velocities of one of its layers (64 bits per weight; it keeps the 16-bit copies and
+48-bit gradient sums) on the next chip, which holds one such layer at most
+(:func:`place_masters`, front to back, for every chain costed). The link carries
+the exchange once per batch, which the model times; a chip that does not fit even
+so rules its chain out, and if no chain is left the error names the chip that came
+nearest. Decision 4's check that the traffic fits the link is the model's: the
+exchange's cycles are in the chain's cycles per sample.
+
 The slots hold the activations that WU needs for as long as the round trip to the
 end of the chain and back takes; a chip near the end needs fewer than chip 0.
 :func:`choose_slots` gives each chip the fewest slots that keep the chain within
@@ -80,6 +97,7 @@ end of the chain and back takes; a chip near the end needs fewer than chip 0.
 (:func:`memory_bits` counts them, :func:`max_slots` is the most that fit).
 """
 
+import bisect
 import functools
 import itertools
 import math
@@ -91,9 +109,10 @@ from .layers import ConvGeometry, GatewareLayer, gateware_layers
 __all__ = ["GatewareTiming", "TIMING", "ConvGeometry", "GatewareLayer", "gateware_layers",
            "EngineRun", "array_run", "fp_tiles", "wu_tiles", "fp_run", "bp_run", "wu_run",
            "loss_cycles", "loss_emit_cycle", "sgd_cycles", "map_sender_cycles",
-           "LinkDirection", "SliceSpec", "ChipSpec", "DEFAULT_SLOTS", "simulate",
-           "feature_bits", "memory_bits", "max_slots", "choose_slots", "SLOT_TOLERANCE",
-           "choose_rows", "plan_chips", "limit", "max_chips"]
+           "exchange_runs", "exchange_step", "LinkDirection", "SliceSpec", "ChipSpec",
+           "DEFAULT_SLOTS", "simulate", "feature_bits", "memory_bits", "master_bits",
+           "place_masters", "max_slots", "choose_slots", "SLOT_TOLERANCE", "choose_rows",
+           "plan_chips", "limit", "max_chips"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,20 @@ class GatewareTiming:
         sgd_drain
             One cycle per gradient word plus one per weight, then this many cycles
             of pipeline drain.
+    Held weights (``WeightUpdateUnit(remote=True)``, ``rtl/weight_holder.py``)
+        exchange_words
+            Words per saturated gradient sum on the WGT channel
+            (:func:`~fpdeep.rtl.weight_update.gradient_words`).
+        holder_latency
+            :class:`WeightHolder` offers a weight's new 16-bit copy this many cycles
+            after it took the last word of the weight's sum (4 of pipeline, 2 of the
+            output FIFO).
+        exchange_tail
+            The owner's SGD step (UPDATE_WAIT) ends this many cycles after it took
+            the last copy.
+        holder_copies
+            The holder takes a weight's last word only while fewer copies than this
+            are in its pipeline and output FIFO (``COPY_FIFO_DEPTH - 1``).
     Host
         host_words_per_cycle
             The host feeds chip 0 one word per cycle while it loads (the simulation
@@ -194,7 +227,16 @@ class GatewareTiming:
             at the receiver's FIFO output: ``rx_delay + wire_latency``.
         ack_delay
             From a frame's last symbol to its replay slot being free again at the
-            sender: ``ack_delay + 2 * wire_latency``.
+            sender: ``ack_delay + 2 * wire_latency`` (with the reverse direction
+            sending CTRL frames, the ACKs queue behind them).
+        ack_rx, credit_rx, ack_tx
+            Where the model follows ACKs and credits through the reverse direction's
+            frames (:meth:`LinkDirection.carry`): from a frame's last symbol to its
+            ACK being ready for the reverse framer's next header, ``ack_rx +
+            wire_latency``; from a word leaving the receiver's FIFO to its credit
+            being ready, ``credit_rx``; from the last symbol of the frame carrying
+            them to the replay slot or credit being usable, ``ack_tx +
+            wire_latency``.
         credit_delay
             From a word leaving the receiver's FIFO to its credit being usable by
             the sender's packer: ``credit_delay + wire_latency``.
@@ -230,6 +272,10 @@ class GatewareTiming:
     loss_per_class: int = 3
     error_frac: int = 13
     sgd_drain: int = 5
+    exchange_words: int = 2
+    holder_latency: int = 6
+    exchange_tail: int = 3
+    holder_copies: int = 7
     host_words_per_cycle: int = 1
     wire_latency: int = 4
     frame_overhead: int = 5
@@ -237,6 +283,9 @@ class GatewareTiming:
     packer_grant: int = 1
     rx_delay: int = 5
     ack_delay: int = 10
+    ack_rx: int = 2
+    credit_rx: int = 1
+    ack_tx: int = 2
     credit_delay: int = 7
     replay_slots: int = 8
     rx_depth: int = 64
@@ -497,6 +546,18 @@ def map_sender_cycles(rows, width):
     return 1 + rows * width
 
 
+def exchange_runs(g, *, timing=TIMING):
+    """Words of the gradient sums an owner sends its holder per batch, in the runs its
+    :class:`~fpdeep.rtl.weight_update.WeightUpdateUnit` offers them back to back: the
+    op word with the first master word's sums, then one run per master word (in
+    :class:`~fpdeep.rtl.weight_update.WeightWalk` order: per output channel, ``cin *
+    kh`` words of ``kw`` weights, then the bias), a read cycle between runs;
+    ``exchange_words`` words per weight."""
+    runs = [timing.exchange_words * k for k in ([g.kw] * (g.cin * g.kh) + [1]) * g.cout]
+    runs[0] += 1
+    return runs
+
+
 # ---------------------------------------------------------------------------------------
 # Links.
 
@@ -510,21 +571,42 @@ class LinkDirection:
     and a frame needs a free replay slot when it starts. The framer sends committed
     frames one after another; the consumer takes a frame's words from the receiver's
     FIFO one per cycle, from the cycle it is ready.
+
+    A replay slot is free again a fixed ``ack_delay`` after its frame, and a credit
+    ``credit_delay`` after its word left the FIFO. With ``returns_on``, the reverse
+    direction with all its frames sent, the model follows them instead: each ACK and
+    credit is back once the header of the reverse direction's next frame has carried
+    it (:meth:`carry`), and this direction's framer sends a CTRL frame whenever it
+    is idle with the reverse direction's news to return.
     """
 
-    def __init__(self, timing=TIMING):
+    def __init__(self, timing=TIMING, *, returns_on=None):
         self.t = timing
+        self.returns_on = returns_on
         self.framer_next = 0          # first cycle the framer may start a frame
         self.packer_idle = 0          # first cycle the packer may grant
         self.consumed = []            # cycle each word left the receiver's FIFO
-        self.frame_ends = []          # the last symbol of each frame
+        self.frame_begins = []        # the framer's GAP cycle before each data frame
+        self.frame_ends = []          # the last symbol of each data frame
+        self.header_begins = []       # the same for every frame, CTRL frames too
+        self.header_ends = []
         self.words = 0
         self.frames = 0
+        self._news_sent = 0           # the reverse direction's news in headers so far
 
     @property
     def symbols(self):
-        """Wire symbols sent so far, payload and framing."""
+        """Wire symbols of the data frames sent so far, payload and framing."""
         return self.words + self.frames * self.t.frame_overhead
+
+    @functools.cached_property
+    def _news(self):
+        """With ``returns_on``: the cycles news for the reverse direction's sender
+        reaches this direction's framer, in order: an ACK per frame received, a
+        credit per word its consumer took."""
+        t, reverse = self.t, self.returns_on
+        return sorted([end + t.ack_rx + t.wire_latency for end in reverse.frame_ends] +
+                      [cycle + t.credit_rx for cycle in reverse.consumed])
 
     def send(self, runs, consumer_ready):
         """Send one message.
@@ -534,8 +616,9 @@ class LinkDirection:
         runs : list of (earliest_offer, words, gap)
             The source offers a run's first word no earlier than ``earliest_offer``
             and ``gap + 1`` cycles after the previous run's last word was taken.
-        consumer_ready : int
-            The first cycle the consumer takes words.
+        consumer_ready : int or list of int
+            The first cycle the consumer takes words, or per word of the message the
+            first cycle it takes that word.
 
         Returns
         -------
@@ -573,29 +656,77 @@ class LinkDirection:
                 last = take
         if open_frame:
             self._close(open_frame, last + 1, consumed, consumer_ready)
+        self._framer_free(math.inf)       # the CTRL frames after the message
         return accepted, consumed
 
     def _credit(self, index):
         """First cycle word ``index`` of this direction has a credit at the packer."""
-        k = index - self.t.rx_depth
+        t = self.t
+        k = index - t.rx_depth
         if k < 0:
             return 0
-        return self.consumed[k] + self.t.credit_delay + self.t.wire_latency
+        if self.returns_on is None:
+            return self.consumed[k] + t.credit_delay + t.wire_latency
+        return self.returns_on.carry(self.consumed[k] + t.credit_rx)
 
     def _slot_free(self):
         """First cycle a new frame has a replay slot."""
-        k = len(self.frame_ends) - self.t.replay_slots
+        t = self.t
+        k = len(self.frame_ends) - t.replay_slots
         if k < 0:
             return 0
-        return self.frame_ends[k] + self.t.ack_delay + 2 * self.t.wire_latency
+        if self.returns_on is None:
+            return self.frame_ends[k] + t.ack_delay + 2 * t.wire_latency
+        return self.returns_on.carry(self.frame_ends[k] + t.ack_rx + t.wire_latency)
+
+    def carry(self, cycle):
+        """The first cycle the far end has the news (an ACK, freed credits) this
+        direction's framer has from ``cycle``: the framer puts it in the header of the
+        next frame it starts (in a GAP cycle), a data frame if one starts then, else a
+        CTRL frame."""
+        t = self.t
+        begins, ends = self.header_begins, self.header_ends
+        gap = cycle
+        k = bisect.bisect_left(ends, gap)               # the first frame not over
+        if k < len(ends) and begins[k] < gap:
+            gap = ends[k] + 1                           # busy: its next GAP
+            k += 1
+        if k < len(ends) and begins[k] == gap:
+            end = ends[k]
+        else:
+            end = gap + t.frame_overhead - 1            # a CTRL frame: header and CRC
+        return end + t.ack_tx + t.wire_latency
+
+    def _framer_free(self, ready):
+        """The GAP cycle a data frame committed for cycle ``ready`` starts in: the
+        framer's next, after the CTRL frames it sends (with ``returns_on``) while it
+        waits, each for the news it has by then. A data frame goes first."""
+        t = self.t
+        news = self._news if self.returns_on is not None else []
+        while self._news_sent < len(news):
+            gap = max(self.framer_next, news[self._news_sent])
+            if gap >= max(ready, self.framer_next):
+                break
+            self._header(gap, gap + t.frame_overhead - 1)
+        return max(ready, self.framer_next)
+
+    def _header(self, begin, end):
+        """A frame from GAP cycle ``begin`` to its last symbol ``end``: its header
+        carries the news the framer has in ``begin``."""
+        self.header_begins.append(begin)
+        self.header_ends.append(end)
+        self.framer_next = end + 1                      # at least one idle symbol
+        if self.returns_on is not None:
+            self._news_sent = bisect.bisect_right(self._news, begin)
 
     def _close(self, length, cycle, consumed, consumer_ready):
         """Commit the frame of ``length`` words closed in ``cycle``; send and deliver it."""
         t = self.t
         self.packer_idle = cycle + 1
-        begin = max(cycle + 1, self.framer_next)        # the framer's GAP cycle
+        begin = self._framer_free(cycle + 1)            # the framer's GAP cycle
         end = begin + 2 + length + 2                    # header, payload, CRC
-        self.framer_next = end + 1                      # at least one idle symbol
+        self._header(begin, end)
+        self.frame_begins.append(begin)
         self.frame_ends.append(end)
         self.frames += 1
         self.words += length
@@ -603,10 +734,12 @@ class LinkDirection:
         # consumer takes one per cycle once ready, after the words before.
         first = end + t.rx_delay + t.wire_latency
         previous = self.consumed[-1] if self.consumed else -1
-        begin = max(first, previous + 1, consumer_ready)
-        words = range(begin, begin + length)
-        consumed.extend(words)
-        self.consumed.extend(words)
+        for k in range(length):
+            ready = (consumer_ready if isinstance(consumer_ready, int) else
+                     consumer_ready[len(consumed)])
+            previous = max(first + k, previous + 1, ready)
+            consumed.append(previous)
+            self.consumed.append(previous)
 
 
 # ---------------------------------------------------------------------------------------
@@ -656,7 +789,8 @@ class ChipSpec:
     """One chip: whole layers (``parts == 1``), or slice ``part`` of ``parts`` of a layer.
 
     ``slots`` is the depth of its feature memories: how many samples its forward path
-    may run ahead of its backward path (:func:`choose_slots` sizes it).
+    may run ahead of its backward path (:func:`choose_slots` sizes it). ``remote`` and
+    ``held`` are its weight balancing (:func:`place_masters` sets them).
     """
     index: int
     slices: list
@@ -665,6 +799,10 @@ class ChipSpec:
     #: ``(forward, backward)`` cycles per sample by :func:`_estimate`, once planned.
     estimate: tuple = None
     slots: int = DEFAULT_SLOTS
+    #: The name of its layer whose masters and velocities the next chip holds, or None.
+    remote: str = None
+    #: The previous chip's :class:`SliceSpec` whose masters and velocities it holds.
+    held: SliceSpec = None
 
     @property
     def split(self):
@@ -809,7 +947,8 @@ class _ChipRuns:
     bp_span: list             # per slice: until BP is idle and its sink took the last row
     wu: list                  # per slice: EngineRun
     wu_end: list              # per slice: the WU engine's busy end, waits included
-    sgd: int                  # busy cycles of the SGD walk (the slowest layer's)
+    sgd: int                  # busy cycles of the SGD walk (the slowest local layer's)
+    exchange: ConvGeometry    # the layer (slice) whose masters the next chip holds, or None
     loss: int                 # 0 unless the chip takes the loss
     up_offsets: list          # per BP row sent up: cycle after BACK_START it is offered
     up_words: int
@@ -911,10 +1050,12 @@ def _chip_runs(chip, layers, *, chain_last, timing):
                 timing.deriv(prev.relu, prev.pool))
         bp.append(_bp_cached(s.geometry, s.bp, sink, timing))
     bp_span, wu_end, up_offsets, up_rows = _backward(chip, None, timing)
-    sgd = max(sgd_cycles(s.geometry, timing=timing) for s in chip.slices)
+    sgd = max((sgd_cycles(s.geometry, timing=timing) for s in chip.slices
+               if s.layer.name != chip.remote), default=0)
+    exchange = next((s.geometry for s in chip.slices if s.layer.name == chip.remote), None)
     loss = loss_cycles(layers[-1].geometry.cout, timing=timing) if chain_last else 0
     last = chip.last_layer
-    return _ChipRuns(fp, bp, bp_span, wu, wu_end, sgd, loss, up_offsets,
+    return _ChipRuns(fp, bp, bp_span, wu, wu_end, sgd, exchange, loss, up_offsets,
                      _up_words(chip, timing), up_rows, timing.deriv(last.relu, last.pool))
 
 
@@ -979,6 +1120,8 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
     _order_errors(chips, layers, msgs, runs)
     down = [LinkDirection(timing) for _ in range(n - 1)]   # chip c -> c + 1: activations
     up = [LinkDirection(timing) for _ in range(n - 1)]     # chip c + 1 -> c: errors
+    # The WGT channel: it never shares the wire with ACT or ERR (see exchange_step).
+    wgt = [[] for _ in range(n)]      # chip c -> c + 1 and back: (down, up) per exchange
     samples = batches * batch_size
     ox = timing.engine_overhead
 
@@ -1081,6 +1224,7 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 p["loss"] += r.loss + timing.loss_overhead
             bp_span, wu_end, up_offsets = r.bp_span, r.wu_end, r.up_offsets
             received = t
+            arrived_here = arrived           # the error words this chip takes
             if c < n - 1:
                 # BACK_START right away: the engines take the error rows as they come.
                 if chip.split and chip.part:
@@ -1100,8 +1244,19 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
             wu_idle = max(t + end + timing.rmw_tail + 1 for end in wu_end)
             end = max(t + max(bp_span) + ox, received)
             if c > 0:
-                rows = relay + [(t + offset, r.up_words, timing.serializer_gap)
-                                for offset in up_offsets]
+                offers = [t + offset for offset in up_offsets]
+                if chip.split and chip.part < chip.parts - 1 and c < n - 1:
+                    # PartialSum adds the n-th incoming partial row to the n-th own one,
+                    # so an own row leaves no earlier than its partner is stored.
+                    taken, k = 0, 0
+                    for words, kind, _, _ in msgs[c]["err_in_rows"]:
+                        taken += words
+                        if kind == "partial" and k < len(offers):
+                            offers[k] = max(offers[k], arrived_here[taken - 1] +
+                                            timing.deser_latency + timing.row_visible +
+                                            1 + timing.partial_latency)
+                            k += 1
+                rows = relay + [(offer, r.up_words, timing.serializer_gap) for offer in offers]
                 accepted, arrived = up[c - 1].send(rows, begin[c - 1])
                 if up_offsets:
                     end = max(end, accepted[-1] + ox)
@@ -1119,6 +1274,10 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
             bdone[c][s] = done
             if index == batch_size - 1:
                 finished = done + r.sgd + timing.sgd_overhead
+                if r.exchange is not None:
+                    end, *directions = _exchange_cached(r.exchange, timing)
+                    wgt[c].append(directions)
+                    finished = max(finished, done + end)
                 p["sgd"] += finished - done - 1
                 sgd_done[c].append(finished)
                 idle_from[c] = finished
@@ -1155,8 +1314,12 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                                       [(bdone[c][s] + 1, -1) for s in range(samples)]),
             "slot_wait_per_sample": slot_wait[c] / samples,
             "latency_cycles": bdone[c][0] - first_word[c],
-            "link_down": _link_figures(down[c], samples) if c < n - 1 else None,
-            "link_up": _link_figures(up[c], samples) if c < n - 1 else None,
+            "link_down": _link_figures([down[c]], samples) if c < n - 1 else None,
+            "link_up": _link_figures([up[c]], samples) if c < n - 1 else None,
+            "wgt_down": (_link_figures([d for d, _ in wgt[c]], batches, "batch")
+                         if wgt[c] else None),
+            "wgt_up": (_link_figures([u for _, u in wgt[c]], batches, "batch")
+                       if wgt[c] else None),
         })
     first = load[0][0]
     return {"cycles_per_sample": max(chip["cycles_per_sample"] for chip in out),
@@ -1203,10 +1366,72 @@ def _peak(events):
     return peak
 
 
-def _link_figures(link, samples):
-    return {"words_per_sample": link.words / samples,
-            "frames_per_sample": link.frames / samples,
-            "symbols_per_sample": link.symbols / samples}
+def _link_figures(links, count, per="sample"):
+    """Payload words, frames and wire symbols of ``links`` (directions), per ``count``."""
+    return {f"{what}_per_{per}": sum(getattr(link, what) for link in links) / count
+            for what in ("words", "frames", "symbols")}
+
+
+#: Rounds at most of sending an exchange's two directions in turn
+#: (:func:`exchange_step`): about a second for LeNet-5's largest, once per slice.
+EXCHANGE_ROUNDS = 20
+
+
+@functools.lru_cache(maxsize=None)
+def _exchange_cached(g, timing):
+    """:func:`exchange_step` from cycle 0: the link is idle when an exchange starts,
+    so the cycles it takes do not depend on when."""
+    return exchange_step(g, 0, timing=timing)
+
+
+def exchange_step(g, start, *, timing=TIMING):
+    """The SGD step of a layer (slice) ``g`` whose masters and velocities the next chip
+    holds, its owner's ``start_update`` in cycle ``start``.
+
+    The owner offers the gradient sums (:func:`exchange_runs`) from the next cycle on;
+    the holder takes them one word per cycle as they arrive, but a weight's last word
+    only while fewer than ``holder_copies`` copies wait in its pipeline and FIFO, and
+    offers the weight's new copy ``holder_latency`` cycles after; the owner takes the
+    copies as they arrive and ends ``exchange_tail`` cycles after the last.
+
+    The WGT channel has the link to itself meanwhile (the owner's errors of the batch
+    are all in, and its next forward, the only ACT it sends and what the holder's
+    next errors wait for, waits for this step), so each direction starts idle. Both
+    carry words at once, and each carries the other's ACKs and credits in its frame
+    headers (``returns_on``): the two directions are sent in turn, each with the
+    other's frames from the turn before, until neither changes, at most
+    :data:`EXCHANGE_ROUNDS` times. Each round is exact at least one round trip
+    further on than the one before: the exchanges of digits' layers settle in two to
+    five rounds, and are exact. A long one settles later: LeNet-5's fc1[0:30] (12,030
+    weights) measures 40,842 cycles in Amaranth's simulator, and the rounds give
+    39,857 after one, 41,006 after 5, 40,987 after 20 (the limit, 0.4 % over) and
+    40,842 after 200.
+
+    Returns
+    -------
+    (end, down, up) : the cycle the step (the core's UPDATE_WAIT) ends, and the two
+    :class:`LinkDirection`.
+    """
+    w = timing.exchange_words
+    runs = exchange_runs(g, timing=timing)
+    offer = [(start + 1, runs[0], 0)] + [(start + 1, words, 1) for words in runs[1:]]
+    ready = [start + 1] * sum(runs)
+    up = settled = None
+    for _ in range(EXCHANGE_ROUNDS):
+        down = LinkDirection(timing, returns_on=up)
+        _, taken = down.send(offer, ready)
+        # taken[0] is the op word; weight k's last word is taken[w * (k + 1)].
+        copies = [(cycle + timing.holder_latency, 1, 0) for cycle in taken[w::w]]
+        up = LinkDirection(timing, returns_on=down)
+        accepted, back = up.send(copies, start + 1)
+        sent = (down.frame_ends, taken, up.frame_ends, accepted, back)
+        if sent == settled:
+            break
+        settled = sent
+        # A copy the packer takes leaves room in the holder's FIFO a cycle later.
+        for k, cycle in enumerate(accepted[:len(accepted) - timing.holder_copies]):
+            ready[w * (k + timing.holder_copies + 1)] = cycle + 1
+    return back[-1] + timing.exchange_tail, down, up
 
 
 # ---------------------------------------------------------------------------------------
@@ -1261,12 +1486,14 @@ def memory_bits(chip, layers, *, slots=None):
 
     ``features``: ``slots`` (by default the chip's) feature slots
     (:func:`feature_bits`); ``errors``: the error stores (lane and row layouts);
-    ``weights``: per weight the FP and BP 16-bit copies, the 32-bit master, the
-    48-bit gradient sum and the 32-bit velocity; ``relay``: on a slice chip after
-    the first of a layer with BP, the 48-bit partial sums it adds.
+    ``weights``: per weight the FP and BP 16-bit copies and the 48-bit gradient sum,
+    and unless the layer is the chip's ``remote`` one its masters and velocities
+    (:func:`master_bits`); ``relay``: on a slice chip after the first of a layer with
+    BP, the 48-bit partial sums it adds; ``held``: the masters and velocities it holds
+    for the previous chip.
     """
     slots = chip.slots if slots is None else slots
-    out = dict.fromkeys(("features", "errors", "weights", "relay"), 0)
+    out = dict.fromkeys(("features", "errors", "weights", "relay", "held"), 0)
     out["features"] = feature_bits(chip, layers) * slots
     for s in chip.slices:
         g = s.geometry
@@ -1276,12 +1503,87 @@ def memory_bits(chip, layers, *, slots=None):
             out["errors"] += maps * 16
             out["weights"] += -(-g.cin // s.bp) * s.bp * g.cout * g.kh * g.kw * 16
         out["weights"] += -(-g.cout // s.fp) * s.fp * (g.cin * g.kh * g.kw + 1) * 16
-        out["weights"] += g.cout * (g.cin * g.kh + 1) * g.kw * (32 + 48 + 32)
+        out["weights"] += g.cout * (g.cin * g.kh + 1) * g.kw * 48
+        if s.layer.name != chip.remote:
+            out["weights"] += master_bits(g)
     if chip.split and chip.first_layer.index > 0:
         g = chip.first_layer.geometry
         out["relay"] += g.cin * g.h * g.w * 48
+    if chip.held is not None:
+        out["held"] = master_bits(chip.held.geometry)
     out["total"] = sum(out.values())
     return out
+
+
+def master_bits(g):
+    """Bits of a layer's (slice's) 32-bit masters and 32-bit velocities: ``kw`` per
+    gradient word, the bias padded to a word, as
+    :class:`~fpdeep.rtl.weight_update.WeightUpdateUnit` and
+    :class:`~fpdeep.rtl.weight_holder.WeightHolder` store them."""
+    return g.cout * (g.cin * g.kh + 1) * g.kw * (32 + 32)
+
+
+def _does_not_fit(chip, layers, board):
+    """Why ``chip`` (its masters placed as they are) does not fit ``board`` with one
+    feature slot, in one line."""
+    need = memory_bits(chip, layers, slots=1)["total"]
+    what = "one feature slot and its weights and errors"
+    if chip.remote is not None:
+        what += f" (its {chip.remote} masters and velocities on chip {chip.index + 1})"
+    if chip.held is not None:
+        what += (f" plus the {chip.held.layer.name} masters and velocities it holds for chip "
+                 f"{chip.index - 1}")
+    return (f"chip {chip.index} ({chip.describe()}) does not fit {board.name}: {what} need "
+            f"{need / 1e6:.3g} Mb, it has {board.bram_bits / 1e6:.3g} Mb")
+
+
+def _place(chip, layers, board, *, last):
+    """Weight balancing for one chip, with what it holds for the chip in front: all its
+    masters stay if it fits with one feature slot; else the masters and velocities of
+    its layer with the fewest weights that makes it fit go to the next chip
+    (``chip.remote``; not from the last chip of the chain).
+
+    Returns
+    -------
+    None, or ``(shortfall, why)``: the bits it lacks even with its heaviest layer's
+    masters moved, and why in one line.
+    """
+    movable = [] if last else sorted(chip.slices, key=lambda s: s.geometry.weights)
+    for remote in [None] + [s.layer.name for s in movable]:
+        chip.remote = remote
+        shortfall = memory_bits(chip, layers, slots=1)["total"] - board.bram_bits
+        if shortfall <= 0:
+            return None
+    why = _does_not_fit(chip, layers, board)
+    chip.remote = None
+    return shortfall, why
+
+
+def place_masters(chips, layers, boards, *, chain_end=True):
+    """Weight balancing as the gateware builds it, front to back: a chip that does not
+    fit its board with one feature slot moves one layer's masters and velocities to
+    the next chip (:func:`_place`), which then fits that as well or moves one of its
+    own on. So an owner has one layer held, a holder holds one layer, and the holder
+    is the next chip (``Cluster(held=...)``). Sets every chip's ``remote`` and
+    ``held``.
+
+    ``chain_end``: the last of ``chips`` ends the chain; else ``chips`` are a run of
+    a chain and the last may move a layer on to the chip after them.
+
+    Returns
+    -------
+    None, or :func:`_place`'s ``(shortfall, why)`` for the first chip that does not fit.
+    """
+    for chip in chips:
+        chip.held = None
+    for c, (chip, board) in enumerate(zip(chips, boards)):
+        last = c == len(chips) - 1
+        misfit = _place(chip, layers, board, last=last and chain_end)
+        if misfit is not None:
+            return misfit
+        if chip.remote is not None and not last:
+            chips[c + 1].held = next(s for s in chip.slices if s.layer.name == chip.remote)
+    return None
 
 
 def max_slots(chip, layers, board, *, batch_size=None):
@@ -1336,11 +1638,7 @@ def choose_slots(chips, layers, boards, *, batch_size, batches=4,
             for chip, board in zip(chips, boards)]
     for chip, board, cap in zip(chips, boards, caps):
         if cap < 1:
-            need = memory_bits(chip, layers, slots=1)["total"]
-            raise FpdeepError(f"chip {chip.index} ({chip.describe()}) does not fit "
-                              f"{board.name}: one feature slot and its weights and errors "
-                              f"need {need / 1e6:.2f} Mb, it has {board.bram_bits / 1e6:.2f} "
-                              f"Mb")
+            raise FpdeepError(_does_not_fit(chip, layers, board))
     runs = {}
 
     def run(depths):
@@ -1408,7 +1706,12 @@ def _estimate(chip, layers, msgs, *, chain_first, chain_last, batch_size, timing
         t = max(t, _wire([w for w, _, _ in msgs["err_out"]], timing) + ox)
     wu_idle = max(end + timing.rmw_tail + 1 for end in r.wu_end)
     bwd += max(t, wu_idle) + 1 + timing.idle_cycles
-    bwd += (r.sgd + timing.sgd_overhead) / batch_size
+    # A held layer's step: its sums to the holder at wire speed, the last copy back.
+    exchange = 0
+    if r.exchange is not None:
+        exchange = (_wire(exchange_runs(r.exchange, timing=timing), timing)
+                    + timing.holder_latency + _wire([1], timing) + timing.exchange_tail)
+    bwd += max(r.sgd + timing.sgd_overhead, exchange) / batch_size
     return fwd, bwd
 
 
@@ -1572,6 +1875,18 @@ class _Planner:
         self.n = len(boards)
         self.memo = {}
         self.chips = {}
+        #: ``(shortfall, why)`` of the nearest miss of a chip (or run of chips) to
+        #: fitting its memory, and whether a chip's engines missed its multipliers,
+        #: for the error if no chain fits.
+        self.misfit = None
+        self.short_of_multipliers = False
+
+    def fits(self, misfit):
+        """Whether ``misfit`` (:func:`_place`'s or :func:`place_masters`'s) is None;
+        else keep it if it is the nearest miss so far."""
+        if misfit is not None and (self.misfit is None or misfit < self.misfit):
+            self.misfit = misfit
+        return misfit is None
 
     def chip(self, slices, index, part=0, parts=1):
         """A chip with its rows chosen and its estimate, or None if it does not fit."""
@@ -1589,19 +1904,22 @@ class _Planner:
         chip = ChipSpec(index, slices, part, parts, slots=1)
         self.chips[key] = None
         # Memory grows with the rows (padded tiles) only a little: one-row engines
-        # that do not fit with one feature slot rule the chip out before its rows are
-        # chosen. choose_slots sizes the slots of the chains simulated.
+        # that do not fit with one feature slot, even with a layer's masters moved to
+        # the next chip, rule the chip out before its rows are chosen. What the chip in
+        # front moves here is placed per chain (place_masters); choose_slots sizes the
+        # slots of the chains simulated.
         for s in slices:
             s.fp = s.wu = 1
             s.bp = 1 if s.has_bp else 0
-        if memory_bits(chip, self.layers)["total"] > board.bram_bits:
+        if not self.fits(_place(chip, self.layers, board, last=last)):
             return None
         msgs = _messages(chip, self.layers, chain_first=first, chain_last=last,
                          timing=self.timing)
         fb = choose_rows(chip, self.layers, msgs, board, chain_first=first, chain_last=last,
                          batch_size=self.batch_size, timing=self.timing)
         chip.estimate = fb
-        if fb is None or memory_bits(chip, self.layers)["total"] > board.bram_bits:
+        self.short_of_multipliers |= fb is None
+        if fb is None or not self.fits(_place(chip, self.layers, board, last=last)):
             return None
         self.chips[key] = (chip, max(fb))
         return self.chip(slices, index, part, parts)
@@ -1636,7 +1954,10 @@ class _Planner:
                 chips.append(made[0])
                 worst = max(worst, made[1])
             else:
-                if best is None or worst < best[1]:
+                # The slices must hold what they move on to each other.
+                if (best is None or worst < best[1]) and self.fits(place_masters(
+                        chips, layers, self.boards[index:index + parts],
+                        chain_end=index + parts == self.n)):
                     best = (chips, worst)
         return best
 
@@ -1671,6 +1992,8 @@ def _refine(planner, chips):
                 if made_a is None or made_b is None:
                     continue
                 trial = _copy(chips[:i] + [made_a[0], made_b[0]] + chips[i + 2:])
+                if place_masters(trial, planner.layers, planner.boards) is not None:
+                    continue
                 for chip, t, board in zip(chips, trial, planner.boards):
                     t.slots = min(chip.slots, max_slots(t, planner.layers, board))
                 trial_result = simulate(trial, planner.layers,
@@ -1749,17 +2072,24 @@ def plan_chips(network, boards, *, batch_size, timing=TIMING):
             worst = max(worst, made[1])
             index += len(made[0])
         else:
-            scored.append((worst, len(scored), chips))
+            chips = _copy(chips)
+            if planner.fits(place_masters(chips, layers, boards)):
+                scored.append((worst, len(scored), chips))
     if not scored:
-        raise FpdeepError(f"network {network.name!r} does not fit the gateware on "
-                          f"{n} x {boards[0].name}: no chain has engines within the "
-                          f"multipliers and memories of every chip")
+        why = []
+        if planner.short_of_multipliers:
+            why.append("has engines within the multipliers of every chip")
+        if planner.misfit is not None:
+            why.append(f"fits their memories (nearest: {planner.misfit[1]})")
+        names = [board.name for board in boards]
+        chain = f"{n} x {names[0]}" if len(set(names)) == 1 else " | ".join(names)
+        raise FpdeepError(f"network {network.name!r} does not fit the gateware on {chain}: "
+                          f"no chain {', or '.join(why)}")
     scored.sort(key=lambda e: (e[0], e[1]))
     # Each candidate's cycles per sample with as many slots as help (its memories'
     # caps) bounds it with its slots sized: only those that could still win are sized.
     simulated = []
     for worst, _, chips in scored[:SIMULATED_CANDIDATES]:
-        chips = _copy(chips)
         for chip, board in zip(chips, boards):
             chip.slots = max_slots(chip, layers, board, batch_size=batch_size)
         reference = simulate(chips, layers, batch_size=batch_size, batches=SEARCH_BATCHES,

@@ -70,9 +70,13 @@ the network's first layer), WU ``rows x kw``; ``cycles_per_sample`` is the
 engine's busy cycles per sample. Each chip's ``buffers.feature_slots`` is the
 depth of its feature memories, the fewest slots that keep the chain within
 ``slot_tolerance`` of its speed with unlimited slots, within the chip's memory
-(:func:`.gateware.choose_slots`). The elaborator reads
-:meth:`Plan.gateware_slices` and ``feature_slots``. Predictions come from
-:func:`.gateware.simulate`::
+(:func:`.gateware.choose_slots`). A chip that does not fit its memory even with
+one slot keeps one of its layers' masters and velocities on the next chip
+(:func:`.gateware.place_masters`): ``weights.stored_at`` on the owner and
+``stored_for`` on the holder, each ``[{"chip", "layer", "count"}]``, and ``local``
+lists the layers whose masters stay. The elaborator reads
+:meth:`Plan.gateware_slices`, ``feature_slots`` and ``stored_at``. Predictions come
+from :func:`.gateware.simulate`::
 
     "target": "gateware",
     "chips": [{...,
@@ -91,9 +95,12 @@ depth of its feature memories, the fewest slots that keep the chain within
                          "link_down": {"words_per_sample", "frames_per_sample",
                                        "symbols_per_sample"} | null,   # ACT to i + 1
                          "link_up": {...} | null,                      # ERR from i + 1
+                         "wgt_down": {"words_per_batch", "frames_per_batch",
+                                      "symbols_per_batch"} | null,  # sums to i + 1
+                         "wgt_up": {...} | null,                    # copies from i + 1
                          "estimate": {"forward", "backward"},
                          "memory_bits": {"features", "errors", "weights", "relay",
-                                         "total"}}}}],
+                                         "held", "total"}}}}],
     "summary": {..., "gateware": {"cycles_per_sample", "images_per_s", "latency_cycles",
                                   "run_cycles": {"1": c, ...},
                                   "perf_cycles": {"1": c, ...},
@@ -722,19 +729,29 @@ def _gateware_plan(network, cluster, batch_size):
                 "engines": engines,
             })
         total_macs += macs
-        down, up = r["link_down"], r["link_up"]
-        words_down = down["words_per_sample"] if down else 0.0
-        words_up = up["words_per_sample"] if up else 0.0
-        symbols = max(down["symbols_per_sample"], up["symbols_per_sample"]) if down else 0.0
+        # Words and symbols per sample on the link to chip c + 1: ACT down, ERR up, and
+        # the held layer's WGT exchange, once per batch.
+        link = {}
+        for way in ("down", "up"):
+            act, wgt = r[f"link_{way}"] or {}, r[f"wgt_{way}"] or {}
+            link[way] = {what: (act.get(f"{what}_per_sample", 0.0),
+                                wgt.get(f"{what}_per_batch", 0.0) / batch_size)
+                         for what in ("words", "symbols")}
+        symbols = max(sum(link[way]["symbols"]) for way in link)
         gateware = dict(r)
         gateware["estimate"] = {"forward": chip.estimate[0], "backward": chip.estimate[1]}
         gateware["memory_bits"] = memory
         weights = sum(s.geometry.weights for s in chip.slices)
+        held = [{"chip": c - 1, "layer": chip.held.layer.name,
+                 "count": chip.held.geometry.weights}] if chip.held else []
         chip_dicts.append({
             "index": c, "board": board.name, "slices": slices,
             "weights": {"local": [{"layer": s.layer.name, "count": s.geometry.weights}
-                                  for s in chip.slices],
-                        "stored_for": [], "stored_at": []},
+                                  for s in chip.slices if s.layer.name != chip.remote],
+                        "stored_for": held,
+                        "stored_at": [{"chip": c + 1, "layer": s.layer.name,
+                                       "count": s.geometry.weights}
+                                      for s in chip.slices if s.layer.name == chip.remote]},
             "buffers": {"feature_slots": chip.slots,
                         "feature_slot_bits": gw.feature_bits(chip, layers),
                         "feature_cache_bits": memory["features"], "line_buffer_bits": 0,
@@ -746,11 +763,14 @@ def _gateware_plan(network, cluster, batch_size):
                 "macs_per_sample": macs,
                 "pe_utilisation": macs / (chip.pes() * r["cycles_per_sample"]),
                 "memory_bits": memory["total"], "memory_capacity_bits": board.bram_bits,
-                "weight_bits": memory["weights"], "weights": weights,
+                "weight_bits": memory["weights"] + memory["held"], "weights": weights,
                 "dram_bits_per_sample": 0.0,
                 "link_bits_per_sample": {
-                    "fwd": {"act": words_down * 16, "weights": 0.0},
-                    "bwd": {"err": words_up * 16, "weights": 0.0}, "weights": 0.0},
+                    "fwd": {"act": link["down"]["words"][0] * 16,
+                            "weights": link["down"]["words"][1] * 16},
+                    "bwd": {"err": link["up"]["words"][0] * 16,
+                            "weights": link["up"]["words"][1] * 16},
+                    "weights": (link["down"]["words"][1] + link["up"]["words"][1]) * 16},
                 "link_utilisation": symbols / r["cycles_per_sample"],
                 "gateware": gateware,
             },

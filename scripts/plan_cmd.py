@@ -128,6 +128,13 @@ def print_gateware(plan):
               f"{p['cycles_per_sample']:>13.1f} {est['forward']:>5.0f}/{est['backward']:<5.0f} "
               f"{chip['buffers']['feature_slots']:>5} {g['feature_slots_peak']:>4} "
               f"{down:>8.1f} {up:>7.1f}")
+    for chip in plan.chips:
+        g = chip["predicted"]["gateware"]
+        for place in chip["weights"]["stored_at"]:
+            print(f"chip {chip['index']}'s {place['layer']} masters and velocities "
+                  f"({place['count']} weights) are held by chip {place['chip']}: its memory "
+                  f"is short; WGT {g['wgt_down']['words_per_batch']:.0f} words down, "
+                  f"{g['wgt_up']['words_per_batch']:.0f} up per batch")
     print("\nengine busy cycles per sample (share of the chip's cycles per sample):")
     for chip in plan.chips:
         engines = chip["predicted"]["gateware"]["engines"]

@@ -5,8 +5,8 @@ with the ``predicted.gateware`` and ``summary.gateware`` entries of a gateware
 :class:`~fpdeep.plan.plan.Plan` (:mod:`fpdeep.plan.gateware`), quantity by quantity:
 the cycles per sample from a cold start (the same number of mini-batches as the
 run), each engine's busy cycles per sample (its chip's busy share), the payload
-words per sample on each link in each direction, and each chip's deepest
-feature-memory use.
+words per sample on each link in each direction (and per batch on the WGT channel
+of a link whose far chip holds masters), and each chip's deepest feature-memory use.
 """
 
 from dataclasses import dataclass
@@ -52,6 +52,12 @@ def model_rows(result, plan, batches):
                     f"link {index} {direction} {channel} words/sample",
                     result.link_words[(index, direction, channel)] / samples,
                     predicted[f"link_{direction}"]["words_per_sample"]))
+            for direction in ("down", "up"):
+                if predicted[f"wgt_{direction}"]:
+                    rows.append(ModelRow(
+                        f"link {index} {direction} wgt words/batch",
+                        result.link_words[(index, direction, "wgt")] / batches,
+                        predicted[f"wgt_{direction}"]["words_per_batch"]))
     return rows
 
 
