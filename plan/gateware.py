@@ -1023,7 +1023,7 @@ def _errors_arriving(chip, rows, arrived, start, timing):
     ``arrived`` the cycle each word was taken. A row leaves the deserializer into the
     last layer's derivative, then its store; ``start`` is BACK_START."""
     last = chip.last_layer
-    lo, hi = chip.slices[-1].lo, chip.slices[-1].hi
+    hi = chip.slices[-1].hi
     post = last.relu or last.pool
     rows_out = 2 if last.pool else 1
     delay = timing.deser_latency + (timing.deriv_latency if post else 0)
