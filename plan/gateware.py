@@ -33,11 +33,12 @@ its FP starts, then the channels up to its own (no label).
 
 A *backward* sequencer: LOSS on the last chip (with a split last layer, the last
 slice's chip takes the loss over all logits and sends the other slices' errors
-up), else RECEIVE framed error rows (``w + 2`` words; partial-sum rows of a split
-layer's BP are ``3w + 2``); then every local layer's BP and WU engine at once, each
-taking the rows of its error map as the BP behind it stores them (the last
-layer's are all in); BACK_WAIT ends when every BP is done, then wait for every WU
-engine. Per mini-batch of B samples, an SGD walk over every local weight;
+up), then every local layer's BP and WU engine at once, each taking the rows of
+its error map as they are stored: from the loss (all in by then), from the BP
+behind it on the chip, or, on a chip that does not end the chain, framed from
+the link as they come (``w + 2`` words a row; partial-sum rows of a split layer's
+BP are ``3w + 2``). BACK_WAIT ends when every BP is done and the whole error map
+is in, then wait for every WU engine. Per mini-batch of B samples, an SGD walk over every local weight;
 for a layer whose masters and velocities the next chip holds (``Cluster(held=...)``)
 an exchange instead, which the owner waits for: its saturated gradient sums go down
 the link's WGT channel (1 + 2 words per weight), the holder steps SGD on them as
@@ -175,9 +176,9 @@ class GatewareTiming:
             The backward IDLE state between samples (it sees ``ahead`` one cycle
             after the forward DONE).
         receive_tail
-            RECEIVE ends this many cycles after the last error word is taken, plus
-            the derivative's period (the row leaves the deserializer, then the
-            derivative must be ready again).
+            BACK_WAIT sees the error map in this many cycles after its last word is
+            taken, plus the derivative's period, less one (the row leaves the
+            deserializer, then the derivative must be ready again).
         sgd_overhead
             Cycles around the SGD walk: the WU_WAIT cycle that starts it, and
             UPDATE_WAIT's settle and exit.
@@ -953,7 +954,7 @@ class _ChipRuns:
     up_offsets: list          # per BP row sent up: cycle after BACK_START it is offered
     up_words: int
     up_rows: list             # per BP row sent up: (channel, row), the BP's output order
-    recv_period: int          # derivative period behind RECEIVE
+    recv_period: int          # period of the derivative behind the link
 
 
 def _errors_stored(run, s, prev, timing):

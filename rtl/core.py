@@ -131,7 +131,8 @@ class TrainingCore(wiring.Component):
     perf_busy, perf_steps : Out(ArrayLayout(32, engine count))
         Per engine (:attr:`engine_names`), cycles busy (less waits for input rows) and steps.
     act_out : Out(stream.Signature(signed(16)))
-        Unless the core ends the network: label and output map, row-major.
+        Unless the core ends the network: label and output map, in stream order
+        (:func:`~fpdeep.rtl.rowlink.map_words`), rows as they are written.
     err_in : In(stream.Signature(signed(16)))
         Unless the core ends the network: framed rows of the output map's errors.
     err_out : Out(stream.Signature(signed(16)))
