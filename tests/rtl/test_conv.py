@@ -9,6 +9,7 @@ from amaranth.sim import Simulator
 from fpdeep.rtl.conv import ConvEngine, ConvGeometry, RowLayout, pack_conv_weights, pack_rows
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat, requantize_np
 from fpdeep.sim.reference import conv_forward_acc, conv_backward_acc
+from tests.memory_helpers import TestbenchWriter
 from tests.stream_helpers import StreamDriver
 
 
@@ -34,19 +35,16 @@ class EngineBench(Elaboratable):
 
 
 class StreamingBench(EngineBench):
-    """The input memory starts empty; the testbench writes its rows (``row``,
-    ``data``, ``write``) and raises ``x_ready`` as it goes."""
+    """An :class:`EngineBench` whose ``written`` memory the testbench also writes
+    (``self.writer``), as rows arrive while the engine runs."""
 
-    def __init__(self, engine, weight_words, rows):
-        super().__init__(engine, w_rd=weight_words, x_rd=rows)
-        self.write = Signal()
-        self.row = Signal(range(rows))
-        self.data = Signal(engine.x_rd.data.shape())
+    def __init__(self, engine, written, **ports):
+        super().__init__(engine, **ports)
+        self.writer = TestbenchWriter(self.memories[written])
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
-        port = self.memories["x_rd"].write_port()
-        m.d.comb += [port.en.eq(self.write), port.addr.eq(self.row), port.data.eq(self.data)]
+        self.writer.connect(m)
         return m
 
 
@@ -56,7 +54,7 @@ def run_engine(engine, weight_words, input_words, *, seed, stall=0.3, row_gap=No
     if row_gap is None:
         bench = EngineBench(engine, w_rd=weight_words, x_rd=input_words)
     else:
-        bench = StreamingBench(engine, weight_words, len(input_words))
+        bench = StreamingBench(engine, "x_rd", w_rd=weight_words, x_rd=len(input_words))
     g = engine._g
     out = np.zeros((g.cout, g.ho, g.wo), dtype=np.int64)
     seen = np.zeros((g.cout, g.ho), dtype=bool)
@@ -89,11 +87,7 @@ def run_engine(engine, weight_words, input_words, *, seed, stall=0.3, row_gap=No
             for _ in range(row_gap):
                 await ctx.tick()
             address = engine.in_layout.address(channel, y)
-            ctx.set(bench.row, address)
-            ctx.set(bench.data, input_words[address])
-            ctx.set(bench.write, 1)
-            await ctx.tick()
-            ctx.set(bench.write, 0)
+            await bench.writer.put(ctx, address, input_words[address])
             if channel == g.cin - 1:
                 ctx.set(engine.x_ready, y + 1)
 

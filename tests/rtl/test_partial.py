@@ -11,6 +11,7 @@ from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat, requantize_n
 from fpdeep.rtl.partial import PartialSum
 from fpdeep.sim.reference import conv_backward_acc
 from tests.rtl.test_conv import run_engine
+from tests.memory_helpers import TestbenchWriter
 from tests.stream_helpers import StreamDriver
 
 ACC = FixedFormat(48, N.weight.frac + N.error.frac)
@@ -266,23 +267,19 @@ def test_parameters_are_checked():
 
 class ArrivingBench(Elaboratable):
     """A PartialSum whose incoming memory starts empty; the testbench writes it
-    (``write``, ``address``, ``data``) and raises ``rows_in``."""
+    (``self.writer``) and raises ``rows_in``."""
 
     def __init__(self, partial):
         layout = partial._layout
         self.partial = partial
         self.mem = memory.Memory(shape=layout.shape, depth=layout.depth, init=[])
-        self.write = Signal()
-        self.address = Signal(range(layout.depth))
-        self.data = Signal(layout.shape)
+        self.writer = TestbenchWriter(self.mem)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.partial, m.submodules.mem = self.partial, self.mem
         wiring.connect(m, self.partial.rd, self.mem.read_port())
-        port = self.mem.write_port()
-        m.d.comb += [port.en.eq(self.write), port.addr.eq(self.address),
-                     port.data.eq(self.data)]
+        self.writer.connect(m)
         return m
 
 
@@ -308,11 +305,7 @@ def test_rows_wait_for_incoming_rows(seed):
             for n, (channel, row) in enumerate(order):
                 for _ in range(rng.randint(2, 8)):
                     await ctx.tick()
-                ctx.set(bench.address, layout.address(channel, row))
-                ctx.set(bench.data, sums[k][n])
-                ctx.set(bench.write, 1)
-                await ctx.tick()
-                ctx.set(bench.write, 0)
+                await bench.writer.put(ctx, layout.address(channel, row), sums[k][n])
                 ctx.set(partial.rows_in, n + 1)
             while len(got) < (k + 1) * len(order):
                 await ctx.tick()

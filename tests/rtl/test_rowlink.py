@@ -9,6 +9,7 @@ from fpdeep.rtl.conv import RowLayout
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat
 from fpdeep.rtl.rowlink import (PARTIAL_WORDS, MapReceiver, MapSender, RowDeserializer,
                                 RowSerializer)
+from tests.memory_helpers import TestbenchWriter
 from tests.stream_helpers import StreamDriver
 
 ACC = FixedFormat(48, N.weight.frac + N.error.frac)
@@ -320,15 +321,13 @@ def test_frame_limits():
 
 class MapBench(Elaboratable):
     """A MapSender reading one memory and a MapReceiver writing another. The
-    testbench may write the source too (``write``, ``address``, ``data``)."""
+    testbench may write the source too (``self.writer``)."""
 
     def __init__(self, sender, receiver, src, dst):
         self.sender, self.receiver = sender, receiver
         self.src = memory.Memory(shape=sender.rd.data.shape(), depth=len(src), init=src)
         self.dst = memory.Memory(shape=receiver.wr.data.shape(), depth=len(dst), init=dst)
-        self.write = Signal()
-        self.address = Signal(range(len(src)))
-        self.data = Signal(sender.rd.data.shape())
+        self.writer = TestbenchWriter(self.src)
 
     def elaborate(self, platform):
         m = Module()
@@ -336,9 +335,7 @@ class MapBench(Elaboratable):
         m.submodules.src, m.submodules.dst = self.src, self.dst
         wiring.connect(m, self.sender.rd, self.src.read_port())
         wiring.connect(m, self.receiver.wr, self.dst.write_port())
-        port = self.src.write_port()
-        m.d.comb += [port.en.eq(self.write), port.addr.eq(self.address),
-                     port.data.eq(self.data)]
+        self.writer.connect(m)
         return m
 
 
@@ -429,11 +426,7 @@ def test_map_sender_waits_for_rows(seed):
         for c, y in layout.stream_order():
             for _ in range(rng.randint(0, 6)):
                 await ctx.tick()
-            ctx.set(bench.address, layout.address(c, y))
-            ctx.set(bench.data, words[layout.address(c, y)])
-            ctx.set(bench.write, 1)
-            await ctx.tick()
-            ctx.set(bench.write, 0)
+            await bench.writer.put(ctx, layout.address(c, y), words[layout.address(c, y)])
             if c == layout.channels - 1:
                 ctx.set(sender.rows_ready, y + 1)
 

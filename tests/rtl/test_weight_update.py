@@ -2,14 +2,13 @@ import random
 
 import numpy as np
 import pytest
-from amaranth import Signal
 from amaranth.sim import Simulator
 
 from fpdeep.rtl.conv import ConvGeometry, pack_rows
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
 from fpdeep.rtl.weight_update import WeightGradientEngine, pack_lanes, gradient_index_count
 from fpdeep.sim.reference import conv_weight_grad_acc
-from tests.rtl.test_conv import EngineBench
+from tests.rtl.test_conv import EngineBench, StreamingBench
 from tests.stream_helpers import StreamDriver
 
 
@@ -20,24 +19,6 @@ CASES = [
     (3, 5, 6, 4, 3, 2, 1, 0, 3),       # non-square kernel
     (4, 10, 4, 4, 4, 4, 0, 0, 10),     # digits FC
 ]
-
-
-class ErrorRowsBench(EngineBench):
-    """The error memory starts empty; the testbench writes its words (``address``,
-    ``data``, ``write``) and raises ``e_ready`` as rows complete."""
-
-    def __init__(self, engine, depth, x_words):
-        super().__init__(engine, e_rd=depth, x_rd=x_words)
-        self.write = Signal()
-        self.address = Signal(range(depth))
-        self.data = Signal(engine.e_rd.data.shape())
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        port = self.memories["e_rd"].write_port()
-        m.d.comb += [port.en.eq(self.write), port.addr.eq(self.address),
-                     port.data.eq(self.data)]
-        return m
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -55,7 +36,7 @@ def test_gradients_match_reference(case, streamed):
     engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error)
     lanes = pack_lanes(e, rows)
     if streamed:
-        bench = ErrorRowsBench(engine, len(lanes), pack_rows(x))
+        bench = StreamingBench(engine, "e_rd", e_rd=len(lanes), x_rd=pack_rows(x))
     else:
         bench = EngineBench(engine, e_rd=lanes, x_rd=pack_rows(x))
     got_w = np.zeros_like(gw)
@@ -92,11 +73,8 @@ def test_gradients_match_reference(case, streamed):
             for t in range(layout.tiles):
                 for _ in range(5):
                     await ctx.tick()
-                ctx.set(bench.address, layout.address(t, y))
-                ctx.set(bench.data, lanes[layout.address(t, y)])
-                ctx.set(bench.write, 1)
-                await ctx.tick()
-                ctx.set(bench.write, 0)
+                await bench.writer.put(ctx, layout.address(t, y),
+                                       lanes[layout.address(t, y)])
             ctx.set(engine.e_ready, y + 1)
 
     sim = Simulator(bench)
