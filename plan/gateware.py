@@ -991,8 +991,7 @@ def _backward(chip, enter, timing):
             continue
         if k == 0:
             # Into the serializer (via PartialSum on a chip that adds the slices after it).
-            run = _bp_cached(g, s.bp, _up_words(chip, timing) + timing.serializer_gap,
-                             timing, True, enter)
+            run = _bp_cached(g, s.bp, _bp_sink(chip, k, timing), timing, True, enter)
             adds = chip.split and chip.part < chip.parts - 1
             delay = 1 + (timing.partial_latency if adds else 0)
             up_offsets = [cycle + delay for cycle, _, _ in run.rows]
@@ -1003,7 +1002,7 @@ def _backward(chip, enter, timing):
             # BACK_WAIT also waits for the derivative to take the last row and be
             # ready again, ``period`` cycles after.
             prev = chip.slices[k - 1].layer
-            period = timing.deriv(prev.relu, prev.pool)
+            period = _bp_sink(chip, k, timing)
             run = _bp_cached(g, s.bp, period, timing, True, enter)
             bp_span.append(max(run.busy, run.rows[-1][0] + period - 1))
             enter = _errors_stored(run, s, prev, timing)
@@ -1018,23 +1017,31 @@ def _up_words(chip, timing):
     return timing.partial_words * g.w + 2 if raw else g.w + 2
 
 
-def _errors_arriving(chip, rows, arrived, start, timing):
+def _bp_sink(chip, k, timing):
+    """Cycles per row the consumer of slice ``k``'s BP takes: the serializer up the
+    link for the chip's first slice, else the derivative of the layer in front."""
+    if k == 0:
+        return _up_words(chip, timing) + timing.serializer_gap
+    prev = chip.slices[k - 1].layer
+    return timing.deriv(prev.relu, prev.pool)
+
+
+def _errors_arriving(chip, rows, row_ends, start, timing):
     """``enter`` (for :func:`_backward`) of the error rows a chip takes from the link:
     ``rows`` are the received rows in order, ``(words, kind, channel, row)``, and
-    ``arrived`` the cycle each word was taken. A row leaves the deserializer into the
-    last layer's derivative, then its store; ``start`` is BACK_START."""
+    ``row_ends`` the cycle each one's last word was taken. A row leaves the
+    deserializer into the last layer's derivative, then its store; ``start`` is
+    BACK_START."""
     last = chip.last_layer
     hi = chip.slices[-1].hi
     post = last.relu or last.pool
     rows_out = 2 if last.pool else 1
     delay = timing.deser_latency + (timing.deriv_latency if post else 0)
     written = {}
-    taken = 0
-    for words, kind, channel, row in rows:
-        taken += words
+    for (_, kind, channel, row), end in zip(rows, row_ends):
         if kind == "error" and channel == hi - 1:
             for k in range(rows_out):
-                written[row * rows_out + k] = arrived[taken - 1] + delay + k
+                written[row * rows_out + k] = end + delay + k
     return tuple(written[r] + timing.row_visible + 1 - start for r in range(len(written)))
 
 
@@ -1046,10 +1053,7 @@ def _chip_runs(chip, layers, *, chain_last, timing):
         if not s.has_bp:
             bp.append(None)
             continue
-        prev = chip.slices[k - 1].layer if k else None
-        sink = (_up_words(chip, timing) + timing.serializer_gap if k == 0 else
-                timing.deriv(prev.relu, prev.pool))
-        bp.append(_bp_cached(s.geometry, s.bp, sink, timing))
+        bp.append(_bp_cached(s.geometry, s.bp, _bp_sink(chip, k, timing), timing))
     bp_span, wu_end, up_offsets, up_rows = _backward(chip, None, timing)
     sgd = max((sgd_cycles(s.geometry, timing=timing) for s in chip.slices
                if s.layer.name != chip.remote), default=0)
@@ -1225,17 +1229,17 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 p["loss"] += r.loss + timing.loss_overhead
             bp_span, wu_end, up_offsets = r.bp_span, r.wu_end, r.up_offsets
             received = t
-            arrived_here = arrived           # the error words this chip takes
+            rows_in, row_ends = [], []       # the error rows this chip takes, and when
             if c < n - 1:
                 # BACK_START right away: the engines take the error rows as they come.
+                rows_in = msgs[c]["err_in_rows"]
+                row_ends = [arrived[end - 1] for end in
+                            itertools.accumulate(words for words, *_ in rows_in)]
                 if chip.split and chip.part:
-                    taken = 0
-                    for words, kind, channel in msgs[c]["err_in"]:
-                        taken += words
-                        if kind == "error" and channel < chip.slices[0].lo:
-                            relay.append((arrived[taken - 1] + 2, words,
-                                          timing.serializer_gap))
-                enter = _errors_arriving(chip, msgs[c]["err_in_rows"], arrived, t, timing)
+                    relay = [(end + 2, words, timing.serializer_gap)
+                             for (words, kind, channel, _), end in zip(rows_in, row_ends)
+                             if kind == "error" and channel < chip.slices[0].lo]
+                enter = _errors_arriving(chip, rows_in, row_ends, t, timing)
                 if (c, enter) not in backward_cache:
                     backward_cache[c, enter] = _backward(chip, enter, timing)
                 bp_span, wu_end, up_offsets, _ = backward_cache[c, enter]
@@ -1246,17 +1250,13 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
             end = max(t + max(bp_span) + ox, received)
             if c > 0:
                 offers = [t + offset for offset in up_offsets]
-                if chip.split and chip.part < chip.parts - 1 and c < n - 1:
-                    # PartialSum adds the n-th incoming partial row to the n-th own one,
-                    # so an own row leaves no earlier than its partner is stored.
-                    taken, k = 0, 0
-                    for words, kind, _, _ in msgs[c]["err_in_rows"]:
-                        taken += words
-                        if kind == "partial" and k < len(offers):
-                            offers[k] = max(offers[k], arrived_here[taken - 1] +
-                                            timing.deser_latency + timing.row_visible +
-                                            1 + timing.partial_latency)
-                            k += 1
+                # PartialSum adds the n-th incoming partial row to the n-th own one, so
+                # an own row leaves no earlier than its partner is stored.
+                partners = [end for (_, kind, _, _), end in zip(rows_in, row_ends)
+                            if kind == "partial"]
+                for k, end in enumerate(partners[:len(offers)]):
+                    offers[k] = max(offers[k], end + timing.deser_latency +
+                                    timing.row_visible + 1 + timing.partial_latency)
                 rows = relay + [(offer, r.up_words, timing.serializer_gap) for offer in offers]
                 accepted, arrived = up[c - 1].send(rows, begin[c - 1])
                 if up_offsets:

@@ -393,7 +393,7 @@ class MapReceiver(wiring.Component):
         One cycle, the cycle after the last row's write (its data is readable then).
     rows_ready : Out(range(h + 1))
         Rows ``0 .. rows_ready - 1`` of every channel received are written and
-        readable; 0 from the cycle after ``start``.
+        readable; 0 from the cycle after ``start`` (``h`` before the first map).
     i : In(stream.Signature(signed(16)))
         Taken only while busy.
     wr : In(memory.WritePort.Signature(addr_width=ceil_log2(layout.depth), shape=layout.shape))
@@ -433,10 +433,12 @@ class MapReceiver(wiring.Component):
         take = self.i.valid & self.i.ready
         last_channel = c == channels - 1
 
-        m.d.comb += [self.busy.eq(y != h), self.i.ready.eq(self.busy)]
+        # Rows complete in every channel: the row counter itself.
+        m.d.comb += [self.busy.eq(y != h), self.i.ready.eq(self.busy),
+                     self.rows_ready.eq(y)]
         m.d.sync += self.done.eq(0)
         with m.If(self.start & ~self.busy):
-            m.d.sync += [c.eq(0), y.eq(0), x.eq(0), self.rows_ready.eq(0)]
+            m.d.sync += [c.eq(0), y.eq(0), x.eq(0)]
         with m.If(take):
             m.d.sync += x.eq(Mux(x == w - 1, 0, x + 1))
             with m.Switch(x):
@@ -450,7 +452,7 @@ class MapReceiver(wiring.Component):
         with m.If(self.wr.en):
             m.d.sync += c.eq(Mux(last_channel, 0, c + 1))
             with m.If(last_channel):
-                m.d.sync += [y.eq(y + 1), self.rows_ready.eq(y + 1)]
+                m.d.sync += y.eq(y + 1)
                 with m.If(y == h - 1):
                     m.d.sync += self.done.eq(1)
         return m
