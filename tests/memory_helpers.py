@@ -3,10 +3,10 @@ is written while the design under test already runs (rows arriving)."""
 
 from amaranth import Signal
 
-__all__ = ["TestbenchWriter"]
+__all__ = ["MemoryWriter"]
 
 
-class TestbenchWriter:
+class MemoryWriter:
     """``connect`` in the bench's ``elaborate``, then ``await put(ctx, address, word)``
     writes one word (in the cycle of the call's tick)."""
 

@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from fpdeep.rtl.conv import ConvEngine, ConvGeometry, RowLayout, pack_conv_weights, pack_rows
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat, requantize_np
 from fpdeep.sim.reference import conv_forward_acc, conv_backward_acc
-from tests.memory_helpers import TestbenchWriter
+from tests.memory_helpers import MemoryWriter
 from tests.stream_helpers import StreamDriver
 
 
@@ -40,7 +40,7 @@ class StreamingBench(EngineBench):
 
     def __init__(self, engine, written, **ports):
         super().__init__(engine, **ports)
-        self.writer = TestbenchWriter(self.memories[written])
+        self.writer = MemoryWriter(self.memories[written])
 
     def elaborate(self, platform):
         m = super().elaborate(platform)

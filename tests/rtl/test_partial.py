@@ -11,7 +11,7 @@ from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat, requantize_n
 from fpdeep.rtl.partial import PartialSum
 from fpdeep.sim.reference import conv_backward_acc
 from tests.rtl.test_conv import run_engine
-from tests.memory_helpers import TestbenchWriter
+from tests.memory_helpers import MemoryWriter
 from tests.stream_helpers import StreamDriver
 
 ACC = FixedFormat(48, N.weight.frac + N.error.frac)
@@ -273,7 +273,7 @@ class ArrivingBench(Elaboratable):
         layout = partial._layout
         self.partial = partial
         self.mem = memory.Memory(shape=layout.shape, depth=layout.depth, init=[])
-        self.writer = TestbenchWriter(self.mem)
+        self.writer = MemoryWriter(self.mem)
 
     def elaborate(self, platform):
         m = Module()

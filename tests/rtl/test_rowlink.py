@@ -9,7 +9,7 @@ from fpdeep.rtl.conv import RowLayout
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat
 from fpdeep.rtl.rowlink import (PARTIAL_WORDS, MapReceiver, MapSender, RowDeserializer,
                                 RowSerializer)
-from tests.memory_helpers import TestbenchWriter
+from tests.memory_helpers import MemoryWriter
 from tests.stream_helpers import StreamDriver
 
 ACC = FixedFormat(48, N.weight.frac + N.error.frac)
@@ -327,7 +327,7 @@ class MapBench(Elaboratable):
         self.sender, self.receiver = sender, receiver
         self.src = memory.Memory(shape=sender.rd.data.shape(), depth=len(src), init=src)
         self.dst = memory.Memory(shape=receiver.wr.data.shape(), depth=len(dst), init=dst)
-        self.writer = TestbenchWriter(self.src)
+        self.writer = MemoryWriter(self.src)
 
     def elaborate(self, platform):
         m = Module()
