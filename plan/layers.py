@@ -1,5 +1,5 @@
 """Weighted layers as the gateware builds them: pure Python, shared by the
-planner's gateware model (:mod:`.gateware`) and the chips (:mod:`fpdeep.rtl`)."""
+planner's gateware model (:mod:`.model`) and the chips (:mod:`fpdeep.rtl`)."""
 
 from dataclasses import dataclass, replace
 

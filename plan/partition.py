@@ -1,1392 +1,695 @@
-"""Work partitioning: split a network's FP + BP + WU work over a chain of chips.
+"""Planning
+--------
+:func:`plan_chips` costs every way of grouping the layers into chips, choosing each
+chip's engine rows (:func:`choose_rows`) by a quick estimate of its forward and
+backward paths (:func:`_estimate`), simulates the best few chains, each with its
+feature slots sized by :func:`choose_slots`, moves the channel boundaries of split
+layers while the simulation improves, and keeps the fastest.
 
-The unit of work
-----------------
-Every conv or linear layer is cut into *lines*: one output row of one output
-channel (a linear layer has one row, so a line is one output feature). A line
-costs ``Cin·kh·kw·Wo`` MACs in each of FP, BP (none in the first layer) and WU.
-Each layer orders its lines in one of two ways, its *split mode*:
+Weight balancing (architecture decision 4) as the gateware builds it: a chip whose
+memory does not hold its layers with even one feature slot keeps the masters and
+velocities of one of its layers (64 bits per weight; it keeps the 16-bit copies and
+48-bit gradient sums) on the next chip, which holds one such layer at most
+(:func:`place_masters`, front to back, for every chain costed). The link carries
+the exchange once per batch, which the model times; a chip that does not fit even
+so rules its chain out, and if no chain is left the error names the chip that came
+nearest. Decision 4's check that the traffic fits the link is the model's: the
+exchange's cycles are in the chain's cycles per sample.
 
-* ``"channels"`` (the default): channel-major. A chip holds a run of whole
-  output channels, so their weights and weight updates stay on that chip. Only
-  the channel at each end of a chip's run may be shared with the neighbour by
-  rows; that one channel's weights are then held twice and its gradient summed
-  once per mini-batch.
-* ``"rows"``: row-major. A chip holds a band of output rows of every channel.
-  Used only where it serves better, for one of two stated reasons:
-
-  1. *compute*: an R×C engine has at most ``R = channels`` rows and
-     ``C = Wo`` columns, so a whole output channel takes at least
-     ``Ho·Cin·kh·kw`` cycles however many PEs a chip has. When that exceeds the
-     ideal balanced cycle time, channels cannot be spread thinly enough; a band
-     of rows uses all ``Cout`` channels as array rows instead.
-  2. *memory*: with a channel split every chip of the layer needs (and caches
-     for WU) the whole input map. When that map exceeds a quarter of a chip's
-     memory, rows keep each chip's share of it small.
-
-  The price is that every chip of the layer holds all its weights and the
-  weight gradients are summed along the chain once per mini-batch.
-
-* ``"inputs"`` (linear layers only): the unit is one *input row*, one row of
-  one channel of the layer's input map (``W`` inputs; the flattened input is
-  channel-major, so input row ``c·H + r`` covers inputs ``[(c·H + r)·W, +W)``).
-  A chip holds a contiguous run of input rows, i.e. a slice of the K = Cin·H·W
-  reduction (its ``in_features``). Rows rather than whole input channels because
-  an input channel of ``H·W`` inputs is too coarse a unit to balance a short
-  chain (LeNet-5's fc1 has only 16 of them, each over a third of a chip's work
-  at N = 47). Reason: *the output-channel split cannot go below the K-step
-  floor*. A linear engine is ``R×1`` (C = 1) and walks K + 1 steps per tile of
-  R outputs (the extra step adds the bias or the incoming partial sum), so an
-  output-channel slice takes at least K + 1 cycles per sample however few
-  outputs it holds. Split by inputs, a chip computes partial sums of *all*
-  outputs over its K-slice in ``ceil(out/R)·(K_slice + 1)`` cycles and adds the
-  partial sums arriving from the chip before it; the last chip of the layer
-  holds the full sums and runs the post-ops. BP of the slice (the transposed
-  layer) needs only the full output error, which flows back through the
-  layer's chips anyway, and yields the errors of the slice's own inputs; WU
-  needs the slice's inputs and the output error. Weights and their updates stay
-  local (each chip owns the columns of its K-slice; the first one owns the
-  biases). The price is ``out`` partial-sum words per sample forward and
-  ``out`` error words back across each cut inside the layer.
-
-A chip's run of lines in one layer falls into at most three rectangles
-(channels × rows), its *tiles*; each tile becomes one layer slice with its own
-FP, BP and WU engines.
-
-Balancing
----------
-The chain is cut at line boundaries, contiguously, so that every chip gets the
-same time per sample. The time of a chip is modelled during the search as
-``max(MACs / (PEs·efficiency), floor) / clock``, where ``floor`` is the largest
-``rows·Cin·kh·kw`` of its tiles (the shape limit of the engines). A binary search
-finds the smallest feasible maximum time τ with a greedy fill; a second search
-then lowers the fill threshold λ so that work spreads over all chips with each
-chip between λ and τ. The final plan allocates integer R×C arrays exactly
-(:func:`allocate_engines`) and reports the real cycles; a hill-climb then
-moves cuts next to the slowest chip while that lowers the exact maximum.
-
-On small chips the integer arrays round in coarse steps (on a 156-multiplier
-ULX3S a LeNet-5 conv2 chip takes 150 cycles for 1 to 5 lines and 30 more per
-extra line), so a cut that balances the continuous model can be far from
-balanced. Where no candidate meets :data:`BALANCE_TARGET`, the chain is cut
-again on exact chip cycles (:func:`_exact_cuts`, a bisection) and, where the
-chain is short enough, by an exact search (:func:`_dp_cuts`): every run of
-lines a chip could hold is costed exactly, and a dynamic programme finds, for
-each cap on the slowest chip, the cut with the largest mean; the smallest cap
-whose cut is balanced wins. :func:`_dp_modes` runs it over split modes near the
-fastest candidate (one layer changed at a time, with the reason given). The
-measure stays max/mean over all chips, each at its smallest exact cycles: no
-chip is padded or left out.
-
-A linear layer's floor includes its bias (or partial-sum) step: ``K + 1`` per
-output-channel tile, ``K_slice + 1`` for an input slice. Conv engines keep the
-ideal ``rows·Cin·kh·kw`` floor.
+The slots hold the activations that WU needs for as long as the round trip to the
+end of the chain and back takes; a chip near the end needs fewer than chip 0.
+:func:`choose_slots` gives each chip the fewest slots that keep the chain within
+:data:`SLOT_TOLERANCE` of its speed with unlimited slots, within the chip's memory
+(:func:`memory_bits` counts them, :func:`max_slots` is the most that fit).
 """
 
-import bisect
+import functools
+import itertools
 import math
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import replace
 
 from .errors import FpdeepError
-from .workload import workload
+from .layers import gateware_layers
+from .model import (TIMING, ChipSpec, SliceSpec, chip_runs, exchange_runs, max_chips, max_slots,
+                    memory_bits, messages, simulate)
 
-__all__ = ["LayerUnits", "Tile", "Engine", "ChipPart", "split_modes", "partition",
-           "allocate_engines", "ENGINE_KINDS", "ROW_SPLIT_MEMORY_FRACTION",
-           "INPUT_SPLIT_REASON", "BALANCE_TARGET"]
-
-ENGINE_KINDS = ("fp", "bp", "wu")
-
-#: The balance (max/mean chip cycles per sample) the partitioner aims to meet.
-BALANCE_TARGET = 1.05
-
-#: How many candidate plans the exact re-cut starts from, and its relative precision.
-EXACT_CANDIDATES = 1
-EXACT_TOLERANCE = 2e-3
-#: At most this many exact chip builds per re-cut (each is one R×C allocation).
-EXACT_BUILDS = 1500
-
-#: The exact cut search (:func:`_dp_cuts`) costs at most this many runs of lines (one
-#: candidate chip each) per choice of split modes; longer chains (VGG, AlexNet) keep
-#: the bisection re-cut of :func:`_exact_cuts` as the last word.
-DP_PAIRS = 60_000
-#: Caps on the slowest chip that the exact search allows, in turn, as factors of the
-#: ideal balanced time, until a cut meets the balance target; then up to 1.25 times
-#: the slowest chip of the fastest candidate; then anything faster than the fastest
-#: balanced candidate.
-DP_CAPS = (1.15, 1.4)
-#: The exact search also runs where the fastest balanced candidate is this much
-#: slower than the fastest candidate.
-DP_SLOWER = 1.1
-
-#: Why a layer is split by rows, or a linear layer by inputs, for balance alone.
-BALANCE_REASON = ("balance: on exact integer-array cycles, the fastest cut found with "
-                  f"max/mean chip cycles within {BALANCE_TARGET} uses this split")
-
-#: Why a linear layer is split by inputs (see the module docstring).
-INPUT_SPLIT_REASON = "the output-channel split cannot go below the K-step floor"
-
-#: A layer is split by rows when its input map exceeds this fraction of a chip's memory.
-ROW_SPLIT_MEMORY_FRACTION = 0.25
-
-ACT_BITS = 16
+__all__ = ["SIMULATED_CANDIDATES", "GROUPING_LIMIT", "RANGE_LIMIT", "REFINE_ROUNDS", "ROW_LOOKAHEAD", "SEARCH_BATCHES", "SIMULATED_BATCHES", "place_masters", "SLOT_TOLERANCE", "choose_slots", "choose_rows", "plan_chips", "limit"]
 
 
-@dataclass(frozen=True)
-class LayerUnits:
-    """One layer's lines in their split order."""
-    work: object        # LayerWork
-    mode: str           # "channels" | "rows" | "inputs"
-    reason: str
-    offset: int         # global index of the first line
-    count: int          # Cout·Ho; for "inputs": Cin·H (input rows)
-    line_macs: int      # FP + BP + WU MACs of one line (or one input row)
-    floor_per_row: int  # Cin·kh·kw: cycles of one row of a tile on a full-width array;
-                        # for "inputs": W, the K-steps of one input row
-    floor_extra: int = 0    # 1 for linear layers: the bias / partial-sum step
-
-    @property
-    def minor(self):
-        if self.mode == "inputs":
-            return 1
-        return self.work.out_rows if self.mode == "channels" else self.work.out_channels
-
-    def tile_floor(self, n):
-        """Least cycles per sample of a tile of ``n`` rows (``"inputs"``: input rows)."""
-        return n * self.floor_per_row + self.floor_extra
-
-    @property
-    def max_floor(self):
-        """The floor of the whole layer as one tile."""
-        return self.tile_floor(self.count if self.mode == "inputs" else self.work.out_rows)
-
-    def rects(self, a, b):
-        """The tiles of local lines ``[a, b)``: list of ((c0, c1), (r0, r1)).
-
-        For ``"inputs"`` the one tile is ``((0, Cout), (0, 1))``: see :meth:`inputs`.
-        """
-        m = self.minor
-        out = []
-        if a >= b:
-            return out
-        if self.mode == "inputs":
-            return [((0, self.work.out_channels), (0, 1))]
-        ma, ra = divmod(a, m)
-        mb, rb = divmod(b, m)
-        if ma == mb:
-            spans = [(ma, ma + 1, ra, rb)]
-        else:
-            spans = []
-            if ra:
-                spans.append((ma, ma + 1, ra, m))
-                ma += 1
-            if mb > ma:
-                spans.append((ma, mb, 0, m))
-            if rb:
-                spans.append((mb, mb + 1, 0, rb))
-        for major0, major1, minor0, minor1 in spans:
-            if self.mode == "channels":
-                out.append(((major0, major1), (minor0, minor1)))
-            else:
-                out.append(((minor0, minor1), (major0, major1)))
-        return out
-
-    def inputs(self, a, b):
-        """Input channels ``[lo, hi)`` read (in whole or in part) by local lines ``[a, b)``."""
-        if self.mode == "inputs":
-            h = self.work.in_shape[1]
-            return (a // h, -(-b // h))
-        return (0, self.work.in_channels)
-
-    def in_rows(self, a, b):
-        """Input rows ``[lo, hi)`` (channel-major, ``c·H + r``) read by local lines ``[a, b)``."""
-        if self.mode == "inputs":
-            return (a, b)
-        return (0, self.work.in_channels * self.work.in_shape[1])
+#: Candidate chains (cheapest by the estimate) that :func:`plan_chips` runs through
+#: :func:`simulate` before choosing.
+SIMULATED_CANDIDATES = 6
 
 
-@dataclass
-class Engine:
-    """One FP, BP or WU engine: an R×C PE array.
+#: At most this many groupings of layers into chips are costed; beyond, the groupings
+#: with the fewest splits come first.
+GROUPING_LIMIT = 20_000
 
-    By default it takes ``ceil(macs / (R·C))`` cycles per sample (an ideal array).
-    A linear layer's FP engine is modelled step by step, as the gateware runs it:
-    with ``units`` outputs and ``steps`` = K + 1 steps per tile of R of them
-    (C = 1), it takes ``ceil(units / R) · steps`` cycles.
+
+#: Channel ranges of a split layer: all compositions when there are at most this many,
+#: else the even split and its neighbours.
+RANGE_LIMIT = 64
+
+
+#: Rounds of moving split boundaries by one channel (:func:`_refine`).
+REFINE_ROUNDS = 8
+
+
+#: How many larger row counts :func:`choose_rows` tries per engine and step.
+ROW_LOOKAHEAD = 8
+
+
+#: Mini-batches :func:`simulate` runs while choosing among chains (the fewest that
+#: give a steady state), and for the chosen plan's figures.
+SEARCH_BATCHES = 3
+
+
+SIMULATED_BATCHES = 4
+
+
+def _does_not_fit(chip, layers, board):
+    """Why ``chip`` (its masters placed as they are) does not fit ``board`` with one
+    feature slot, in one line."""
+    need = memory_bits(chip, layers, slots=1)["total"]
+    what = "one feature slot and its weights and errors"
+    if chip.remote is not None:
+        what += f" (its {chip.remote} masters and velocities on chip {chip.index + 1})"
+    if chip.held is not None:
+        what += (f" plus the {chip.held.layer.name} masters and velocities it holds for chip "
+                 f"{chip.index - 1}")
+    return (f"chip {chip.index} ({chip.describe()}) does not fit {board.name}: {what} need "
+            f"{need / 1e6:.3g} Mb, it has {board.bram_bits / 1e6:.3g} Mb")
+
+
+def _place(chip, layers, board, *, last):
+    """Weight balancing for one chip, with what it holds for the chip in front: all its
+    masters stay if it fits with one feature slot; else the masters and velocities of
+    its layer with the fewest weights that makes it fit go to the next chip
+    (``chip.remote``; not from the last chip of the chain).
+
+    Returns
+    -------
+    None, or ``(shortfall, why)``: the bits it lacks even with its heaviest layer's
+    masters moved, and why in one line.
     """
-    kind: str
-    macs: int
-    max_rows: int
-    col_options: tuple
-    rows: int = 0
-    cols: int = 0
-    efficiency: float = 1.0
-    units: int = 0
-    steps: int = 0
-
-    @property
-    def pes(self):
-        return self.rows * self.cols
-
-    def cycles_at(self, rows, cols):
-        if self.macs == 0:
-            return 0.0
-        if self.steps:
-            return -(-self.units // rows) * self.steps / self.efficiency
-        return math.ceil(self.macs / (rows * cols)) / self.efficiency
-
-    @property
-    def cycles(self):
-        return self.cycles_at(self.rows, self.cols)
-
-    def pes_for(self, target):
-        """Smallest (R, C) meeting ``target`` cycles per sample, or None."""
-        if self.steps:
-            tiles = int(target * self.efficiency * (1 + 1e-12) // self.steps)
-            if tiles < 1:
-                return None
-            rows = -(-self.units // tiles)
-            return (rows, 1) if rows <= self.max_rows else None
-        need = math.ceil(self.macs / (target * self.efficiency))
-        best = None
-        for cols in self.col_options:
-            rows = -(-need // cols)
-            if rows <= self.max_rows and (best is None or rows * cols < best[0] * best[1]):
-                best = (rows, cols)
-        return best
-
-
-@dataclass
-class Tile:
-    """One layer slice on one chip.
-
-    ``channels`` and ``rows`` are its output channels and rows; ``inputs`` the
-    input channels it reads and ``in_rows`` the rows of the input map
-    (channel-major, ``c·H + r``): all of them, except for an ``"inputs"`` split.
-    """
-    layer: object               # LayerUnits
-    channels: tuple             # [c0, c1)
-    rows: tuple                 # [r0, r1)
-    inputs: tuple = None        # [i0, i1); None: all input channels
-    in_rows: tuple = None       # [j0, j1); None: all input rows
-    engines: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        w = self.layer.work
-        if self.inputs is None:
-            self.inputs = (0, w.in_channels)
-        if self.in_rows is None:
-            self.in_rows = (self.inputs[0] * w.in_shape[1], self.inputs[1] * w.in_shape[1])
-
-    @property
-    def n_channels(self):
-        return self.channels[1] - self.channels[0]
-
-    @property
-    def n_rows(self):
-        return self.rows[1] - self.rows[0]
-
-    @property
-    def n_inputs(self):
-        return self.inputs[1] - self.inputs[0]
-
-    @property
-    def in_features(self):
-        """The slice ``[lo, hi)`` of the flattened input (Cin·H·W) it reads."""
-        width = self.layer.work.in_shape[2]
-        return (self.in_rows[0] * width, self.in_rows[1] * width)
-
-    @property
-    def n_in_features(self):
-        return (self.in_rows[1] - self.in_rows[0]) * self.layer.work.in_shape[2]
-
-    @property
-    def lines(self):
-        return self.n_channels * self.n_rows
-
-    @property
-    def k(self):
-        """The reduction length of one output: Cin·kh·kw over the inputs it reads.
-
-        For a linear layer (kernel = the whole H×W map) that is its ``in_features``.
-        """
-        w = self.layer.work
-        if w.kind == "linear":
-            return self.n_in_features
-        return self.n_inputs * w.kernel[0] * w.kernel[1]
-
-    @property
-    def fp_macs(self):
-        w = self.layer.work
-        return self.lines * self.k * w.out_cols
-
-    @property
-    def weights(self):
-        """Weights held: the slice's kernel columns, and biases of its outputs.
-
-        An input split gives the biases to the chip holding input row 0.
-        """
-        bias = self.n_channels if self.in_rows[0] == 0 else 0
-        return self.n_channels * self.k + bias
-
-    def make_engines(self, efficiency):
-        w = self.layer.work
-        cols = tuple(d for d in range(1, w.out_cols + 1) if w.out_cols % d == 0)
-        if w.kind == "linear":
-            cols = (1,)
-        macs = {"fp": self.fp_macs, "bp": self.fp_macs if w.index else 0, "wu": self.fp_macs}
-        self.engines = {kind: Engine(kind, macs[kind], self.n_channels, cols,
-                                     efficiency=efficiency[kind])
-                        for kind in ENGINE_KINDS if macs[kind]}
-        if w.kind == "linear":
-            fp = self.engines["fp"]
-            fp.units, fp.steps = self.n_channels, self.k + 1
-
-
-@dataclass
-class ChipPart:
-    """The lines ``[start, end)`` given to one chip, as tiles."""
-    index: int
-    start: int
-    end: int
-    tiles: list
-
-    @property
-    def engines(self):
-        return [e for t in self.tiles for e in t.engines.values()]
-
-    @property
-    def cycles(self):
-        return max((e.cycles for e in self.engines), default=0.0)
-
-    @property
-    def pes(self):
-        return sum(e.pes for e in self.engines)
-
-    @property
-    def macs(self):
-        return sum(e.macs for e in self.engines)
-
-
-def split_modes(works, boards, efficiency=1.0):
-    """Choose each layer's split mode; returns a list of (mode, reason)."""
-    total = sum(w.macs for w in works)
-    capacity = sum(b.multipliers * efficiency * b.clock_hz for b in boards)
-    clock = sum(b.clock_hz for b in boards) / len(boards)
-    ideal_cycles = total / capacity * clock        # balanced cycles per sample
-    memory = min(b.bram_bits for b in boards)
-    modes = []
-    for w in works:
-        if w.kind == "linear":
-            k_floor = w.macs_per_output + 1
-            if len(boards) > 1 and k_floor > ideal_cycles \
-                    and w.in_channels * w.in_shape[1] > 1:
-                modes.append(("inputs", INPUT_SPLIT_REASON + f": one output takes K + 1 = "
-                              f"{k_floor} cycles, more than the balanced {ideal_cycles:.0f} "
-                              f"cycles per chip"))
-            else:
-                modes.append(("channels", "linear layer: output features"))
-            continue
-        whole_channel = w.out_rows * w.macs_per_output
-        input_bits = w.activations_in * ACT_BITS
-        if len(boards) > 1 and whole_channel > ideal_cycles and w.out_rows > 1:
-            modes.append(("rows", f"compute: one output channel needs at least "
-                          f"Ho*Cin*kh*kw = {whole_channel} cycles on a channels x Wo array, "
-                          f"more than the balanced {ideal_cycles:.0f} cycles per chip"))
-        elif len(boards) > 1 and input_bits > ROW_SPLIT_MEMORY_FRACTION * memory \
-                and w.out_rows > 1:
-            modes.append(("rows", f"memory: a channel split caches the whole "
-                          f"{input_bits / 1e6:.1f} Mb input map on every chip, more than "
-                          f"{ROW_SPLIT_MEMORY_FRACTION:.0%} of a chip's {memory / 1e6:.1f} Mb"))
-        else:
-            modes.append(("channels", "default: weights and updates stay local"))
-    return modes
-
-
-class _Lines:
-    """Fast cost model of contiguous runs of lines, used by the search."""
-
-    def __init__(self, layers):
-        self.layers = layers
-        self.offsets = [lu.offset for lu in layers]
-        self.total = layers[-1].offset + layers[-1].count
-        self.cum = [0.0]
-        for lu in layers:
-            self.cum.append(self.cum[-1] + lu.count * lu.line_macs)
-
-    def layer_of(self, e):
-        return max(0, bisect.bisect_right(self.offsets, e) - 1)
-
-    def prefix(self, e):
-        if e >= self.total:
-            return self.cum[-1]
-        li = self.layer_of(e)
-        lu = self.layers[li]
-        return self.cum[li] + (e - lu.offset) * lu.line_macs
-
-    def floor(self, s, e):
-        """Largest tile floor (cycles) of the run [s, e)."""
-        result = 0
-        li = self.layer_of(s)
-        while li < len(self.layers) and self.layers[li].offset < e:
-            lu = self.layers[li]
-            a, b = max(s - lu.offset, 0), min(e - lu.offset, lu.count)
-            if a < b and lu.mode == "inputs":
-                result = max(result, lu.tile_floor(b - a))
-            elif a < b:
-                for _, (r0, r1) in lu.rects(a, b):
-                    result = max(result, lu.tile_floor(r1 - r0))
-            li += 1
-        return result
-
-    def time(self, s, e, peff, clock):
-        if e <= s:
-            return 0.0
-        work = (self.prefix(e) - self.prefix(s)) / peff
-        return max(work, self.floor(s, e)) / clock
-
-    def max_end(self, s, tau_cycles, peff):
-        """Largest e such that the run [s, e) takes at most tau_cycles."""
-        # Work bound.
-        target = self.prefix(s) + tau_cycles * peff * (1 + 1e-12)
-        if target >= self.cum[-1]:
-            e_work = self.total
-        else:
-            li = bisect.bisect_right(self.cum, target) - 1
-            lu = self.layers[li]
-            e_work = lu.offset + min(lu.count, int((target - self.cum[li]) // lu.line_macs))
-        # Shape (floor) bound.
-        e, li = s, self.layer_of(s)
-        while li < len(self.layers) and e < e_work:
-            lu = self.layers[li]
-            a = e - lu.offset
-            r_max = int((tau_cycles - lu.floor_extra) // lu.floor_per_row)
-            if r_max <= 0:
-                return min(e, e_work)
-            if lu.mode == "inputs":
-                if a + r_max < lu.count:
-                    return min(lu.offset + a + r_max, e_work)
-            elif lu.mode == "channels":
-                ho = lu.minor
-                if r_max < ho:
-                    if ho - a % ho <= r_max:
-                        end = (a // ho + 1) * ho + r_max
-                    else:
-                        end = a + r_max
-                    if end < lu.count:
-                        return min(lu.offset + end, e_work)
-            else:
-                cout = lu.minor
-                end = -(-a // cout) * cout + r_max * cout + cout - 1
-                if end < lu.count:
-                    return min(lu.offset + end, e_work)
-            e = lu.offset + lu.count
-            li += 1
-        return min(e, e_work)
-
-    def min_end_work(self, s, macs):
-        """Smallest e such that the run [s, e) has at least ``macs`` MACs."""
-        target = self.prefix(s) + macs * (1 - 1e-12)
-        if target > self.cum[-1]:
-            return self.total
-        li = max(0, bisect.bisect_left(self.cum, target) - 1)
-        lu = self.layers[li]
-        return max(s + 1, lu.offset + math.ceil((target - self.cum[li]) / lu.line_macs))
-
-    def min_end(self, s, lam_cycles, peff):
-        """Smallest e such that the run [s, e) takes at least lam_cycles (or total+1)."""
-        if lam_cycles <= 0:
-            return s + 1
-        target = self.prefix(s) + lam_cycles * peff
-        if target > self.cum[-1]:
-            e_work = self.total + 1
-        else:
-            li = max(0, bisect.bisect_left(self.cum, target) - 1)
-            lu = self.layers[li]
-            e_work = lu.offset + math.ceil((target - self.cum[li]) / lu.line_macs)
-        li, a = self.layer_of(s), s - self.layers[self.layer_of(s)].offset
-        while li < len(self.layers):
-            lu = self.layers[li]
-            if lu.offset >= e_work:
-                break
-            r_need = math.ceil((lam_cycles - lu.floor_extra) / lu.floor_per_row)
-            end = None
-            if r_need <= 1:
-                end = a + 1
-            elif lu.mode == "inputs":
-                end = a + r_need
-            elif lu.mode == "channels":
-                ho = lu.minor
-                if r_need <= ho:
-                    end = a + r_need if ho - a % ho >= r_need else (a // ho + 1) * ho + r_need
-            else:
-                if r_need <= lu.work.out_rows:
-                    end = -(-a // lu.minor) * lu.minor + r_need * lu.minor
-            if end is not None and end <= lu.count:
-                return min(lu.offset + end, e_work)
-            li, a = li + 1, 0
-        return e_work
-
-
-def _layers(works, modes):
-    layers, offset = [], 0
-    for w, (mode, reason) in zip(works, modes):
-        extra = 1 if w.kind == "linear" else 0
-        if mode == "inputs":
-            count = w.in_channels * w.in_shape[1]
-            per_input = w.in_shape[2]                   # W steps per input row
-            line_fp = w.out_channels * per_input
-            floor = per_input
-        else:
-            count = w.out_channels * w.out_rows
-            line_fp = w.macs_per_output * w.out_cols
-            floor = w.macs_per_output
-        line_macs = line_fp * (2 if w.index == 0 else 3)
-        layers.append(LayerUnits(w, mode, reason, offset, count, line_macs, floor, extra))
-        offset += count
-    return layers
-
-
-def partition(network, boards, *, efficiency=None, modes=None, score=None):
-    """Split ``network`` over the chain ``boards``; returns (layers, list of ChipPart).
-
-    ``efficiency`` maps engine kind to its efficiency (default 1.0 each);
-    ``modes`` optionally forces the split mode of every layer.
-
-    ``score``, if given, rates a candidate ``(layers, chips)`` by the full model
-    (images/s with link and memory limits; 0 where it does not fit). Then every
-    candidate is built, including variants that split the deeper layers with the
-    ``compute`` reason by channels instead (:func:`_compute_row_variants`), and of
-    those that meet the balance target and fit, the best scored wins. Where none
-    does, the choice is as without ``score``.
-
-    Raises
-    ------
-    FpdeepError
-        If the network has fewer lines than chips, or a chip cannot hold its engines.
-    """
-    efficiency = efficiency or {kind: 1.0 for kind in ENGINE_KINDS}
-    eff = min(efficiency.values())
-    works = workload(network)
-    if modes is not None:
-        candidates = [modes]
-    else:
-        # The reasoned modes, and variants: the default split for the conv layers
-        # (where engines are shape-bound, in small networks on many chips,
-        # whole-channel tiles can balance better), and for the linear layers the
-        # output-channel split or the input split throughout. An output-channel
-        # slice of a linear layer takes a multiple of K + 1 cycles, so the input
-        # split can serve better even where K + 1 is below the balanced time. The
-        # partitioner keeps whichever balances and runs best.
-        reasoned = split_modes(works, boards, eff)
-        conv_plain = [("channels", "default: weights and updates stay local")
-                      if w.kind == "conv" else r for w, r in zip(works, reasoned)]
-        linear_options = [lambda w, r: r,
-                          lambda w, r: ("channels", "linear layer: output features")]
-        if len(boards) > 1:
-            linear_options.append(lambda w, r: r if r[0] == "inputs"
-                                  or w.in_channels * w.in_shape[1] < 2
-                                  else ("inputs", INPUT_SPLIT_REASON + f": an output-channel "
-                                        f"slice takes a multiple of K + 1 = "
-                                        f"{w.macs_per_output + 1} cycles"))
-        candidates = []
-        for conv_modes in (reasoned, conv_plain):
-            for option in linear_options:
-                modes_ = [option(w, r) if w.kind == "linear" else r
-                          for w, r in zip(works, conv_modes)]
-                if modes_ not in candidates:
-                    candidates.append(modes_)
-        if score is not None:
-            for modes_ in _compute_row_variants(works, reasoned):
-                if modes_ not in candidates:
-                    candidates.append(modes_)
-    # Build the candidates fastest first (by the search's estimate) and stop at the
-    # first that meets the balance target.
-    searched = sorted((_search(network, works, modes_, boards, eff) for modes_ in candidates),
-                      key=lambda r: (r[2][1], r[2][0]))
-    results = []
-    for layers, ends, _ in searched:
-        chips = _build(layers, ends, boards, efficiency)
-        _refine(layers, chips, boards, efficiency)
-        results.append(_quality(chips, boards) + (layers, chips))
-        if results[-1][0] <= BALANCE_TARGET and score is None:
-            break
-    if min(r[0] for r in results) > BALANCE_TARGET:
-        # Integer R×C arrays round some chips up by more than the continuous search
-        # can see: cut again on the exact cycles, starting from the best candidates.
-        for r in sorted(results, key=lambda r: r[0])[:EXACT_CANDIDATES]:
-            chips = _exact_cuts(r[2], r[3], boards, efficiency)
-            if chips is not None:
-                results.append(_quality(chips, boards) + (r[2], chips))
-    balanced = min((r[1] for r in results if r[0] <= BALANCE_TARGET), default=math.inf)
-    if balanced > min(r[1] for r in results) * DP_SLOWER and len(boards) > 1:
-        # Not balanced, or balanced only far slower than the fastest candidate: search
-        # the cuts exactly, over nearby split modes.
-        results += _dp_modes(works, boards, efficiency, results)
-    if score is not None:
-        # The full model decides among the balanced candidates: a row split of a
-        # layer with many weights makes every chip of the layer hold them all, and
-        # where they spill they stream over the links per sample.
-        rated = [(score(r[2], r[3]), -r[1], -r[0], k) for k, r in enumerate(results)
-                 if r[0] <= BALANCE_TARGET]
-        rated = [r for r in rated if r[0] > 0]
-        if rated:
-            best = results[max(rated)[3]]
-            return best[2], best[3]
-    # Meet the balance target if any candidate does; then the fastest, and among
-    # those within 1% of it the best balanced.
-    meeting = [r for r in results if r[0] <= BALANCE_TARGET] or results
-    best_time = min(r[1] for r in meeting)
-    _, _, layers, chips = min((r for r in meeting if r[1] <= best_time * 1.01),
-                              key=lambda r: r[0])
-    return layers, chips
-
-
-def _compute_row_variants(works, reasoned):
-    """The reasoned split modes with the deepest ``k`` conv layers that are split by
-    rows for the ``compute`` reason split by channels instead, for every ``k``.
-
-    The compute reason looks at cycles alone; a row split makes every chip of the
-    layer hold all of its weights, which in the deep layers (many weights, small
-    maps) can cost more on the links than the shape limit costs in compute.
-    """
-    plain = ("channels", "default: weights and updates stay local")
-    rows = [k for k, (mode, reason) in enumerate(reasoned)
-            if works[k].kind == "conv" and mode == "rows" and reason.startswith("compute")]
-    variants = []
-    for j in range(len(rows) - 1, -1, -1):
-        variants.append([plain if k in rows[j:] else r for k, r in enumerate(reasoned)])
-    return variants
-
-
-def _quality(chips, boards):
-    """(balance, slowest time in s) on the exact cycles."""
-    times = [c.cycles / boards[c.index].clock_hz for c in chips]
-    return max(times) / (sum(times) / len(times)), max(times)
-
-
-def _exact_cuts(layers, chips, boards, efficiency):
-    """Cut the chain again on the exact (integer-array) chip cycles.
-
-    The continuous search cannot see how R×C rounding (R at most the slice's
-    channels, C dividing Wo) favours some cut points over others, and the
-    hill-climb of :func:`_refine` only moves one cut at a time. This repeats the
-    search on exact costs: a bisection on the slowest time T with a greedy fill
-    (each chip takes the most lines that stay within T, found by bisection on
-    the cut), then a bisection on a lower threshold λ that spreads the work
-    (each chip takes the fewest lines that reach λ). Chip costs are memoised.
-    Returns new chips if they are better balanced, else None.
-    """
-    n, total = len(chips), chips[-1].end
-    if n < 2:
-        return None
-    cache = {}
-
-    def build(i, s, e):
-        key = (boards[i].name, s, e)
-        chip = cache.get(key)
-        if chip is None:
-            if len(cache) >= EXACT_BUILDS:
-                raise _OutOfBudget
-            chip = cache[key] = _build_chip(layers, i, s, e, boards[i], efficiency)
-        return chip
-
-    def cost(i, s, e):
-        return build(i, s, e).cycles / boards[i].clock_hz if e > s else 0.0
-
-    def last_within(i, s, limit, hint):
-        """Largest e in (s, total] with cost <= limit (cost taken as rising in e)."""
-        if cost(i, s, s + 1) > limit:
-            return s
-        lo, hi = s + 1, total + 1           # cost(lo) <= limit; hi: assumed above
-        step = max(1, hint - s)
-        probe = min(total, s + step)
-        while probe < total and cost(i, s, probe) <= limit:
-            lo, step = probe, step * 2
-            probe = min(total, s + step)
-        if cost(i, s, probe) <= limit:
-            return probe
-        hi = probe
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if cost(i, s, mid) <= limit:
-                lo = mid
-            else:
-                hi = mid
-        return lo
-
-    def first_reaching(i, s, limit, e_max):
-        """Smallest e in (s, e_max] with cost >= limit, or e_max."""
-        lo, hi = s, e_max                   # cost(hi) is the candidate
-        if cost(i, s, hi) < limit:
-            return e_max
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if cost(i, s, mid) >= limit:
-                hi = mid
-            else:
-                lo = mid
-        return hi
-
-    hints = [c.end for c in chips]
-    hints_ref = {"hints": hints, "best": None}
-    lines = _Lines(layers)
-    power = [b.multipliers * b.clock_hz for b in boards]
-
-    def fill(limit, lam):
-        ends, s = [], 0
-        for i in range(n - 1):
-            if s >= total:                  # feasible, but with idle chips
-                ends.append(s)
-                continue
-            e = last_within(i, s, limit, hints[i])
-            if e <= s:
-                return None
-            if lam > 0:
-                # The fewest lines reaching lam, but never less than a fair share
-                # of the remaining work.
-                share = (lines.cum[-1] - lines.prefix(s)) * power[i] / sum(power[i:])
-                e = min(e, max(first_reaching(i, s, lam, e), lines.min_end_work(s, share)))
-            ends.append(e)
-            s = e
-        if s < total and cost(n - 1, s, total) > limit:
+    movable = [] if last else sorted(chip.slices, key=lambda s: s.geometry.weights)
+    for remote in [None] + [s.layer.name for s in movable]:
+        chip.remote = remote
+        shortfall = memory_bits(chip, layers, slots=1)["total"] - board.bram_bits
+        if shortfall <= 0:
             return None
-        ends.append(total)
-        return ends
-
-    def quality(ends):
-        times, s = [], 0
-        for i, e in enumerate(ends):
-            times.append(cost(i, s, e))
-            s = e
-        return max(times) / (sum(times) / n), max(times)
-
-    best, best_q = None, _quality(chips, boards)
-    try:
-        best = _exact_search(chips, best_q, fill, quality, cost, hints_ref)
-    except _OutOfBudget:
-        best = hints_ref["best"]
-    if best is None:
-        return None
-    out, s = [], 0
-    for i, e in enumerate(best):
-        out.append(cache.get((boards[i].name, s, e))
-                   or _build_chip(layers, i, s, e, boards[i], efficiency))
-        s = e
-    return out
+    why = _does_not_fit(chip, layers, board)
+    chip.remote = None
+    return shortfall, why
 
 
-class _OutOfBudget(Exception):
-    pass
+def place_masters(chips, layers, boards, *, chain_end=True):
+    """Weight balancing as the gateware builds it, front to back: a chip that does not
+    fit its board with one feature slot moves one layer's masters and velocities to
+    the next chip (:func:`_place`), which then fits that as well or moves one of its
+    own on. So an owner has one layer held, a holder holds one layer, and the holder
+    is the next chip (``Cluster(held=...)``). Sets every chip's ``remote`` and
+    ``held``.
 
+    ``chain_end``: the last of ``chips`` ends the chain; else ``chips`` are a run of
+    a chain and the last may move a layer on to the chip after them.
 
-def _exact_search(chips, best_q, fill, quality, cost, state):
-    """The two bisections of :func:`_exact_cuts`; the best cuts so far in ``state``."""
-    n, total = len(chips), chips[-1].end
-    best = None
-    hi = best_q[1]
-    # The slowest chip can hardly fall below the present mean.
-    lo = hi / max(best_q[0], 1 + 4 * EXACT_TOLERANCE)
-    while hi / lo > 1 + EXACT_TOLERANCE:
-        mid = math.sqrt(lo * hi)
-        ends = fill(mid, 0.0)
-        if ends is None:
-            lo = mid
-        else:
-            hi = mid
-            state["hints"][:] = ends
-            q = quality(ends)
-            if q < best_q:
-                best, best_q = ends, q
-                state["best"] = best
-    limit = hi
-    lam_lo, lam_hi = 0.0, limit
-    while lam_hi - lam_lo > limit * EXACT_TOLERANCE:
-        lam = (lam_lo + lam_hi) / 2
-        ends = fill(limit, lam)
-        if ends is None:
-            lam_lo = lam                    # the last chip overflows: take more earlier
-            continue
-        q = quality(ends)
-        if q < best_q:
-            best, best_q = ends, q
-            state["best"] = best
-        if cost(n - 1, ends[-2], total) < lam:
-            lam_hi = lam                    # the last chip is left short: take less
-        else:
-            lam_lo = lam
-    return best
-
-
-class _ChipCosts:
-    """Exact chip times of runs of lines, memoised by the shapes of their tiles.
-
-    A chip's cycles depend only on its multipliers and the shapes of its tiles
-    (layer, output channels, rows, input rows), not on where in the layer a
-    tile lies, so runs of the same shapes share one allocation. The costs are
-    those of :func:`allocate_engines` (both use :func:`_smallest_target`). Engines
-    depend on the layer's work and these counts only, so the memo holds for any
-    split modes of the same network.
+    Returns
+    -------
+    None, or :func:`_place`'s ``(shortfall, why)`` for the first chip that does not fit.
     """
-
-    def __init__(self, efficiency):
-        self.efficiency = efficiency
-        # At efficiency 1 cycles are integers, and a chip takes exactly its smallest
-        # target: were every engine faster, the same arrays would meet target - 1.
-        self.exact_targets = all(e == 1.0 for e in efficiency.values())
-        self.memo = {}              # (multipliers, tile shapes) -> cycles (inf: > horizon)
-        self.engines = {}           # tile shape -> its engines (arrays unassigned)
-        self.needs = {}             # tile shape -> PEs it needs at each target 0..horizon
-        self.segments = {}          # a run inside one layer -> its tile shapes
-        self.tables = {}            # (split modes, multipliers) -> (reach, rows, arrays)
-        self.horizon = 0
-
-    def reach(self, cycles):
-        """Cost runs exactly up to ``cycles`` per sample (slower ones count as inf)."""
-        cycles = int(math.ceil(cycles)) + 1
-        if cycles > self.horizon:
-            self.horizon = max(cycles, self.horizon * 5 // 4)
-            self.needs.clear()
-            self.tables.clear()
-            self.memo = {k: v for k, v in self.memo.items() if v != math.inf}
-
-    def table(self, layers, lines, board, reach):
-        """The runs ``[s, e)`` whose work is within ``reach`` MACs, as arrays of
-        starts, ends and cycles; kept and extended between calls.
-
-        Raises
-        ------
-        _OutOfBudget
-            If that is more than :data:`DP_PAIRS` runs.
-        """
-        key = (tuple(lu.mode for lu in layers), board.multipliers)
-        old_reach, rows, flat = self.tables.get(key, (-1.0, None, None))
-        if reach <= old_reach:
-            return flat
-        total = lines.total
-        if rows is None:
-            rows = [[] for _ in range(total)]
-        stops = []
-        for s in range(total):
-            # The last end whose work alone stays within reach.
-            lo, hi = s + len(rows[s]), total
-            target = lines.prefix(s) + reach
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if lines.prefix(mid) <= target:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            stops.append(lo)
-        if sum(stop - s for s, stop in enumerate(stops)) > DP_PAIRS:
-            raise _OutOfBudget
-        for s, stop in enumerate(stops):
-            rows[s] += self.run(layers, lines, s, s + len(rows[s]) + 1, stop, board)
-        starts = np.repeat(np.arange(total), [len(row) for row in rows])
-        ends = np.concatenate([np.arange(s + 1, s + 1 + len(row)) for s, row in enumerate(rows)])
-        flat = (starts, ends, np.array([c for row in rows for c in row], dtype=float))
-        self.tables[key] = (reach, rows, flat)
-        return flat
-
-    def _segment(self, layers, li, a, b):
-        """Tile shapes of local lines ``[a, b)`` of layer ``li``."""
-        lu = layers[li]
-        key = (li, lu.mode, 0 if lu.mode == "inputs" else a % lu.minor, b - a)
-        shapes = self.segments.get(key)
-        if shapes is None:
-            i0, i1 = lu.in_rows(a, b)
-            shapes = self.segments[key] = tuple(
-                (li, c1 - c0, r1 - r0, i1 - i0) for (c0, c1), (r0, r1) in lu.rects(a, b))
-        return shapes
-
-    def run(self, layers, lines, s, e_from, e_stop, board):
-        """Cycles of the runs ``[s, e)`` for e = e_from .. e_stop, in order."""
-        out = []
-        li = lines.layer_of(s)
-        a, held = s - layers[li].offset, ()
-        for e in range(e_from, e_stop + 1):
-            while e > layers[li].offset + layers[li].count:
-                held += self._segment(layers, li, a, layers[li].count)
-                li, a = li + 1, 0
-            out.append(self.cycles(layers, held + self._segment(
-                layers, li, a, e - layers[li].offset), board))
-        return out
-
-    def _tile(self, layers, shape):
-        """The engines of a tile shape, and the PEs they need at every target."""
-        engines = self.engines.get(shape)
-        if engines is None:
-            li, channels, rows, in_rows = shape
-            tile = Tile(layers[li], (0, channels), (0, rows), in_rows=(0, in_rows))
-            tile.make_engines(self.efficiency)
-            engines = self.engines[shape] = list(tile.engines.values())
-        need = self.needs.get(shape)
-        if need is None:
-            need = self.needs[shape] = sum(_pes_needed(e, self.horizon) for e in engines)
-        return engines, need
-
-    def cycles(self, layers, shapes, board):
-        """Cycles of a chip of ``board`` holding tiles of these shapes.
-
-        The same target search as :func:`_smallest_target`, on the PEs each tile
-        needs at every integer target up to the horizon (inf beyond it).
-        """
-        key = (board.multipliers, shapes)
-        cycles = self.memo.get(key)
-        if cycles is None:
-            engines, need = [], 0
-            for shape in shapes:
-                tile_engines, tile_need = self._tile(layers, shape)
-                engines += tile_engines
-                need = need + tile_need
-            fits = need <= board.multipliers
-            target = int(np.argmax(fits))
-            if not fits[target] or len(engines) > board.multipliers:
-                cycles = math.inf
-            elif self.exact_targets:
-                cycles = float(target)      # integer cycles: the target is met exactly
-            else:
-                cycles = max((e.cycles_at(*e.pes_for(target)) for e in engines), default=0.0)
-            self.memo[key] = cycles
-        return cycles
-
-
-def _pes_needed(engine, horizon):
-    """PEs of :meth:`Engine.pes_for` at every integer target 0..horizon (huge: none)."""
-    none = 1 << 40
-    target = np.arange(horizon + 1, dtype=float)
-    target[0] = 0.5                          # no target below 1 fits; avoids 1 / 0
-    if engine.steps:
-        tiles = np.floor_divide(target * engine.efficiency * (1 + 1e-12), engine.steps)
-        rows = np.ceil(engine.units / np.maximum(tiles, 1))
-        pes = np.where((tiles >= 1) & (rows <= engine.max_rows), rows, none)
-    else:
-        need = np.ceil(engine.macs / (target * engine.efficiency))
-        pes = np.full(horizon + 1, float(none))
-        for cols in engine.col_options:
-            rows = np.ceil(need / cols)
-            pes = np.where(rows <= engine.max_rows, np.minimum(pes, rows * cols), pes)
-    pes[0] = none
-    return pes.astype(np.int64)
-
-
-def _dp_cuts(layers, boards, costs, cap):
-    """The best cut of the chain on exact chip times, by dynamic programming.
-
-    Every run of lines ``[s, e)`` that a chip could hold within ``cap`` seconds
-    per sample is costed exactly (integer R×C arrays, :func:`allocate_engines`).
-    For a cap T, the programme finds the cut into ``len(boards)`` non-empty runs,
-    each within T, whose chip times have the largest sum, i.e. the largest mean.
-    The caps are the distinct run times, from the smallest that covers the
-    chain; the smallest whose best cut has max/mean within :data:`BALANCE_TARGET`
-    gives the fastest balanced cut there is (a cut whose slowest chip takes
-    t < T would have met the target at cap t already). The largest sum only
-    grows with T, which lets a bisection skip caps that cannot be balanced.
-
-    Returns ``(balance, slowest time, ends)``: the first balanced cut, else the
-    best balanced of those found; None if no cut fits within ``cap``.
-
-    Raises
-    ------
-    _OutOfBudget
-        If the chain has more than :data:`DP_PAIRS` candidate runs.
-    """
-    lines = _Lines(layers)
-    n, total = len(boards), lines.total
-    eff = max(costs.efficiency.values())
-    kinds = {}
-    for board in boards:
-        kinds.setdefault((board.multipliers, board.clock_hz), board)
-    runs = {}
-    costs.reach(max(cap * board.clock_hz for board in kinds.values()))
-    for kind, board in kinds.items():
-        limit = cap * board.clock_hz
-        starts, ends, cycles = costs.table(layers, lines, board,
-                                           limit * board.multipliers * eff * (1 + 1e-9))
-        keep = cycles <= limit * (1 + 1e-12)
-        runs[kind] = (starts[keep], ends[keep], cycles[keep] / board.clock_hz)
-    kind_of = [(b.multipliers, b.clock_hz) for b in boards]
-
-    def solve(c):
-        masked = {}
-        for kind, (S, E, T) in runs.items():
-            m = T <= c
-            masked[kind] = (S[m], E[m], T[m])
-        best = np.full(total + 1, -np.inf)
-        best[0] = 0.0
-        table = [best]
-        for i in range(n):
-            S, E, T = masked[kind_of[i]]
-            nxt = np.full(total + 1, -np.inf)
-            np.maximum.at(nxt, E, best[S] + T)
-            best = nxt
-            table.append(best)
-        return table, masked
-
-    caps = np.unique(np.concatenate([r[2] for r in runs.values()]))
-    sums = {}
-
-    def total_at(i):
-        """The largest sum of chip times of a cut within cap ``caps[i]``."""
-        if i not in sums:
-            sums[i] = solve(caps[i])[0][-1][total]
-        return sums[i]
-
-    if not len(caps) or not np.isfinite(total_at(len(caps) - 1)):
-        return None
-    lo, hi = 0, len(caps) - 1                # the smallest cap that covers the chain
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if np.isfinite(total_at(mid)):
-            hi = mid
-        else:
-            lo = mid + 1
-
-    def first_balanced(lo, hi, sum_hi):
-        """The smallest i in [lo, hi] whose cut is balanced; sum_hi = total_at(hi).
-
-        The largest sum only grows with the cap, so no cap above
-        BALANCE_TARGET * sum_hi / n in the range can be balanced: bisect, pruning so.
-        """
-        while lo <= hi:
-            top = BALANCE_TARGET * sum_hi / n * (1 + 1e-12)
-            hi = min(hi, int(np.searchsorted(caps, top, side="right")) - 1)
-            if hi < lo:
-                return None
-            if caps[lo] <= BALANCE_TARGET * total_at(lo) / n * (1 + 1e-12):
-                return lo
-            if lo == hi:
-                return None
-            mid = (lo + hi) // 2
-            found = first_balanced(lo + 1, mid, total_at(mid))
-            if found is not None:
-                return found
-            lo = mid + 1
-        return None
-
-    found = first_balanced(lo, len(caps) - 1, total_at(len(caps) - 1))
-    if found is None:                       # the best balanced of the cuts costed
-        found = min((i for i in sums if np.isfinite(sums[i])),
-                    key=lambda i: caps[i] / (sums[i] / n))
-    c = caps[found]
-    table, masked = solve(c)
-    ends, e = [], total
-    for i in range(n, 0, -1):
-        S, E, T = masked[kind_of[i - 1]]
-        pick = np.flatnonzero(E == e)
-        values = table[i - 1][S[pick]] + T[pick]
-        ends.append(e)
-        e = int(S[pick[np.argmax(values)]])
-    return float(c / (table[-1][total] / n)), float(c), ends[::-1]
-
-
-def _toggle(work, mode, ideal_cycles):
-    """The other split mode of a layer, for the exact cut search, or None.
-
-    A linear layer is offered the input split only where its output-channel
-    granularity, K + 1 cycles, is coarse: above a quarter of the ideal balanced
-    chip time (finer than that, the input split only lengthens the search).
-    """
-    if work.kind == "conv":
-        if mode == "rows":
-            return ("channels", "default: weights and updates stay local")
-        return ("rows", BALANCE_REASON) if work.out_rows > 1 else None
-    if mode == "inputs":
-        return ("channels", "linear layer: output features")
-    k_step = work.macs_per_output + 1
-    if work.in_channels * work.in_shape[1] > 1 and k_step > ideal_cycles / 4:
-        return ("inputs", f"{INPUT_SPLIT_REASON}: an output-channel slice takes a "
-                f"multiple of K + 1 = {k_step} cycles; {BALANCE_REASON}")
+    for chip in chips:
+        chip.held = None
+    for c, (chip, board) in enumerate(zip(chips, boards)):
+        last = c == len(chips) - 1
+        misfit = _place(chip, layers, board, last=last and chain_end)
+        if misfit is not None:
+            return misfit
+        if chip.remote is not None and not last:
+            chips[c + 1].held = next(s for s in chip.slices if s.layer.name == chip.remote)
     return None
 
 
-def _dp_modes(works, boards, efficiency, results):
-    """Exact cut search over split modes near the fastest candidate so far.
-
-    Starts from the split modes of the fastest result and tries every
-    single-layer change of mode (:func:`_toggle`), then changes from the best
-    balanced of those, for a few rounds, with each cut found by :func:`_dp_cuts`.
-    The cap on chip time rises in tiers (:data:`DP_CAPS`, times the ideal
-    balanced time) until some cut meets the balance target; within a tier, every
-    variant is searched below the fastest balanced cut found so far (or among
-    ``results``). Returns new
-    results ``(balance, time, layers, chips)``: empty if none is balanced or the
-    chain is too long for the exact search.
-    """
-    n = len(boards)
-    costs = _ChipCosts(efficiency)
-    ideal = sum(w.macs for w in works) / sum(
-        b.multipliers * b.clock_hz * min(efficiency.values()) for b in boards)
-    ideal_cycles = ideal * sum(b.clock_hz for b in boards) / n
-    fastest = min(r[1] for r in results)
-    # Only cuts faster than the fastest balanced candidate are of use.
-    bound = min((r[1] for r in results if r[0] <= BALANCE_TARGET), default=math.inf)
-    caps = [ideal * f for f in DP_CAPS] + [max(ideal * DP_CAPS[-1], fastest) * 1.25]
-    if bound < math.inf:
-        caps.append(bound)
-    caps = sorted({min(cap, bound * (1 - 1e-9)) for cap in caps})
-    costs.reach(max(caps) * max(b.clock_hz for b in boards))
-    base = [(lu.mode, lu.reason) for lu in min(results, key=lambda r: r[1:2] + r[:1])[2]]
-    best, seen = None, set()                # best: (time, balance, layers, ends)
-    for cap in caps:
-        frontier = [base]
-        for _ in range(3):
-            tried = []
-            for modes in frontier:
-                variants = [modes] + [
-                    modes[:k] + [t] + modes[k + 1:]
-                    for k, (w, (mode, _)) in enumerate(zip(works, modes))
-                    for t in [_toggle(w, mode, ideal_cycles)] if t is not None]
-                for variant in variants:
-                    key = (cap, tuple(m for m, _ in variant))
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    layers = _layers(works, variant)
-                    total = layers[-1].offset + layers[-1].count
-                    if total * total / n > DP_PAIRS:
-                        continue
-                    try:
-                        found = _dp_cuts(layers, boards, costs,
-                                         cap if best is None else min(cap, best[0]))
-                    except _OutOfBudget:
-                        continue
-                    if found is None:
-                        continue
-                    tried.append(found + (layers,))
-                    if found[0] <= BALANCE_TARGET and (best is None or found[1] < best[0]):
-                        best = (found[1], found[0], layers, found[2])
-            if best is not None or not tried:
-                break
-            frontier = [[(lu.mode, lu.reason) for lu in min(tried, key=lambda r: r[0])[3]]]
-        if best is not None:
-            chips = _build(best[2], best[3], boards, efficiency)
-            return [_quality(chips, boards) + (best[2], chips)]
-    return []
+#: :func:`choose_slots` keeps a chain's cycles per sample within this fraction of its
+#: cycles per sample with as many slots as help.
+SLOT_TOLERANCE = 0.02
 
 
-def _build_chip(layers, index, s, e, board, efficiency):
-    tiles = []
-    for lu in layers:
-        a, b = max(s - lu.offset, 0), min(e - lu.offset, lu.count)
-        for channels, rows in lu.rects(a, b):
-            tile = Tile(lu, channels, rows, lu.inputs(a, b), lu.in_rows(a, b))
-            tile.make_engines(efficiency)
-            tiles.append(tile)
-    chip = ChipPart(index, s, e, tiles)
-    allocate_engines(chip, board)
-    return chip
+def choose_slots(chips, layers, boards, *, batch_size, batches=4,
+                 tolerance=SLOT_TOLERANCE, timing=TIMING):
+    """Give each chip the fewest feature slots that keep the chain within ``tolerance``
+    of its speed with as many slots as help.
 
+    The reference is the chain with every chip at its :func:`max_slots` (``batch_size``
+    unless its memory holds fewer: more never help, the first forward of a batch
+    waits for the SGD step of the last). Each chip starts with as many slots as
+    samples it must hold to keep pace, its round trip over the reference's cycles
+    per sample (``latency_cycles`` of the reference run, rounded up); while the chain
+    is outside ``tolerance`` of the reference, the chip whose forward path waited
+    longest for a free slot (``slot_wait_per_sample``) gets one more; then every chip
+    gives back slots while the chain stays within. So one slot fewer on any chip
+    would take the chain outside the tolerance. Sets each chip's ``slots``.
 
-def _build(layers, ends, boards, efficiency):
-    chips, s = [], 0
-    for i, e in enumerate(ends):
-        chips.append(_build_chip(layers, i, s, e, boards[i], efficiency))
-        s = e
-    return chips
-
-
-def _refine(layers, chips, boards, efficiency, rounds=None):
-    """Hill-climb on the exact (integer-array) cycles: move lines off the slowest chip.
-
-    The search above uses a continuous cost; integer R×C arrays (C must divide Wo)
-    round some chips up. This moves a cut next to the slowest chip whenever that
-    lowers the larger time of the two chips involved.
-    """
-    n = len(chips)
-    if n < 2:
-        return
-    time = lambda c: c.cycles / boards[c.index].clock_hz
-    for _ in range(rounds or 4 * n):
-        worst = max(range(n), key=lambda i: time(chips[i]))
-        t_worst = time(chips[worst])
-        best = None
-        for nb in (worst - 1, worst + 1):
-            if not 0 <= nb < n:
-                continue
-            lines = chips[worst].end - chips[worst].start
-            for frac in (1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 64, 1 / 256):
-                shift = max(1, int(lines * frac))
-                if shift >= lines:
-                    continue
-                if nb < worst:
-                    cut = chips[worst].start + shift
-                    a = _build_chip(layers, nb, chips[nb].start, cut, boards[nb], efficiency)
-                    b = _build_chip(layers, worst, cut, chips[worst].end, boards[worst],
-                                    efficiency)
-                else:
-                    cut = chips[worst].end - shift
-                    b = _build_chip(layers, worst, chips[worst].start, cut, boards[worst],
-                                    efficiency)
-                    a = _build_chip(layers, nb, cut, chips[nb].end, boards[nb], efficiency)
-                t = max(time(a), time(b))
-                if t < t_worst * (1 - 1e-9) and (best is None or t < best[0]):
-                    best = (t, a, b)
-        if best is None:
-            return
-        _, a, b = best
-        chips[a.index], chips[b.index] = a, b
-
-
-def _search(network, works, modes, boards, eff):
-    """Search the cut points for one choice of split modes: (layers, ends, quality)."""
-    layers = _layers(works, modes)
-    lines = _Lines(layers)
-    n = len(boards)
-    if lines.total < n:
-        raise FpdeepError(f"network {network.name!r} has only {lines.total} output lines "
-                          f"(channel rows) to share, fewer than {n} chips")
-    peff = [b.multipliers * eff for b in boards]
-    clock = [b.clock_hz for b in boards]
-
-    def greedy_fill(tau):
-        ends, s = [], 0
-        for i in range(n):
-            e = lines.max_end(s, tau * clock[i], peff[i]) if s < lines.total else s
-            if e <= s and s < lines.total:
-                return None
-            ends.append(e)
-            s = e
-        return ends if s >= lines.total else None
-
-    def greedy_spread(lam, tau):
-        ends, s = [], 0
-        for i in range(n - 1):
-            if s >= lines.total:
-                ends.append(s)
-                continue
-            e_max = lines.max_end(s, tau * clock[i], peff[i])
-            e_min = lines.min_end(s, lam * clock[i], peff[i])
-            # Never less than a fair share of the remaining work.
-            share = (lines.cum[-1] - lines.prefix(s)) * peff[i] / sum(peff[i:])
-            e_min = max(e_min, lines.min_end_work(s, share))
-            e = e_min if e_min <= e_max else e_max
-            e = max(e, s + 1) if e_max > s else e_max
-            if e <= s:
-                return None
-            ends.append(e)
-            s = e
-        ends.append(lines.total)
-        return ends
-
-    def times(ends):
-        s, out = 0, []
-        for i, e in enumerate(ends):
-            out.append(lines.time(s, e, peff[i], clock[i]))
-            s = e
-        return out
-
-    # Smallest feasible maximum time, by bisection on tau.
-    lo = max(lines.cum[-1] / sum(p * c for p, c in zip(peff, clock)),
-             max(lu.tile_floor(1) for lu in layers) / max(clock))
-    hi = max(lines.cum[-1] / min(peff), max(lu.max_floor for lu in layers)) / min(clock)
-    if greedy_fill(hi) is None:
-        raise FpdeepError(f"network {network.name!r} cannot be spread over {n} chips")
-    while hi / lo > 1 + 1e-5:
-        mid = math.sqrt(lo * hi)
-        if greedy_fill(mid) is None:
-            lo = mid
-        else:
-            hi = mid
-    tau = hi
-    best = greedy_fill(tau)
-
-    def quality(ends):
-        t = times(ends)
-        return (max(t) / (sum(t) / n), max(t))
-
-    best_q = quality(best)
-    # Spread the work: the largest threshold lambda whose remainder still fits.
-    lam_lo, lam_hi = 0.0, tau
-    for _ in range(40):
-        lam = (lam_lo + lam_hi) / 2
-        ends = greedy_spread(lam, tau)
-        if ends is None:
-            lam_lo = lam
-            continue
-        t = times(ends)
-        if t[-1] > tau * (1 + 1e-9):
-            lam_lo = lam            # remainder too big: chips must take more
-        else:
-            q = quality(ends)
-            if q < best_q:
-                best, best_q = ends, q
-            if t[-1] < lam:
-                lam_hi = lam        # remainder too small: chips take less
-            else:
-                lam_lo = lam
-        if lam_hi - lam_lo < tau * 1e-6:
-            break
-    return layers, best, best_q
-
-
-def allocate_engines(chip, board):
-    """Give the engines of ``chip`` integer R×C arrays within the board's multipliers.
-
-    Every engine gets the smallest array that meets a common cycle target, and the
-    target is the smallest one that fits: PEs go to engines in proportion to their
-    MACs, so all engines take (nearly) the same cycles per sample.
+    Returns
+    -------
+    (result, sizing)
+        ``result`` is :func:`simulate`'s with the chosen slots; ``sizing`` has
+        ``tolerance``, ``memory_caps`` (per chip, :func:`max_slots`),
+        ``held_by_memory`` (the chips whose memory holds fewer than ``batch_size``),
+        ``reference_cycles_per_sample`` (every chip at its cap),
+        ``unlimited_cycles_per_sample`` (every chip at ``batch_size``, memory
+        aside) and ``simulations`` (how many runs the choice took).
 
     Raises
     ------
     FpdeepError
-        If the chip has more engines than multipliers.
+        If a chip's memory does not hold one feature slot.
+    ValueError
+        If ``tolerance`` is negative.
     """
-    engines = chip.engines
-    if not engines:
-        return
-    if len(engines) > board.multipliers:
-        raise FpdeepError(f"chip {chip.index} ({board.name}): its {len(engines)} engines need "
-                          f"at least {len(engines)} multipliers, the board has "
-                          f"{board.multipliers}")
-    shapes = _smallest_target(engines, board.multipliers)[1]
-    if shapes is None:
-        raise FpdeepError(f"chip {chip.index} ({board.name}): its engines do not fit in "
-                          f"{board.multipliers} multipliers")
-    for engine, (rows, cols) in zip(engines, shapes):
-        engine.rows, engine.cols = rows, cols
+    if tolerance < 0:
+        raise ValueError(f"tolerance must not be negative, not {tolerance}")
+    n = len(chips)
+    caps = [max_slots(chip, layers, board, batch_size=batch_size)
+            for chip, board in zip(chips, boards)]
+    for chip, board, cap in zip(chips, boards, caps):
+        if cap < 1:
+            raise FpdeepError(_does_not_fit(chip, layers, board))
+    runs = {}
+
+    def run(depths):
+        key = tuple(depths)
+        if key not in runs:
+            runs[key] = simulate(chips, layers, batch_size=batch_size, batches=batches,
+                                 slots=list(key), timing=timing)
+        return runs[key]
+
+    unlimited = run([batch_size] * n)["cycles_per_sample"]
+    at_caps = run(caps)
+    reference = at_caps["cycles_per_sample"]
+    goal = (1 + tolerance) * reference
+    depths = [max(1, min(cap, math.ceil(chip["latency_cycles"] / reference)))
+              for chip, cap in zip(at_caps["chips"], caps)]
+    while run(depths)["cycles_per_sample"] > goal:
+        # Some chip is below its cap (at the caps the chain runs at the reference),
+        # and one of those waits: with no slot waits the schedule is the reference's.
+        waits = run(depths)["chips"]
+        c = max((c for c in range(n) if depths[c] < caps[c]),
+                key=lambda c: (waits[c]["slot_wait_per_sample"], -c))
+        depths[c] += 1
+    given_back = True
+    while given_back:
+        given_back = False
+        for c in sorted(range(n), key=lambda c: (-depths[c], -c)):
+            fewer = depths[:c] + [depths[c] - 1] + depths[c + 1:]
+            if depths[c] > 1 and run(fewer)["cycles_per_sample"] <= goal:
+                depths, given_back = fewer, True
+    for chip, k in zip(chips, depths):
+        chip.slots = k
+    sizing = {"tolerance": tolerance, "memory_caps": caps,
+              "held_by_memory": [c for c in range(n) if caps[c] < batch_size],
+              "reference_cycles_per_sample": reference,
+              "unlimited_cycles_per_sample": unlimited, "simulations": len(runs)}
+    return run(depths), sizing
 
 
-def _smallest_target(engines, budget):
-    """The smallest integer cycle target whose arrays fit ``budget`` PEs, and the arrays.
+def _wire(rows, timing):
+    """Cycles a message of ``rows`` (word counts) takes on the wire, first to last word."""
+    if not rows:
+        return 0
+    words = sum(rows)
+    frames = sum(-(-w // timing.max_payload) for w in rows)
+    return words + frames * timing.frame_overhead + timing.rx_delay + timing.wire_latency
 
-    Each engine takes the smallest array meeting the target (:meth:`Engine.pes_for`).
-    Fitting is monotone in the target, so this is a search: from a lower bound
-    (the ideal ``sum(MACs) / budget``, and no engine faster than its largest
-    array) it jumps up by the PE overshoot (PEs fall about as 1 / target) until
-    the arrays fit, then bisects. Returns ``(target, shapes)``, or
-    ``(None, None)`` if even one PE per engine at the slowest target does not fit.
+
+def _estimate(chip, layers, msgs, *, chain_first, chain_last, batch_size, timing):
+    """Quick ``(forward, backward)`` cycles per sample of one chip, links at wire speed."""
+    r = chip_runs(chip, layers, chain_last=chain_last, timing=timing)
+    ox = timing.engine_overhead
+    # The forward path streams: its parts overlap, and the slowest sets the pace.
+    load = sum(msgs["act_in"]) if chain_first else _wire(msgs["act_in"], timing)
+    fwd = max([load, _wire(msgs["input_out"], timing) + _wire(msgs["act_out"], timing),
+               _wire(msgs["gather_in"], timing)] + [run.busy for run in r.fp])
+    fwd += timing.fp_wait_tail + timing.done_cycles
+    # The engines start with the loss done, or with the first error row from the link
+    # (they take the rows as they come: the wire time bounds them from below).
+    bwd = r.loss + timing.loss_overhead if chain_last else 0
+    t = max(r.bp_span) + ox
+    if not chain_last:
+        t = max(t, _wire([w for w, _, _ in msgs["err_in"]], timing) + timing.receive_tail
+                + r.recv_period + ox - 2)
+    if msgs["err_out"]:
+        t = max(t, _wire([w for w, _, _ in msgs["err_out"]], timing) + ox)
+    wu_idle = max(end + timing.rmw_tail + 1 for end in r.wu_end)
+    bwd += max(t, wu_idle) + 1 + timing.idle_cycles
+    # A held layer's step: its sums to the holder at wire speed, the last copy back.
+    exchange = 0
+    if r.exchange is not None:
+        exchange = (_wire(exchange_runs(r.exchange, timing=timing), timing)
+                    + timing.holder_latency + _wire([1], timing) + timing.exchange_tail)
+    bwd += max(r.sgd + timing.sgd_overhead, exchange) / batch_size
+    return fwd, bwd
+
+
+def _row_options(n):
+    """Rows worth trying for ``n`` channels: the fewest rows for each tile count."""
+    return sorted({-(-n // tiles) for tiles in range(1, n + 1)})
+
+
+def choose_rows(chip, layers, msgs, board, *, chain_first, chain_last, batch_size,
+                timing=TIMING):
+    """Give the chip's engines rows so that they finish a sample in about the same
+    cycles, within the board's multipliers.
+
+    Starting from one row each, repeatedly grow the engine to the row count (among
+    its next :data:`ROW_LOOKAHEAD` larger ones: an engine's cycles are not monotonic
+    in its rows, a ragged last tile drains unused lanes) that lowers the chip's
+    estimated cycles per sample (the slower of its forward and backward paths,
+    :func:`_estimate`) the most per added PE, while the PEs and the multipliers
+    outside the engines fit. Modifies ``chip``; returns its estimate
+    ``(forward, backward)``, or None if even one-row engines do not fit.
     """
-    def plan_for(target):
-        shapes, used = [], 0
-        for engine in engines:
-            shape = engine.pes_for(target)
-            if shape is None:
-                return None, None
-            used += shape[0] * shape[1]
-            shapes.append(shape)
-        return shapes, used
+    budget = board.multipliers
 
-    lo = max(1, math.floor(sum(e.macs / (budget * e.efficiency) for e in engines)),
-             max(math.floor(e.cycles_at(e.max_rows, max(e.col_options))) - 1 for e in engines))
-    top = math.ceil(max(e.cycles_at(1, 1) for e in engines))
-    target = lo
+    def cost(fb):
+        return max(fb) + 1e-3 * sum(fb)
+
+    def estimate():
+        return _estimate(chip, layers, msgs, chain_first=chain_first, chain_last=chain_last,
+                         batch_size=batch_size, timing=timing)
+
+    engines = []
+    for s in chip.slices:
+        s.fp = s.wu = 1
+        s.bp = 1 if s.has_bp else 0
+        engines += [(s, "fp", _row_options(s.channels)), (s, "wu", _row_options(s.channels))]
+        if s.has_bp:
+            engines.append((s, "bp", _row_options(s.layer.geometry.cin)))
+    if chip.multipliers(last=chain_last, timing=timing) > budget:
+        return None
+    current = estimate()
     while True:
-        shapes, used = plan_for(target)
-        if shapes is not None and used <= budget:
+        best = None
+        for s, kind, options in engines:
+            rows = getattr(s, kind)
+            before = chip.pes()
+            for larger in [o for o in options if o > rows][:ROW_LOOKAHEAD]:
+                setattr(s, kind, larger)
+                if chip.multipliers(last=chain_last, timing=timing) > budget:
+                    break
+                trial = estimate()
+                gain = (cost(current) - cost(trial)) / (chip.pes() - before)
+                if gain > 0 and (best is None or gain > best[0]):
+                    best = (gain, s, kind, larger, trial)
+            setattr(s, kind, rows)
+        if best is None:
+            return current
+        _, s, kind, rows, current = best
+        setattr(s, kind, rows)
+
+
+def _groupings(layers, chips):
+    """Ways to cover ``layers`` with ``chips`` chips: lists of ``("layers", l0, l1)``
+    (whole layers on one chip) and ``("split", l, k)`` (layer ``l`` over ``k`` chips)."""
+    count = len(layers)
+
+    def walk(l, left):
+        if l == count:
+            if left == 0:
+                yield []
+            return
+        if left <= 0:
+            return
+        for l1 in range(l + 1, count + 1):
+            for rest in walk(l1, left - 1):
+                yield [("layers", l, l1)] + rest
+        for k in range(2, min(left, layers[l].geometry.cout) + 1):
+            for rest in walk(l + 1, left - k):
+                yield [("split", l, k)] + rest
+
+    return walk(0, chips)
+
+
+def _count_groupings(layers, chips):
+    """How many groupings :func:`_groupings` yields, without listing them."""
+    count = len(layers)
+
+    @functools.lru_cache(maxsize=None)
+    def ways(l, left):
+        if l == count:
+            return 1 if left == 0 else 0
+        if left <= 0:
+            return 0
+        total = sum(ways(l1, left - 1) for l1 in range(l + 1, count + 1))
+        total += sum(ways(l + 1, left - k)
+                     for k in range(2, min(left, layers[l].geometry.cout) + 1))
+        return total
+
+    return ways(0, chips)
+
+
+def _best_grouping(planner, layers, chips):
+    """The grouping with the least estimated slowest chip (a dynamic programme), for
+    chains with too many groupings to list; None if none fits."""
+    count = len(layers)
+
+    @functools.lru_cache(maxsize=None)
+    def best(l, left):
+        if l == count:
+            return (0, ()) if left == 0 else None
+        if left <= 0:
+            return None
+        index = chips - left
+        options = [(("layers", l, l1), l1, 1) for l1 in range(l + 1, count + 1)]
+        options += [(("split", l, k), l + 1, k)
+                    for k in range(2, min(left, layers[l].geometry.cout) + 1)]
+        found = None
+        for group, after, used in options:
+            rest = best(after, left - used)
+            if rest is None:
+                continue
+            made = planner.group(group, index)
+            if made is None:
+                continue
+            worst = max(made[1], rest[0])
+            if found is None or worst < found[0]:
+                found = (worst, (group,) + rest[1])
+        return found
+
+    found = best(0, chips)
+    return None if found is None else list(found[1])
+
+
+def _ranges(cout, parts):
+    """Candidate channel ranges of a layer split ``parts`` ways: lists of (lo, hi)."""
+    def as_ranges(sizes):
+        edges = [0] + list(itertools.accumulate(sizes))
+        return list(zip(edges, edges[1:]))
+
+    if math.comb(cout - 1, parts - 1) <= RANGE_LIMIT:
+        for cuts in itertools.combinations(range(1, cout), parts - 1):
+            edges = (0,) + cuts + (cout,)
+            yield list(zip(edges, edges[1:]))
+        return
+    even = [cout // parts + (1 if k < cout % parts else 0) for k in range(parts)]
+    yield as_ranges(even)
+    for k in range(parts - 1):
+        for delta in (-1, 1):
+            sizes = list(even)
+            sizes[k] += delta
+            sizes[k + 1] -= delta
+            if min(sizes) >= 1:
+                yield as_ranges(sizes)
+
+
+class _Planner:
+    """Costs groups of chips with :func:`choose_rows` and :func:`_estimate`, memoized."""
+
+    def __init__(self, layers, boards, batch_size, timing):
+        self.layers, self.boards = layers, boards
+        self.batch_size, self.timing = batch_size, timing
+        self.n = len(boards)
+        self.memo = {}
+        self.chips = {}
+        #: ``(shortfall, why)`` of the nearest miss of a chip (or run of chips) to
+        #: fitting its memory, and whether a chip's engines missed its multipliers,
+        #: for the error if no chain fits.
+        self.misfit = None
+        self.short_of_multipliers = False
+
+    def fits(self, misfit):
+        """Whether ``misfit`` (:func:`_place`'s or :func:`place_masters`'s) is None;
+        else keep it if it is the nearest miss so far."""
+        if misfit is not None and (self.misfit is None or misfit < self.misfit):
+            self.misfit = misfit
+        return misfit is None
+
+    def chip(self, slices, index, part=0, parts=1):
+        """A chip with its rows chosen and its estimate, or None if it does not fit."""
+        first, last = index == 0, index == self.n - 1
+        board = self.boards[index]
+        key = (tuple((s.layer.index, s.lo, s.hi) for s in slices), part, parts, first,
+               last, board)
+        if key in self.chips:
+            made = self.chips[key]
+            if made is None:
+                return None
+            chip = replace(made[0], index=index,
+                           slices=[replace(s) for s in made[0].slices])
+            return chip, made[1]
+        chip = ChipSpec(index, slices, part, parts, slots=1)
+        self.chips[key] = None
+        # Memory grows with the rows (padded tiles) only a little: one-row engines
+        # that do not fit with one feature slot, even with a layer's masters moved to
+        # the next chip, rule the chip out before its rows are chosen. What the chip in
+        # front moves here is placed per chain (place_masters); choose_slots sizes the
+        # slots of the chains simulated.
+        for s in slices:
+            s.fp = s.wu = 1
+            s.bp = 1 if s.has_bp else 0
+        if not self.fits(_place(chip, self.layers, board, last=last)):
+            return None
+        msgs = messages(chip, self.layers, chain_first=first, chain_last=last,
+                         timing=self.timing)
+        fb = choose_rows(chip, self.layers, msgs, board, chain_first=first, chain_last=last,
+                         batch_size=self.batch_size, timing=self.timing)
+        chip.estimate = fb
+        self.short_of_multipliers |= fb is None
+        if fb is None or not self.fits(_place(chip, self.layers, board, last=last)):
+            return None
+        self.chips[key] = (chip, max(fb))
+        return self.chip(slices, index, part, parts)
+
+    def sized(self, chips, *, batches=SEARCH_BATCHES):
+        """:func:`choose_slots` for a chain of this planner's chips: ``(result, sizing)``."""
+        return choose_slots(chips, self.layers, self.boards, batch_size=self.batch_size,
+                            batches=batches, timing=self.timing)
+
+    def group(self, group, index):
+        """``(chips, estimate)`` of one group starting at chip ``index``, or None."""
+        key = (group, index)
+        if key not in self.memo:
+            self.memo[key] = self._group(group, index)
+        return self.memo[key]
+
+    def _group(self, group, index):
+        layers = self.layers
+        if group[0] == "layers":
+            _, l0, l1 = group
+            made = self.chip([SliceSpec(layers[l], 0, layers[l].geometry.cout)
+                              for l in range(l0, l1)], index)
+            return None if made is None else ([made[0]], made[1])
+        _, l, parts = group
+        best = None
+        for ranges in _ranges(layers[l].geometry.cout, parts):
+            chips, worst = [], 0
+            for part, (lo, hi) in enumerate(ranges):
+                made = self.chip([SliceSpec(layers[l], lo, hi)], index + part, part, parts)
+                if made is None:
+                    break
+                chips.append(made[0])
+                worst = max(worst, made[1])
+            else:
+                # The slices must hold what they move on to each other.
+                if (best is None or worst < best[1]) and self.fits(place_masters(
+                        chips, layers, self.boards[index:index + parts],
+                        chain_end=index + parts == self.n)):
+                    best = (chips, worst)
+        return best
+
+
+def _copy(chips):
+    return [replace(chip, slices=[replace(s) for s in chip.slices]) for chip in chips]
+
+
+def _refine(planner, chips):
+    """Move the channel boundaries inside split layers one channel at a time while
+    that lowers the simulated cycles per sample, with the chips' slots (sized by
+    :func:`choose_slots`, within what the moved chips' memories hold); returns
+    ``(chips, result)``."""
+    chips = _copy(chips)
+    result = simulate(chips, planner.layers, batch_size=planner.batch_size,
+                      batches=SEARCH_BATCHES, timing=planner.timing)
+    for _ in range(REFINE_ROUNDS):
+        best = None
+        for i in range(len(chips) - 1):
+            a, b = chips[i], chips[i + 1]
+            if not (a.split and b.split and b.part == a.part + 1):
+                continue
+            layer = a.first_layer
+            for delta in (-1, 1):
+                edge = a.slices[0].hi + delta
+                if not a.slices[0].lo < edge < b.slices[0].hi:
+                    continue
+                made_a = planner.chip([SliceSpec(layer, a.slices[0].lo, edge)], a.index,
+                                      a.part, a.parts)
+                made_b = planner.chip([SliceSpec(layer, edge, b.slices[0].hi)], b.index,
+                                      b.part, b.parts)
+                if made_a is None or made_b is None:
+                    continue
+                trial = _copy(chips[:i] + [made_a[0], made_b[0]] + chips[i + 2:])
+                if place_masters(trial, planner.layers, planner.boards) is not None:
+                    continue
+                for chip, t, board in zip(chips, trial, planner.boards):
+                    t.slots = min(chip.slots, max_slots(t, planner.layers, board))
+                trial_result = simulate(trial, planner.layers,
+                                        batch_size=planner.batch_size,
+                                        batches=SEARCH_BATCHES, timing=planner.timing)
+                if trial_result["cycles_per_sample"] < (
+                        best[1] if best else result)["cycles_per_sample"]:
+                    best = (trial, trial_result)
+        if best is None:
             break
-        if target >= top:
-            return None, None
-        lo = target + 1
-        grow = used / budget if shapes is not None else 1.125
-        target = min(top, max(lo, math.ceil(target * grow)))
-    hi = target
-    while lo < hi:
-        mid = (lo + hi) // 2
-        candidate, used = plan_for(mid)
-        if candidate is None or used > budget:
-            lo = mid + 1
+        chips, result = best
+    return chips, result
+
+
+def plan_chips(network, boards, *, batch_size, timing=TIMING):
+    """Plan ``network`` for the gateware on ``boards`` (one per chip, in chain order).
+
+    Costs every grouping of the layers into chips (whole layers, or one layer split
+    by output channels; split channel ranges chosen by the estimate), each chip with
+    its engines' rows chosen by :func:`choose_rows`, by the estimate of its slower
+    path; runs the :data:`SIMULATED_CANDIDATES` best through :func:`simulate`, each
+    with its feature slots sized by :func:`choose_slots`, keeps the fastest, moves
+    its split boundaries while the simulation improves (:func:`_refine`), and sizes
+    its slots again over :data:`SIMULATED_BATCHES`.
+
+    Returns
+    -------
+    (layers, chips, result, candidates, sizing)
+        ``chips`` carry their ``slots``; ``result`` is :func:`simulate`'s for the
+        chosen chain and ``sizing`` :func:`choose_slots`'s; ``candidates`` lists the
+        chains simulated, the chosen first: ``{"chips": [description...],
+        "estimate", "reference_cycles_per_sample"`` (every chip with as many slots
+        as help, :func:`max_slots`), ``"slots"`` (per chip, as sized) and
+        ``"cycles_per_sample"`` (with them)``}``; a chain whose reference is no
+        faster than a sized one is not sized (``slots`` and ``cycles_per_sample``
+        None).
+
+    Raises
+    ------
+    FpdeepError
+        If the network has a layer the gateware cannot build, more chips are asked
+        for than it has output channels, or no chain fits the boards.
+    """
+    layers = gateware_layers(network)
+    n = len(boards)
+    most = max_chips(layers)
+    if n > most:
+        raise FpdeepError(f"network {network.name!r} can use at most {most} chips on the "
+                          f"gateware target (a split layer gives each chip at least one "
+                          f"output channel), not {n}")
+    # Every layer's memory (one-row engines, whole, one feature slot) must fit
+    # somewhere in the chain: splitting a layer only copies its input map, and
+    # grouping shares nothing.
+    need = sum(memory_bits(ChipSpec(0, [SliceSpec(layer, 0, layer.geometry.cout,
+                                                  bp=1 if layer.index else 0)], slots=1),
+                           layers)["total"] for layer in layers)
+    have = sum(board.bram_bits for board in boards)
+    if need > have:
+        raise FpdeepError(f"network {network.name!r} does not fit the gateware on {n} x "
+                          f"{boards[0].name}: its feature maps (one slot), errors and "
+                          f"weights need at least {need / 1e6:.1f} Mb, the chips have "
+                          f"{have / 1e6:.1f} Mb")
+    planner = _Planner(layers, boards, batch_size, timing)
+    if _count_groupings(layers, n) <= GROUPING_LIMIT:
+        groupings = _groupings(layers, n)
+    else:
+        groupings = [g for g in [_best_grouping(planner, layers, n)] if g is not None]
+    scored = []
+    for grouping in groupings:
+        chips, worst, index = [], 0, 0
+        for group in grouping:
+            made = planner.group(tuple(group), index)
+            if made is None:
+                break
+            chips += made[0]
+            worst = max(worst, made[1])
+            index += len(made[0])
         else:
-            hi, shapes = mid, candidate
-    return hi, shapes
+            chips = _copy(chips)
+            if planner.fits(place_masters(chips, layers, boards)):
+                scored.append((worst, len(scored), chips))
+    if not scored:
+        why = []
+        if planner.short_of_multipliers:
+            why.append("has engines within the multipliers of every chip")
+        if planner.misfit is not None:
+            why.append(f"fits their memories (nearest: {planner.misfit[1]})")
+        names = [board.name for board in boards]
+        chain = f"{n} x {names[0]}" if len(set(names)) == 1 else " | ".join(names)
+        raise FpdeepError(f"network {network.name!r} does not fit the gateware on {chain}: "
+                          f"no chain {', or '.join(why)}")
+    scored.sort(key=lambda e: (e[0], e[1]))
+    # Each candidate's cycles per sample with as many slots as help (its memories'
+    # caps) bounds it with its slots sized: only those that could still win are sized.
+    simulated = []
+    for worst, _, chips in scored[:SIMULATED_CANDIDATES]:
+        for chip, board in zip(chips, boards):
+            chip.slots = max_slots(chip, layers, board, batch_size=batch_size)
+        reference = simulate(chips, layers, batch_size=batch_size, batches=SEARCH_BATCHES,
+                             timing=timing)["cycles_per_sample"]
+        simulated.append({"chips": chips, "estimate": worst, "reference": reference})
+    simulated.sort(key=lambda e: e["reference"])
+    fastest = None
+    for entry in simulated:
+        if fastest is None or entry["reference"] < fastest["cycles_per_sample"]:
+            result, _ = planner.sized(entry["chips"])
+            entry["cycles_per_sample"] = result["cycles_per_sample"]
+            if fastest is None or entry["cycles_per_sample"] < fastest["cycles_per_sample"]:
+                fastest = entry
+    chips, _ = _refine(planner, fastest["chips"])
+    result, sizing = planner.sized(chips, batches=SIMULATED_BATCHES)
+    fastest.update(chips=chips, cycles_per_sample=result["cycles_per_sample"])
+    simulated.remove(fastest)
+    simulated.sort(key=lambda e: e.get("cycles_per_sample", e["reference"]))
+    candidates = [{"chips": [chip.describe() for chip in e["chips"]],
+                   "slots": [chip.slots for chip in e["chips"]] if "cycles_per_sample" in e
+                   else None,
+                   "estimate": e["estimate"], "reference_cycles_per_sample": e["reference"],
+                   "cycles_per_sample": e.get("cycles_per_sample")}
+                  for e in [fastest] + simulated]
+    return layers, chips, result, candidates, sizing
+
+
+def limit(result, chips, *, sizing=None):
+    """What holds the chain back: ``(reason, bounds)``.
+
+    ``bounds`` are cycles per sample: ``round_trip`` (the largest over the chips of a
+    chip's first sample, first word to backward done, over its ``slots``: its
+    forward can only run ``slots`` samples ahead), and ``busiest_chip`` (the largest
+    estimated forward or backward path of a chip, :func:`_estimate`).
+
+    With ``sizing`` (:func:`choose_slots`'s), the reason is the feature slots when
+    the chain is slower than with unlimited slots by more than the tolerance (a
+    chip's memory holds fewer slots than would help); without, the round trip when
+    it is the larger bound and the chain runs within 10 % of it. Else the busiest
+    chip, if the chain runs within 10 % of it, else ``"links and waits"``.
+    """
+    trips = [chip["latency_cycles"] / chip["feature_slots"] for chip in result["chips"]]
+    slow, round_trip = max(enumerate(trips), key=lambda e: e[1])
+    index, busiest = max(enumerate(max(chip.estimate) for chip in chips), key=lambda e: e[1])
+    cps = result["cycles_per_sample"]
+    bounds = {"round_trip": round_trip, "busiest_chip": busiest}
+    unlimited = sizing["unlimited_cycles_per_sample"] if sizing else None
+    if sizing and cps > (1 + sizing["tolerance"]) * unlimited:
+        # Only a chip whose memory holds fewer slots than the batch keeps the chain
+        # from its speed with unlimited slots.
+        slow = max(sizing["held_by_memory"],
+                   key=lambda c: (result["chips"][c]["slot_wait_per_sample"], -c))
+        reason = (f"round trip: chip {slow} waits for a free feature slot "
+                  f"({chips[slow].slots} slots, its memory holds at most "
+                  f"{sizing['memory_caps'][slow]}); unlimited slots would give "
+                  f"{unlimited:.1f} cycles per sample")
+    elif sizing is None and round_trip >= busiest and cps <= 1.1 * round_trip:
+        reason = (f"round trip: chip {slow} waits for a free feature slot "
+                  f"({chips[slow].slots} slots, {result['chips'][slow]['latency_cycles']} "
+                  f"cycles from its first word to backward done)")
+    elif cps <= 1.1 * busiest:
+        side = "forward" if chips[index].estimate[0] >= chips[index].estimate[1] else \
+            "backward"
+        reason = f"chip {index} ({chips[index].describe()}), its {side} path"
+    else:
+        reason = "links and waits between chips"
+    return reason, bounds

@@ -62,7 +62,7 @@ output error and the partial sums.
 The gateware target
 -------------------
 ``plan_network(..., target="gateware")`` plans what the gateware builds
-(:mod:`.gateware`): a chip holds whole layers (``"split": "layers"``) or one slice
+(:mod:`.model`, :mod:`.partition`): a chip holds whole layers (``"split": "layers"``) or one slice
 of one layer split by output channels (``"split": "channels"``, contiguous ranges
 on consecutive chips). Each slice's ``engines`` give the rows and columns as
 built: FP ``rows x Wo``, BP ``rows x W`` (rows = input channels at once; none in
@@ -70,13 +70,13 @@ the network's first layer), WU ``rows x kw``; ``cycles_per_sample`` is the
 engine's busy cycles per sample. Each chip's ``buffers.feature_slots`` is the
 depth of its feature memories, the fewest slots that keep the chain within
 ``slot_tolerance`` of its speed with unlimited slots, within the chip's memory
-(:func:`.gateware.choose_slots`). A chip that does not fit its memory even with
+(:func:`.partition.choose_slots`). A chip that does not fit its memory even with
 one slot keeps one of its layers' masters and velocities on the next chip
-(:func:`.gateware.place_masters`): ``weights.stored_at`` on the owner and
+(:func:`.partition.place_masters`): ``weights.stored_at`` on the owner and
 ``stored_for`` on the holder, each ``[{"chip", "layer", "count"}]``, and ``local``
 lists the layers whose masters stay. The elaborator reads
 :meth:`Plan.gateware_slices`, ``feature_slots`` and ``stored_at``. Predictions come
-from :func:`.gateware.simulate`::
+from :func:`.model.simulate`::
 
     "target": "gateware",
     "chips": [{...,
@@ -118,7 +118,7 @@ from dataclasses import dataclass
 
 from .errors import FpdeepError
 from .network import Network, atomic_write_text
-from .partition import partition, ACT_BITS
+from .paper_partition import partition, ACT_BITS
 from . import perf
 from ..platforms.resources import Cluster
 
@@ -531,7 +531,7 @@ def plan_network(network, cluster, batch_size=64, *, efficiency=None, target="pa
 
     ``target`` is ``"paper"`` (paper-scale engines, :mod:`.partition`) or
     ``"gateware"`` (what :mod:`fpdeep.rtl` builds, its timing predicted by
-    :mod:`.gateware`; ``efficiency`` does not apply).
+    :mod:`.partition`; ``efficiency`` does not apply).
 
     Raises
     ------
@@ -647,7 +647,7 @@ def _check_gateware_chips(chips, network):
     one layer's output channels in contiguous ranges on consecutive chips, one slice
     per such chip; FP and WU rows positive, BP rows positive except in the first
     layer (0)."""
-    from .gateware import gateware_layers
+    from .layers import gateware_layers
     layers = gateware_layers(network)
     index, channel = 0, 0
     for c, slices in enumerate(chips):
@@ -684,16 +684,17 @@ def _check_gateware_chips(chips, network):
 
 
 def _gateware_plan(network, cluster, batch_size):
-    """:func:`plan_network` for ``target="gateware"``: see :mod:`.gateware`."""
-    from . import gateware as gw
+    """:func:`plan_network` for ``target="gateware"``: see :mod:`.partition`."""
+    from . import model
+    from .partition import limit, plan_chips
     from .workload import workload
     n = len(cluster)
     boards = [cluster.board(i) for i in range(n)]
-    timing = gw.TIMING
-    layers, chips, result, candidates, sizing = gw.plan_chips(
+    timing = model.TIMING
+    layers, chips, result, candidates, sizing = plan_chips(
         network, boards, batch_size=batch_size, timing=timing)
     works = {w.name: w for w in workload(network)}
-    reason, bounds = gw.limit(result, chips, sizing=sizing)
+    reason, bounds = limit(result, chips, sizing=sizing)
     cps = result["cycles_per_sample"]
     clock = boards[0].clock_hz
     chip_dicts = []
@@ -701,7 +702,7 @@ def _gateware_plan(network, cluster, batch_size):
     for c, chip in enumerate(chips):
         r = result["chips"][c]
         board = boards[c]
-        memory = gw.memory_bits(chip, layers)
+        memory = model.memory_bits(chip, layers)
         slices, macs = [], 0
         for s in chip.slices:
             g, layer = s.geometry, s.layer
@@ -753,7 +754,7 @@ def _gateware_plan(network, cluster, batch_size):
                                        "count": s.geometry.weights}
                                       for s in chip.slices if s.layer.name == chip.remote]},
             "buffers": {"feature_slots": chip.slots,
-                        "feature_slot_bits": gw.feature_bits(chip, layers),
+                        "feature_slot_bits": model.feature_bits(chip, layers),
                         "feature_cache_bits": memory["features"], "line_buffer_bits": 0,
                         "batch_buffer_bits": 0},
             "predicted": {
@@ -810,7 +811,7 @@ def _gateware_plan(network, cluster, batch_size):
             "limit": reason,
             "bounds": bounds,
             "with_more_slots": {
-                "each_plus_1": gw.simulate(chips, layers, batch_size=batch_size,
+                "each_plus_1": model.simulate(chips, layers, batch_size=batch_size,
                                            slots=[chip.slots + 1 for chip in chips],
                                            timing=timing)["cycles_per_sample"],
                 "unlimited": sizing["unlimited_cycles_per_sample"]},

@@ -12,7 +12,7 @@ chip cycles per sample of every built-in network at N = 1..64.
 import time
 
 from .errors import FpdeepError
-from .partition import partition, BALANCE_TARGET
+from .paper_partition import partition, BALANCE_TARGET
 from .plan import plan_network
 from .workload import workload
 from . import zoo

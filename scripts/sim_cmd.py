@@ -145,7 +145,7 @@ def run(args):
     print()
     print(format_utilization(result))
     print(f"\nmeasured against the plan's model ({args.batches} batches from a cold start; "
-          f"plan/gateware.py):")
+          f"plan/model/):")
     print(format_model_rows(model_rows(result, plan, args.batches)))
     if args.vcd:
         print(f"\nwaveforms: {args.vcd} (open with: gtkwave {args.vcd[:-4] if args.vcd.endswith('.vcd') else args.vcd}.gtkw)")

@@ -2,7 +2,7 @@
 
 :func:`model_rows` pairs the figures of a :class:`~fpdeep.sim.harness.RunResult`
 with the ``predicted.gateware`` and ``summary.gateware`` entries of a gateware
-:class:`~fpdeep.plan.plan.Plan` (:mod:`fpdeep.plan.gateware`), quantity by quantity:
+:class:`~fpdeep.plan.plan.Plan` (:mod:`fpdeep.plan.model`), quantity by quantity:
 the cycles per sample from a cold start (the same number of mini-batches as the
 run), each engine's busy cycles per sample (its chip's busy share), the payload
 words per sample on each link in each direction (and per batch on the WGT channel

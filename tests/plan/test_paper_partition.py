@@ -4,9 +4,9 @@ import random
 import pytest
 
 from fpdeep.plan import zoo
-from fpdeep.plan import partition as part
+from fpdeep.plan import paper_partition as part
 from fpdeep.plan.errors import FpdeepError
-from fpdeep.plan.partition import partition
+from fpdeep.plan.paper_partition import partition
 from fpdeep.plan.workload import workload
 from fpdeep.platforms.resources import get_board
 

@@ -15,8 +15,9 @@ import pytest
 from amaranth.sim import Simulator
 
 from fpdeep.plan import zoo
-from fpdeep.plan import gateware as gw
+from fpdeep.plan import model as gw, partition
 from fpdeep.plan.errors import FpdeepError
+from fpdeep.plan.layers import ConvGeometry, gateware_layers
 from fpdeep.plan.network import Conv2d, Linear, Network, ReLU, SoftmaxCrossEntropy
 from fpdeep.plan.plan import Plan, plan_network
 from fpdeep.platforms.resources import Cluster, get_board
@@ -40,7 +41,7 @@ def test_digits_plans_are_buildable(chips, tmp_path):
     plan.check_network(net)
     slices = plan.gateware_slices()
     assert len(slices) == chips
-    layers = {layer.name: layer for layer in gw.gateware_layers(net)}
+    layers = {layer.name: layer for layer in gateware_layers(net)}
     board = get_board(BOARD)
     covered = {name: [] for name in layers}
     for c, chip in enumerate(slices):
@@ -99,8 +100,8 @@ def test_chosen_chain_beats_the_alternatives():
     net = zoo.get("digits")
     plan = digits_plan(4)
     chosen = plan.summary["gateware"]["cycles_per_sample"]
-    conv, fc = gw.gateware_layers(net)
-    planner = gw._Planner([conv, fc], [get_board(BOARD)] * 4, 8, gw.TIMING)
+    conv, fc = gateware_layers(net)
+    planner = partition._Planner([conv, fc], [get_board(BOARD)] * 4, 8, gw.TIMING)
     for alternative in ([(conv, 0, 2), (conv, 2, 4), (fc, 0, 5), (fc, 5, 10)],
                         [(conv, 0, 4), (fc, 0, 4), (fc, 4, 7), (fc, 7, 10)]):
         chips = []
@@ -158,7 +159,7 @@ def test_round_trip_limits_long_chains():
 
 
 def two_chips():
-    layers = gw.gateware_layers(zoo.get("digits"))
+    layers = gateware_layers(zoo.get("digits"))
     conv, fc = layers
     return layers, [gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4)]),
                     gw.ChipSpec(1, [gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)])]
@@ -208,12 +209,12 @@ def test_slots_are_sized_per_chip(chips):
     chip gains no more than the tolerance. The round trip shortens down the chain, and
     so do the slots."""
     boards = [get_board(BOARD)] * chips
-    layers, planned, result, _, sizing = gw.plan_chips(zoo.get("digits"), boards,
+    layers, planned, result, _, sizing = partition.plan_chips(zoo.get("digits"), boards,
                                                         batch_size=8)
     slots = [chip.slots for chip in planned]
     assert result["slots"] == slots and sizing["held_by_memory"] == []
     assert slots[0] > slots[-1] and slots == sorted(slots, reverse=True)
-    tolerance = gw.SLOT_TOLERANCE
+    tolerance = partition.SLOT_TOLERANCE
 
     def cycles(depths):
         return gw.simulate(planned, layers, batch_size=8, slots=depths)["cycles_per_sample"]
@@ -247,17 +248,17 @@ def test_slots_capped_by_memory():
     small = replace(board, name="small", bram_bits=rest + 2 * per_slot + per_slot // 2)
     assert gw.max_slots(chips[0], layers, small) == 2
     assert gw.max_slots(chips[0], layers, board, batch_size=8) == 8
-    result, sizing = gw.choose_slots(chips, layers, [small, board], batch_size=8)
+    result, sizing = partition.choose_slots(chips, layers, [small, board], batch_size=8)
     assert sizing["memory_caps"] == [2, 8] and sizing["held_by_memory"] == [0]
     assert chips[0].slots == 2 and result["slots"][0] == 2
-    assert result["cycles_per_sample"] > (1 + gw.SLOT_TOLERANCE) * \
+    assert result["cycles_per_sample"] > (1 + partition.SLOT_TOLERANCE) * \
         sizing["unlimited_cycles_per_sample"]
     chips[0].estimate = chips[1].estimate = (0, 0)      # limit() compares them; unplanned
-    reason, _ = gw.limit(result, chips, sizing=sizing)
+    reason, _ = partition.limit(result, chips, sizing=sizing)
     assert reason.startswith("round trip: chip 0") and "holds at most 2" in reason
     tiny = replace(board, name="tiny", bram_bits=rest + per_slot - 1)
     with pytest.raises(FpdeepError, match="does not fit tiny") as excinfo:
-        gw.choose_slots(chips, layers, [tiny, board], batch_size=8)
+        partition.choose_slots(chips, layers, [tiny, board], batch_size=8)
     one_line(excinfo)
 
 
@@ -286,7 +287,7 @@ def one_layer_bits(layer, layers):
 def held_masters_boards():
     """Three boards on which digits' conv1 (chip 0) and a slice of fc1 (chip 1) do not
     fit with their masters and velocities, and the chip after each has the room."""
-    layers = gw.gateware_layers(zoo.get("digits"))
+    layers = gateware_layers(zoo.get("digits"))
     conv, fc = layers
     board = get_board(BOARD)
     sizes = [one_layer_bits(conv, layers) - gw.master_bits(conv.geometry) // 2,
@@ -309,7 +310,7 @@ def test_masters_move_to_the_next_chip(capsys):
     from fpdeep.sim.harness import CoreRun, compare_weights, digits_samples
     net = zoo.get("digits")
     layers, boards = held_masters_boards()
-    _, chips, _, _, _ = gw.plan_chips(net, boards, batch_size=4)
+    _, chips, _, _, _ = partition.plan_chips(net, boards, batch_size=4)
     assert [chip.remote for chip in chips] == ["conv1", "fc1", None]
     assert [chip.held for chip in chips] == [None, chips[0].slices[0], chips[1].slices[0]]
     for chip, board in zip(chips, boards):
@@ -382,18 +383,18 @@ def test_a_chip_too_small_even_with_its_masters_moved():
     chips = [gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4)], slots=1),
              gw.ChipSpec(1, [gw.SliceSpec(fc, 0, 10, bp=1)], slots=1)]
     full = replace(boards[1], bram_bits=one_layer_bits(fc, layers))
-    shortfall, why = gw.place_masters(chips, layers, [boards[0], full])
+    shortfall, why = partition.place_masters(chips, layers, [boards[0], full])
     assert shortfall == gw.master_bits(conv.geometry)
     assert why.startswith("chip 1 (fc1) does not fit small1: ") and \
         "conv1 masters and velocities it holds for chip 0" in why
-    assert gw.place_masters(chips, layers, [boards[0], replace(full, bram_bits=10**6)]) is None
+    assert partition.place_masters(chips, layers, [boards[0], replace(full, bram_bits=10**6)]) is None
     assert (chips[0].remote, chips[1].held) == ("conv1", chips[0].slices[0])
 
 
 def test_the_lightest_layer_that_makes_room_moves():
     """Of a chip's layers, the one with the fewest weights whose masters and velocities
     make room goes to the next chip, so the link carries as little as it can."""
-    layers = gw.gateware_layers(zoo.get("digits"))
+    layers = gateware_layers(zoo.get("digits"))
     conv, fc = layers
     both = [gw.SliceSpec(conv, 0, 4), gw.SliceSpec(fc, 0, 10, bp=1)]
     need = gw.memory_bits(gw.ChipSpec(0, both, slots=1), layers)["total"]
@@ -402,7 +403,7 @@ def test_the_lightest_layer_that_makes_room_moves():
                          (gw.master_bits(conv.geometry) + 1, "fc1")]:
         chips = [gw.ChipSpec(0, both, slots=1), gw.ChipSpec(1, [gw.SliceSpec(fc, 0, 1, bp=1)])]
         small = replace(board, bram_bits=need - short)
-        assert gw.place_masters(chips, layers, [small, board]) is None
+        assert partition.place_masters(chips, layers, [small, board]) is None
         assert chips[0].remote == moved
         assert chips[1].held == (None if moved is None else both[moved == "fc1"])
         assert gw.memory_bits(chips[0], layers, slots=1)["total"] <= small.bram_bits
@@ -417,7 +418,7 @@ def test_held_masters_cost_what_the_model_says():
     from fpdeep.rtl.core import EngineSizes
     net = zoo.get("digits")
     layers, boards = held_masters_boards()
-    _, chips, _, _, _ = gw.plan_chips(net, boards, batch_size=4)
+    _, chips, _, _, _ = partition.plan_chips(net, boards, batch_size=4)
     floats, labels = digits_samples(4)
     measured, model = [], []
     for held in ({c: chip.remote for c, chip in enumerate(chips) if chip.remote}, {}):
@@ -444,7 +445,7 @@ def test_model_predicts_one_chip_exactly(slots):
     from fpdeep.rtl.core import EngineSizes
     from fpdeep.sim.harness import CoreRun, digits_samples
     net = zoo.get("digits")
-    layers = gw.gateware_layers(net)
+    layers = gateware_layers(net)
     conv, fc = layers
     chip = gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4),
                            gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)], slots=slots)
@@ -475,7 +476,7 @@ def test_model_predicts_the_cluster():
     reference = run.reference()
     result = run.run([reference.quantize_input(x) for x in floats], labels)
     model = plan.summary["gateware"]["run_cycles"]["1"]
-    # The model's known approximations (plan/gateware.py) are all in the links.
+    # The model's known approximations (plan/model/) are all in the links.
     assert result.run_cycles == pytest.approx(model, rel=0.01)
     assert result.slots_peak == [chip["predicted"]["gateware"]["feature_slots_peak"]
                                  for chip in plan.chips]
@@ -651,10 +652,10 @@ def conv_bench(g, rows, *, bias, seed):
     return engine, EngineBench(engine, w_rd=pack_conv_weights(w, b, rows), x_rd=pack_rows(x))
 
 
-DIGITS_CONV = gw.ConvGeometry(1, 4, 8, 8, 3, 3, 1, 1)
-DIGITS_FC = gw.ConvGeometry(4, 10, 4, 4, 4, 4)
-SMALL = [DIGITS_CONV, DIGITS_FC, gw.ConvGeometry(2, 5, 5, 4, 3, 2, 1, 0),
-         gw.ConvGeometry(3, 3, 6, 5, 2, 3, 0, 2), gw.ConvGeometry(2, 3, 4, 4, 1, 1)]
+DIGITS_CONV = ConvGeometry(1, 4, 8, 8, 3, 3, 1, 1)
+DIGITS_FC = ConvGeometry(4, 10, 4, 4, 4, 4)
+SMALL = [DIGITS_CONV, DIGITS_FC, ConvGeometry(2, 5, 5, 4, 3, 2, 1, 0),
+         ConvGeometry(3, 3, 6, 5, 2, 3, 0, 2), ConvGeometry(2, 3, 4, 4, 1, 1)]
 
 
 @pytest.mark.parametrize("g, rows", [(DIGITS_CONV, 4), (DIGITS_CONV, 3), (DIGITS_FC, 10),
@@ -786,7 +787,7 @@ def test_runs_of_tiles_jump_exactly(seed):
     rng = random.Random(seed)
     for _ in range(40):
         kh, kw = rng.randint(1, 4), rng.randint(1, 4)
-        g = gw.ConvGeometry(rng.randint(1, 5), rng.randint(1, 9), rng.randint(kh, 12),
+        g = ConvGeometry(rng.randint(1, 5), rng.randint(1, 9), rng.randint(kh, 12),
                         rng.randint(kw, 12), kh, kw, rng.randint(0, kh - 1),
                         rng.randint(0, kw - 1))
         rows, period = rng.randint(1, g.cout + 1), rng.choice([1, 3, 4, 7])
@@ -857,9 +858,9 @@ def test_link_model(rows, consumer, tolerance):
 
 
 @pytest.mark.parametrize("g, has_bp", [
-    (gw.ConvGeometry(1, 4, 8, 8, 3, 3, 1, 1), False),      # digits' conv1
-    (gw.ConvGeometry(4, 5, 4, 4, 4, 4), True),             # half of digits' fc1
-    (gw.ConvGeometry(1, 3, 8, 8, 8, 8), True),             # rows of eight weights
+    (ConvGeometry(1, 4, 8, 8, 3, 3, 1, 1), False),      # digits' conv1
+    (ConvGeometry(4, 5, 4, 4, 4, 4), True),             # half of digits' fc1
+    (ConvGeometry(1, 3, 8, 8, 8, 8), True),             # rows of eight weights
 ], ids=["conv1", "fc1[0:5]", "kw8"])
 def test_exchange_model(g, has_bp):
     """A held layer's SGD step, an owner and its holder on the two ends of a LinkPair's
