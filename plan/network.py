@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, asdict
 from .errors import FpdeepError
 
 __all__ = ["Conv2d", "ReLU", "MaxPool2d", "Linear", "SoftmaxCrossEntropy",
-           "Network", "LAYER_TYPES", "digits_cnn", "load_network", "save_network"]
+           "Network", "LAYER_TYPES", "digits_cnn", "load_network", "save_network",
+           "weighted_layers", "layer_geometry"]
 
 
 @dataclass(frozen=True)
@@ -320,3 +321,19 @@ def digits_cnn():
         Linear("fc1", 64, 10),
         SoftmaxCrossEntropy("loss"),
     ])
+
+
+def weighted_layers(network):
+    """Indices of the Conv2d and Linear layers, in order."""
+    return [i for i, layer in enumerate(network.layers) if isinstance(layer, (Conv2d, Linear))]
+
+
+def layer_geometry(network, index):
+    """``(Cout, Cin, kh, kw, ph, pw)`` of a weighted layer, viewing FC as a full-map conv."""
+    layer = network.layers[index]
+    cin, h, w = network.input_shape_of(index)
+    if isinstance(layer, Conv2d):
+        kh, kw = layer.kernel_hw
+        ph, pw = layer.padding_hw
+        return layer.out_channels, cin, kh, kw, ph, pw
+    return layer.out_features, cin, h, w, 0, 0

@@ -120,7 +120,7 @@ from .errors import FpdeepError
 from .network import Network, atomic_write_text
 from .paper_partition import partition, ACT_BITS
 from . import perf
-from ..platforms.resources import Cluster
+from .boards import Cluster
 
 __all__ = ["Plan", "plan_network", "PLAN_VERSION", "TARGETS"]
 

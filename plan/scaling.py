@@ -16,7 +16,7 @@ from .paper_partition import partition, BALANCE_TARGET
 from .plan import plan_network
 from .workload import workload
 from . import zoo
-from ..platforms.resources import Cluster, get_board
+from .boards import Cluster, get_board
 
 __all__ = ["sweep", "summarise", "balance_sweep", "LINEAR_EFFICIENCY", "BALANCE_BOARDS"]
 

@@ -2,7 +2,7 @@
 
 Each entry maps a command-line name to its amaranth-boards platform class and
 to what the board top needs: where the host UART and the busy LED are. Resource
-models for the planner live in :mod:`fpdeep.platforms.resources`, not here.
+models for the planner live in :mod:`fpdeep.plan.boards`, not here.
 """
 
 from dataclasses import dataclass, field

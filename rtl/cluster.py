@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..plan.errors import FpdeepError
 from .core import TrainingCore, network_layers
+from .masters import init_masters
 from .numerics import DEFAULT_NUMERICS as N
 from .host import HostSignature
 from .link.channels import VirtualChannel
@@ -106,7 +107,6 @@ class Cluster(wiring.Component):
                 raise FpdeepError(f"held weights: chip {owner} has no layer {layer!r} and a "
                                   f"chip behind it to hold its masters")
         if self.held and core_args.get("masters") is None:
-            from ..sim.reference import init_masters
             core_args["masters"] = init_masters(network, core_args.get("numerics", N),
                                                 core_args.get("seed", 0))
         self.chips = []

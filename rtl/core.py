@@ -13,6 +13,7 @@ from .backprop import ErrorDerivative, ErrorStore
 from .conv import ConvEngine, RowLayout
 from .host import HostSignature
 from .loss import LossUnit
+from .masters import init_masters
 from .numerics import DEFAULT_NUMERICS, saturating_add_hw
 from .partial import PartialSum
 from .rowlink import WORD, MapReceiver, MapSender, RowDeserializer, RowSerializer
@@ -106,7 +107,7 @@ class TrainingCore(wiring.Component):
     lr, momentum : float
     masters : dict, optional
         Initial masters ``{layer: (W, b)}``; by default
-        :func:`fpdeep.sim.reference.init_masters` with ``seed``.
+        :func:`fpdeep.rtl.masters.init_masters` with ``seed``.
     engines : dict, optional
         ``{layer: EngineSizes}``; by default one tile of up to 16 channels each.
     layers : (first, stop), optional
@@ -147,7 +148,6 @@ class TrainingCore(wiring.Component):
             raise FpdeepError(f"feature-memory slots must be a positive int, not {slots!r}")
         self.slots = slots
         if masters is None:
-            from ..sim.reference import init_masters
             masters = init_masters(network, numerics, seed)
         all_specs = network_layers(network)
         first, stop = layers if layers is not None else (0, len(all_specs))

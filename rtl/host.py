@@ -3,7 +3,7 @@
 Samples and labels enter chip 0 through :class:`HostSignature`; the training
 counters and every master weight are reachable through it too. On a board the
 host speaks to it over a UART through :class:`HostBridge`, using the byte
-protocol defined (once) in :mod:`fpdeep.platforms.host_client`, whose
+protocol defined (once) in :mod:`fpdeep.rtl.host_protocol`;
 :class:`~fpdeep.platforms.host_client.HostClient` is the matching host side.
 """
 
@@ -12,7 +12,7 @@ from amaranth.lib import wiring, stream, data, fifo
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from ..platforms.host_client import Op, Status, RX_FIFO_DEPTH, REPLY_LENGTH
+from .host_protocol import Op, Status, RX_FIFO_DEPTH, REPLY_LENGTH
 
 __all__ = ["HostSignature", "UartRx", "UartTx", "HostBridge",
            "WEIGHT_ADDR_WIDTH", "SAMPLE_SHAPE", "WEIGHT_SHAPE"]

@@ -98,7 +98,7 @@ def bench_plan(repeats):
     import time
     from ..plan import zoo
     from ..plan.plan import plan_network
-    from ..platforms.resources import Cluster
+    from ..plan.boards import Cluster
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()

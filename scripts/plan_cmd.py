@@ -65,7 +65,7 @@ def load_net(spec):
 
 
 def make_cluster(args):
-    from ..platforms.resources import Cluster, get_board
+    from ..plan.boards import Cluster, get_board
     if args.chips is None or args.chips < 1:
         raise FpdeepError(f"--chips must be a positive integer, not {args.chips}")
     names = [name.strip() for name in args.board.split(",")]

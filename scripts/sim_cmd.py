@@ -155,7 +155,7 @@ def run(args):
 def plan_for(args, network):
     """The gateware plan to simulate: ``--plan`` checked against the network, or a new one."""
     from ..plan.plan import Plan, plan_network
-    from ..platforms.resources import Cluster, get_board
+    from ..plan.boards import Cluster, get_board
     if args.plan:
         plan = Plan.load(args.plan)
         plan.check_network(network)

@@ -24,7 +24,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..plan.errors import FpdeepError
-from ..plan.network import Conv2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy
+from ..plan.network import (Conv2d, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy, layer_geometry,
+                            weighted_layers)
+from ..rtl.masters import init_masters
 from ..rtl.numerics import (DEFAULT_NUMERICS, LOSS_FRAC, LOSS_SUM_WIDTH, cross_entropy_np,
                             master_to_weight_np, requantize_np, saturating_add_np, sgd_step_np,
                             softmax_error_np)
@@ -32,22 +34,6 @@ from ..rtl.numerics import (DEFAULT_NUMERICS, LOSS_FRAC, LOSS_SUM_WIDTH, cross_e
 __all__ = ["Reference", "init_masters", "weighted_layers", "layer_geometry",
            "conv_forward_acc", "conv_backward_acc", "conv_weight_grad_acc",
            "maxpool_forward", "maxpool_backward", "softmax_cross_entropy"]
-
-
-def weighted_layers(network):
-    """Indices of the Conv2d and Linear layers, in order."""
-    return [i for i, layer in enumerate(network.layers) if isinstance(layer, (Conv2d, Linear))]
-
-
-def layer_geometry(network, index):
-    """``(Cout, Cin, kh, kw, ph, pw)`` of a weighted layer, viewing FC as a full-map conv."""
-    layer = network.layers[index]
-    cin, h, w = network.input_shape_of(index)
-    if isinstance(layer, Conv2d):
-        kh, kw = layer.kernel_hw
-        ph, pw = layer.padding_hw
-        return layer.out_channels, cin, kh, kw, ph, pw
-    return layer.out_features, cin, h, w, 0, 0
 
 
 def _patches(x, kh, kw, ph, pw):
@@ -101,22 +87,6 @@ def softmax_cross_entropy(logits, label):
     grad = p.copy()
     grad[label] -= 1.0
     return float(-np.log(max(p[label], 1e-300))), grad
-
-
-def init_masters(network, numerics=DEFAULT_NUMERICS, seed=0):
-    """He-uniform initial weights (zero biases), quantized to the master format.
-
-    Returns ``{layer_name: (W, b)}`` of int64 masters, W shaped ``(Cout, Cin, kh, kw)``.
-    """
-    rng = np.random.default_rng(seed)
-    masters = {}
-    for index in weighted_layers(network):
-        cout, cin, kh, kw, _, _ = layer_geometry(network, index)
-        bound = np.sqrt(6.0 / (cin * kh * kw))
-        w = rng.uniform(-bound, bound, size=(cout, cin, kh, kw))
-        masters[network.layers[index].name] = (numerics.master.from_float(w),
-                                               np.zeros(cout, dtype=np.int64))
-    return masters
 
 
 class Reference:

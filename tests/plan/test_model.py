@@ -20,7 +20,7 @@ from fpdeep.plan.errors import FpdeepError
 from fpdeep.plan.layers import ConvGeometry, gateware_layers
 from fpdeep.plan.network import Conv2d, Linear, Network, ReLU, SoftmaxCrossEntropy
 from fpdeep.plan.plan import Plan, plan_network
-from fpdeep.platforms.resources import Cluster, get_board
+from fpdeep.plan.boards import Cluster, get_board
 
 BOARD = "ulx3s-85f"
 

@@ -8,7 +8,7 @@ from fpdeep.plan import paper_partition as part
 from fpdeep.plan.errors import FpdeepError
 from fpdeep.plan.paper_partition import partition
 from fpdeep.plan.workload import workload
-from fpdeep.platforms.resources import get_board
+from fpdeep.plan.boards import get_board
 
 BOARD = {"digits": "ulx3s-85f", "lenet5": "ulx3s-85f", "alexnet": "vc709", "vgg16": "vc709",
          "vgg19": "vc709"}

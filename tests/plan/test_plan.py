@@ -6,7 +6,7 @@ from fpdeep.plan import zoo
 from fpdeep.plan.errors import FpdeepError
 from fpdeep.plan.plan import Plan, plan_network
 from fpdeep.plan.baselines import whole_layers, contiguous_dp
-from fpdeep.platforms.resources import Cluster, get_board
+from fpdeep.plan.boards import Cluster, get_board
 
 
 def test_schema_and_round_trip(tmp_path):

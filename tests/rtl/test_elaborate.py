@@ -5,7 +5,7 @@ import pytest
 from fpdeep.plan import zoo
 from fpdeep.plan.errors import FpdeepError
 from fpdeep.plan.plan import Plan, plan_network
-from fpdeep.platforms.resources import Cluster as Boards, get_board
+from fpdeep.plan.boards import Cluster as Boards, get_board
 from fpdeep.rtl.cluster import Cluster
 from fpdeep.rtl.core import TrainingCore
 from fpdeep.rtl.elaborate import build_from_plan, chain_from_plan

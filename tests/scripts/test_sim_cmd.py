@@ -1,7 +1,7 @@
 from fpdeep.plan.network import (Conv2d, Linear, MaxPool2d, Network, ReLU,
                                  SoftmaxCrossEntropy)
 from fpdeep.plan.plan import plan_network
-from fpdeep.platforms.resources import Cluster as Boards, get_board
+from fpdeep.plan.boards import Cluster as Boards, get_board
 from fpdeep.scripts.cli import main
 
 

@@ -1,4 +1,4 @@
-"""Board and cluster resource models for the planner (pure Python, no Amaranth).
+"""Board and cluster resource models: what the planner knows of a chip (pure Python).
 
 A :class:`Board` is what the planner needs to know about one FPGA board: its
 multipliers (one PE each), block RAM bits, LUTs, a design clock, its link lanes
@@ -31,7 +31,7 @@ Assumptions (ours, stated so that measurements can replace them)
 
 from dataclasses import dataclass, field, asdict, replace
 
-from ..plan.errors import FpdeepError
+from .errors import FpdeepError
 
 __all__ = ["Board", "Cluster", "BOARDS", "get_board", "board_names"]
 

@@ -1,7 +1,7 @@
 import pytest
 
 from fpdeep.plan.errors import FpdeepError
-from fpdeep.platforms.resources import BOARDS, Cluster, get_board
+from fpdeep.plan.boards import BOARDS, Cluster, get_board
 
 
 def test_facts_figures():
