@@ -23,7 +23,6 @@ from amaranth.lib import wiring, stream, memory
 from amaranth.lib.wiring import In, Out
 
 from .conv import RowLayout
-from .numerics import FixedFormat
 from .partial import PartialSum
 from .rowlink import WORD, MapReceiver, MapSender, RowDeserializer, RowSerializer
 from .sequencer import ErrorControlSignature, LabelledTaskSignature
@@ -64,6 +63,11 @@ class ChannelSlice:
         return self.hi == self.channels
 
 
+def _check_slice(channels):
+    if not isinstance(channels, ChannelSlice):
+        raise TypeError(f"channels must be a ChannelSlice, not {channels!r}")
+
+
 def _check_layout(name, layout):
     if not isinstance(layout, RowLayout):
         raise TypeError(f"{name} must be a RowLayout, not {layout!r}")
@@ -86,10 +90,11 @@ class ActivationLink(wiring.Component):
 
     Parameters
     ----------
-    slice : ChannelSlice
-    input : RowLayout
+    channels : ChannelSlice
+        The chip's output channels ``lo .. hi`` of its last layer.
+    in_layout : RowLayout
         The chip's input map.
-    output : RowLayout
+    out_layout : RowLayout
         Its output map, channels ``0 .. hi``.
     classes : int
     sends : bool
@@ -102,10 +107,10 @@ class ActivationLink(wiring.Component):
         To the loader, whose ``ready`` says it takes words.
     control : In(LabelledTaskSignature(classes))
         Send one sample's map (and receive its gathered channels); ``busy`` until done.
-    i_map : In(FeatureMapSignature(output))
+    i_map : In(FeatureMapSignature(out_layout))
         The output map; only with ``sends`` (its backward slot is not read).
     gather_wr : In(memory.WritePort.Signature(...))
-        The output map's forward slot; only with channels in front (``slice.lo > 0``).
+        The output map's forward slot; only with channels in front (``channels.lo > 0``).
     relay_rd : In(memory.ReadPort.Signature(...))
         The input map's forward slot; only when relaying (``sends`` and channels behind).
     act_out : Out(stream.Signature(signed(16)))
@@ -114,40 +119,39 @@ class ActivationLink(wiring.Component):
     Raises
     ------
     TypeError
-        If ``slice`` is not a :class:`ChannelSlice` or a layout not a :class:`RowLayout`.
+        If ``channels`` is not a :class:`ChannelSlice` or a layout not a :class:`RowLayout`.
     ValueError
-        If the output map does not hold the slice's channels.
+        If the output map does not hold channels ``0 .. hi``.
     """
 
-    def __init__(self, *, slice, input, output, classes, sends):
-        if not isinstance(slice, ChannelSlice):
-            raise TypeError(f"slice must be a ChannelSlice, not {slice!r}")
-        _check_layout("input", input)
-        _check_layout("output", output)
-        if output.channels != slice.hi:
-            raise ValueError(f"output has {output.channels} channels, not the slice's "
-                             f"{slice.hi}")
-        self._slice, self._input, self._output = slice, input, output
+    def __init__(self, *, channels, in_layout, out_layout, classes, sends):
+        _check_slice(channels)
+        _check_layout("in_layout", in_layout)
+        _check_layout("out_layout", out_layout)
+        if out_layout.channels != channels.hi:
+            raise ValueError(f"out_layout has {out_layout.channels} channels, not the "
+                             f"{channels.hi} of channels 0 .. {channels.hi}")
+        self._channels, self._input, self._output = channels, in_layout, out_layout
         self._sends = bool(sends)
-        self.relays = self._sends and not slice.last
+        self.relays = self._sends and not channels.last
         members = {
             "i": In(stream.Signature(WORD)),
             "o_sample": Out(stream.Signature(WORD)),
             "control": In(LabelledTaskSignature(classes)),
         }
         if self._sends:
-            members["i_map"] = In(FeatureMapSignature(output))
-        if slice.lo:
-            members["gather_wr"] = In(FeaturePort(True, "forward", output).signature())
+            members["i_map"] = In(FeatureMapSignature(out_layout))
+        if channels.lo:
+            members["gather_wr"] = In(FeaturePort(True, "forward", out_layout).signature())
         if self.relays:
-            members["relay_rd"] = In(FeaturePort(False, "forward", input).signature())
+            members["relay_rd"] = In(FeaturePort(False, "forward", in_layout).signature())
         if self._sends:
             members["act_out"] = Out(stream.Signature(WORD))
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        lo = self._slice.lo
+        lo = self._channels.lo
         control = self.control
 
         act_sender = input_sender = None
@@ -223,7 +227,8 @@ class ErrorLink(wiring.Component):
 
     Parameters
     ----------
-    slice : ChannelSlice
+    channels : ChannelSlice
+        The chip's output channels ``lo .. hi`` of its last layer.
     errors : RowLayout
         The output map's errors, channels ``0 .. hi`` (the error format).
     loss : bool
@@ -252,24 +257,23 @@ class ErrorLink(wiring.Component):
     Raises
     ------
     TypeError
-        If ``slice`` is not a :class:`ChannelSlice` or a layout not a :class:`RowLayout`.
+        If ``channels`` is not a :class:`ChannelSlice` or a layout not a :class:`RowLayout`.
     ValueError
-        If ``errors`` does not hold the slice's channels.
+        If ``errors`` does not hold channels ``0 .. hi``.
     """
 
-    def __init__(self, *, slice, errors, loss, bp):
-        if not isinstance(slice, ChannelSlice):
-            raise TypeError(f"slice must be a ChannelSlice, not {slice!r}")
+    def __init__(self, *, channels, errors, loss, bp):
+        _check_slice(channels)
         _check_layout("errors", errors)
         if bp is not None:
             _check_layout("bp", bp)
-        if errors.channels != slice.hi:
-            raise ValueError(f"errors has {errors.channels} channels, not the slice's "
-                             f"{slice.hi}")
-        self._slice, self._errors, self._loss, self._bp = slice, errors, bool(loss), bp
-        own = RowLayout(slice.hi - slice.lo, errors.h, errors.w, errors.fmt)
+        if errors.channels != channels.hi:
+            raise ValueError(f"errors has {errors.channels} channels, not the "
+                             f"{channels.hi} of channels 0 .. {channels.hi}")
+        self._channels, self._errors, self._loss, self._bp = channels, errors, bool(loss), bp
+        own = RowLayout(channels.hi - channels.lo, errors.h, errors.w, errors.fmt)
         #: The partial sums of the chip behind (its BP rows, raw), or ``None``.
-        self.partial_rows = (bp if bp is not None and slice.split and not slice.last
+        self.partial_rows = (bp if bp is not None and channels.split and not channels.last
                              else None)
         members = {"control": In(ErrorControlSignature())}
         if self._loss:
@@ -279,16 +283,16 @@ class ErrorLink(wiring.Component):
         members["o_err"] = Out(own.row_stream())
         if bp is not None:
             members["i_bp"] = In(bp.row_stream())
-        if bp is not None or slice.lo:
+        if bp is not None or channels.lo:
             members["err_out"] = Out(stream.Signature(WORD))
-        if bp is not None and slice.split and slice.first:
+        if bp is not None and channels.split and channels.first:
             members["saturated"] = Out(range(bp.w + 1))
         super().__init__(members)
 
     def _route(self, m, source, passed_up, gate=C(1)):
         """Rows at the output: this chip's channels (from ``lo``) to ``o_err``, renumbered
         from 0; those below ``lo`` to ``passed_up``."""
-        lo, own = self._slice.lo, self.o_err
+        lo, own = self._channels.lo, self.o_err
         mine = source.payload.channel >= lo
         m.d.comb += [own.valid.eq(source.valid & gate & mine),
                      own.payload.channel.eq(source.payload.channel - lo),
@@ -305,14 +309,14 @@ class ErrorLink(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        slice, errors, bp = self._slice, self._errors, self._bp
+        part, errors, bp = self._channels, self._errors, self._bp
         control = self.control
         error_fmt = errors.fmt
 
         passed_up = None
-        if slice.lo:
+        if part.lo:
             m.submodules.errors_up = passed_up = RowSerializer(
-                channels=slice.hi, h=errors.h, w=errors.w, fmt=error_fmt)
+                channels=part.hi, h=errors.h, w=errors.w, fmt=error_fmt)
 
         # Up the chain, the first layer's BP rows: on a split layer, exact partial sums
         # over this slice's channels, to which the chip behind's are added first; the
@@ -321,21 +325,21 @@ class ErrorLink(wiring.Component):
         err_sink = partial_sum = partial_mem = None
         if bp is not None:
             rows = self.i_bp
-            if slice.split:
+            if part.split:
                 m.submodules.partial_sum = partial_sum = PartialSum(
-                    layout=bp, incoming=not slice.last, requantize=slice.first,
-                    out_fmt=error_fmt if slice.first else None)
+                    layout=bp, incoming=not part.last, requantize=part.first,
+                    out_fmt=error_fmt if part.first else None)
                 wiring.connect(m, wiring.flipped(self.i_bp), partial_sum.i)
                 rows = partial_sum.o
-                if not slice.last:
+                if not part.last:
                     m.submodules.partial_in = partial_mem = memory.Memory(
                         shape=bp.shape, depth=bp.depth, init=[])
                     wiring.connect(m, partial_sum.rd, partial_mem.read_port())
-            raw = slice.split and not slice.first
+            raw = part.split and not part.first
             m.submodules.err_out = err_sink = RowSerializer(
                 channels=bp.channels, h=bp.h, w=bp.w, fmt=bp.fmt if raw else error_fmt,
                 partial=raw)
-            if slice.split and slice.first:
+            if part.split and part.first:
                 m.d.comb += [err_sink.i.valid.eq(rows.valid),
                              err_sink.i.payload.channel.eq(rows.payload.channel),
                              err_sink.i.payload.row.eq(rows.payload.row),
@@ -343,7 +347,7 @@ class ErrorLink(wiring.Component):
                              rows.ready.eq(err_sink.i.ready)]
                 m.d.sync += self.saturated.eq(Mux(rows.valid & rows.ready,
                                                   rows.payload.saturated, 0))
-            elif slice.split:
+            elif part.split:
                 wiring.connect(m, rows, err_sink.i)
             else:
                 wiring.connect(m, wiring.flipped(rows), err_sink.i)
@@ -380,12 +384,12 @@ class ErrorLink(wiring.Component):
         # chip behind sends them per sample; only this sample's rows are taken.
         partial_rows = self.partial_rows
         m.submodules.err_in = err_source = RowDeserializer(
-            channels=slice.hi, h=errors.h, w=errors.w, fmt=error_fmt, partial=partial_rows)
+            channels=part.hi, h=errors.h, w=errors.w, fmt=error_fmt, partial=partial_rows)
         wiring.connect(m, wiring.flipped(self.err_in), err_source.i)
         receiving = Signal()            # the backward path takes error rows from the link
         receiving_partials = Signal()   # ... and partial-sum rows
         self._route(m, err_source.o, passed_up, gate=receiving)
-        err_rows_expected = slice.hi * errors.h
+        err_rows_expected = part.hi * errors.h
         err_rows = Signal(range(err_rows_expected + 1))
         partial_expected = partial_rows.depth if partial_rows is not None else 0
         partial_count = Signal(range(partial_expected + 1))

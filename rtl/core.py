@@ -233,14 +233,14 @@ class TrainingCore(wiring.Component):
                                    batch_size=batch_size, classes=classes,
                                    loss=self.has_loss)
         last = self.layers[-1]
-        self.act_link = ActivationLink(slice=self.slice, input=self.input_layout,
-                                       output=last.out_layout, classes=classes,
+        self.act_link = ActivationLink(channels=self.slice, in_layout=self.input_layout,
+                                       out_layout=last.out_layout, classes=classes,
                                        sends=not self.has_loss)
         self.loader = SampleLoader(layout=self.input_layout, slots=slots, classes=classes,
                                    relay=self.act_link.relays)
         first_bp = self.layers[0].bp
         self.err_link = ErrorLink(
-            slice=self.slice, loss=self.has_loss,
+            channels=self.slice, loss=self.has_loss,
             errors=RowLayout(hi, last.out_layout.h, last.out_layout.w, n.error),
             bp=first_bp.out_layout if first_bp is not None else None)
         members = {

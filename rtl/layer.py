@@ -58,13 +58,16 @@ class LayerDatapath(wiring.Component):
     Neighbouring layers join with :func:`wiring.connect`: ``o_act`` of one to ``i_act``
     of the next, ``o_err`` of the next to ``i_err`` of one.
 
-    **Engines.** The layer builds its engines (:attr:`engines`) by the layer's kind
-    (today a fully-connected layer is the convolution whose kernel covers its whole
-    input, so both kinds use the same engines) and wires them, but they are not its
-    submodules: the chip places each directly under itself as ``{layer}_fp``,
-    ``{layer}_wu`` and ``{layer}_bp``, the names that the build's netlist, timing
-    reports and tests know them by. Whoever elaborates a layer adds :attr:`engines`
-    to the same design.
+    Timing is the engines' (as :mod:`fpdeep.plan.model` models them): the writer stores
+    a row in the cycle FP emits it (a pooled row one cycle later), the store a row in
+    the cycle it arrives, and the derivative takes a row every ``1 + rows out`` cycles.
+
+    **Engines.** The layer builds its engines (:attr:`engines`) by the layer's kind and
+    wires them, but they are not its submodules: the chip places each directly under
+    itself as ``{layer}_fp``, ``{layer}_wu`` and ``{layer}_bp``, the names that the
+    build's netlist, its timing reports and tests know them by. Whoever elaborates a
+    layer adds :attr:`engines` to the same design (as ``tests/rtl/test_layer.py``'s
+    bench does).
 
     A chip holding a slice of a layer's output channels (``front`` channels of the
     layer lie in front of it) keeps the whole output map so far: its output maps have
@@ -132,11 +135,9 @@ class LayerDatapath(wiring.Component):
         self._n, self._sizes, self._slots = numerics, sizes, slots
         self._bp, self._front, self._partial = bool(bp), front, bool(partial)
         g, n = layer.geometry, numerics
-        self.unit = WeightUpdateUnit(
-            geometry=g, wu_rows=sizes.wu, fp_rows=sizes.fp,
-            bp_rows=sizes.bp if self._bp else None, numerics=n, masters=masters,
-            remote=remote, rate_q=rate_q, momentum_q=momentum_q, batch_size=batch_size)
-        self.fp, self.bp = self._engines(layer, sizes, numerics)
+        self.fp, self.unit, self.bp = self._engines(
+            layer, sizes, numerics, masters=masters, remote=remote, rate_q=rate_q,
+            momentum_q=momentum_q, batch_size=batch_size)
 
         oh, ow = (g.ho // 2, g.wo // 2) if layer.pool else (g.ho, g.wo)
         self.in_layout = RowLayout(g.cin, g.h, g.w, n.act)
@@ -158,17 +159,26 @@ class LayerDatapath(wiring.Component):
             members["bp_saturated"] = Out(range(self.bp.out_layout.w + 1))
         super().__init__(members)
 
-    def _engines(self, layer, sizes, numerics):
-        """The FP and BP engines of the layer's kind (BP ``None`` without ``bp``)."""
+    def _engines(self, layer, sizes, numerics, **sgd):
+        """The FP engine, weight-update unit and BP engine (``None`` without ``bp``) of
+        the layer's kind (``layer.kind``).
+
+        Both kinds use the convolution engines today: a fully-connected layer is the
+        convolution whose kernel covers its whole input. A kind with engines of its own
+        (say a matrix-vector BP, or gradients formed at the SGD step) is built here; the
+        rest of the datapath reads them through the same ports.
+        """
         g, n = layer.geometry, numerics
         fp = ConvEngine(geometry=g, rows=sizes.fp, in_fmt=n.act, weight_fmt=n.weight,
                         out_fmt=n.act, acc_width=n.acc_width, bias=True)
+        unit = WeightUpdateUnit(geometry=g, wu_rows=sizes.wu, fp_rows=sizes.fp,
+                                bp_rows=sizes.bp if self._bp else None, numerics=n, **sgd)
         bp = None
         if self._bp:
             bp = ConvEngine(geometry=g.transposed(), rows=sizes.bp, in_fmt=n.error,
                             weight_fmt=n.weight, out_fmt=n.error, acc_width=n.acc_width,
                             bias=False, raw=self._partial)
-        return fp, bp
+        return fp, unit, bp
 
     @property
     def engines(self):
@@ -188,11 +198,7 @@ class LayerDatapath(wiring.Component):
 
     def array_shapes(self):
         """``{kind: (rows, cols)}``: the PEs of each engine."""
-        g, sizes = self.layer.geometry, self._sizes
-        shapes = {"fp": (sizes.fp, g.wo), "wu": (sizes.wu, g.kw)}
-        if self._bp:
-            shapes["bp"] = (sizes.bp, g.w)
-        return shapes
+        return {kind: engine.array_shape for kind, engine in self.arrays.items()}
 
     def macs(self):
         """``{kind: useful MACs per sample}`` (biases count as MACs)."""

@@ -50,23 +50,24 @@ class MapBench(Elaboratable):
         return m
 
 
-def run_maps(slice, *, sends=True, seed=0):
+def run_maps(channels, *, sends=True, seed=0):
     """A sample's words into the link, the loader taking the first of them; returns the
     words sent on, and what should have been: label, input map relayed when channels
     lie behind, then the output map's channels ``0 .. hi`` (gathered ones from the link)."""
     rng = np.random.default_rng(seed)
     driver = StreamDriver(random.Random(seed), gap=0.3, stall=0.3)
     x = rng.integers(-500, 500, size=(1, 2, 3))
-    y = rng.integers(-500, 500, size=(slice.hi, 2, 2))
-    gathered = rng.integers(-500, 500, size=(slice.lo, 2, 2))
-    link = ActivationLink(slice=slice, input=RowLayout(1, 2, 3, N.act),
-                          output=RowLayout(slice.hi, 2, 2, N.act), classes=10, sends=sends)
+    y = rng.integers(-500, 500, size=(channels.hi, 2, 2))
+    gathered = rng.integers(-500, 500, size=(channels.lo, 2, 2))
+    link = ActivationLink(channels=channels, in_layout=RowLayout(1, 2, 3, N.act),
+                          out_layout=RowLayout(channels.hi, 2, 2, N.act), classes=10,
+                          sends=sends)
     mapped = y.copy()
-    mapped[:slice.lo] = 0                    # to be gathered
+    mapped[:channels.lo] = 0                    # to be gathered
     bench = MapBench(link, x, mapped)
     sample = [7] + map_words(x)
     incoming = sample + map_words(gathered)
-    y[:slice.lo] = gathered
+    y[:channels.lo] = gathered
     want = (sample if link.relays else [7]) + map_words(y)
     sent = []
 
@@ -122,7 +123,7 @@ def test_passes_the_errors_of_channels_in_front_up_and_keeps_its_own():
     in order, while the rest go to the last layer renumbered from 0."""
     rng = random.Random(4)
     driver = StreamDriver(rng, stall=0.4)
-    link = ErrorLink(slice=ChannelSlice(2, 5, 5), errors=RowLayout(5, 1, 1, N.error),
+    link = ErrorLink(channels=ChannelSlice(2, 5, 5), errors=RowLayout(5, 1, 1, N.error),
                      loss=True, bp=None)
     values = [rng.randrange(-4000, 4000) for _ in range(5)]
     own, up = [], []
@@ -162,7 +163,7 @@ def test_takes_one_samples_errors_from_the_link_at_a_time():
     rng = random.Random(5)
     errors = RowLayout(3, 2, 2, N.error)
     bp = RowLayout(2, 2, 3, N.error)
-    link = ErrorLink(slice=ChannelSlice(0, 3, 3), errors=errors, loss=False, bp=bp)
+    link = ErrorLink(channels=ChannelSlice(0, 3, 3), errors=errors, loss=False, bp=bp)
     samples = [[(c, y, [rng.randrange(-99, 99) for _ in range(2)]) for y in range(2)
                 for c in range(3)] for _ in range(2)]
     bp_rows = [(c, y, [rng.randrange(-99, 99) for _ in range(3)]) for y in range(2)
@@ -209,14 +210,14 @@ def test_takes_one_samples_errors_from_the_link_at_a_time():
 
 
 def test_refuses_bad_parameters():
-    with pytest.raises(TypeError, match="slice"):
-        ActivationLink(slice=(0, 2, 2), input=RowLayout(1, 2, 2, N.act),
-                       output=RowLayout(2, 1, 1, N.act), classes=10, sends=True)
-    with pytest.raises(ValueError, match="output has 3 channels"):
-        ActivationLink(slice=ChannelSlice(0, 2, 4), input=RowLayout(1, 2, 2, N.act),
-                       output=RowLayout(3, 1, 1, N.act), classes=10, sends=True)
+    with pytest.raises(TypeError, match="channels"):
+        ActivationLink(channels=(0, 2, 2), in_layout=RowLayout(1, 2, 2, N.act),
+                       out_layout=RowLayout(2, 1, 1, N.act), classes=10, sends=True)
+    with pytest.raises(ValueError, match="out_layout has 3 channels"):
+        ActivationLink(channels=ChannelSlice(0, 2, 4), in_layout=RowLayout(1, 2, 2, N.act),
+                       out_layout=RowLayout(3, 1, 1, N.act), classes=10, sends=True)
     with pytest.raises(TypeError, match="errors"):
-        ErrorLink(slice=ChannelSlice(0, 2, 2), errors=None, loss=True, bp=None)
+        ErrorLink(channels=ChannelSlice(0, 2, 2), errors=None, loss=True, bp=None)
     with pytest.raises(ValueError, match="errors has 1 channels"):
-        ErrorLink(slice=ChannelSlice(0, 2, 2), errors=RowLayout(1, 1, 1, N.error), loss=True,
+        ErrorLink(channels=ChannelSlice(0, 2, 2), errors=RowLayout(1, 1, 1, N.error), loss=True,
                   bp=None)
