@@ -112,6 +112,15 @@ class TrainingCore(wiring.Component):
         Unless the core ends the network: framed rows of the output map's errors.
     err_out : Out(stream.Signature(signed(16)))
         Unless the core starts the network: framed rows of the errors at its input.
+    perf_slots_peak : Out(range(slots + 1))
+        The most feature slots in use at once.
+    wgt_out, wgt_in : Out, In(stream.Signature(signed(16)))
+        With ``remote``: the held layer's exchange with the neighbour holding its masters.
+    held_in, held_out : In, Out(stream.Signature(signed(16)))
+        With ``hold``: the exchange with the neighbour whose masters are held here.
+    refresh_request : In(1)
+        A host write passed on beyond this chip (the neighbour holding ours may have been
+        written): refresh the copies before the next sample.
     """
 
     def __init__(self, network, *, masters=None, numerics=DEFAULT_NUMERICS, batch_size=8,
@@ -225,24 +234,7 @@ class TrainingCore(wiring.Component):
         self.engines_by_name = {f"{layer.name}.{kind}": engine for layer in self.layers
                                 for kind, engine in layer.arrays.items()}
         self.engine_names = list(self.engines_by_name)
-        self.loss_unit = (LossUnit(classes=network.num_classes, numerics=n) if self.has_loss
-                          else None)
-        classes = network.num_classes
-        self.input_layout = RowLayout(*self.input_shape, n.act)
-        self.sequencer = Sequencer(layers=len(self.layers), slots=slots,
-                                   batch_size=batch_size, classes=classes,
-                                   loss=self.has_loss)
-        last = self.layers[-1]
-        self.act_link = ActivationLink(channels=self.slice, in_layout=self.input_layout,
-                                       out_layout=last.out_layout, classes=classes,
-                                       sends=not self.has_loss)
-        self.loader = SampleLoader(layout=self.input_layout, slots=slots, classes=classes,
-                                   relay=self.act_link.relays)
-        first_bp = self.layers[0].bp
-        self.err_link = ErrorLink(
-            channels=self.slice, loss=self.has_loss,
-            errors=RowLayout(hi, last.out_layout.h, last.out_layout.w, n.error),
-            bp=first_bp.out_layout if first_bp is not None else None)
+        self._build_blocks()
         members = {
             "host": Out(HostSignature()),
             "perf_cycles": Out(32),
@@ -264,6 +256,25 @@ class TrainingCore(wiring.Component):
         # A write to weights beyond this chip passed by: a neighbour may hold ours.
         members["refresh_request"] = In(1)
         super().__init__(members)
+
+    def _build_blocks(self):
+        """The chip's blocks besides its layers: sequencer, loader, ends of the chain, loss."""
+        n, classes, slots = self.numerics, self.network.num_classes, self.slots
+        first, last = self.layers[0], self.layers[-1]
+        self.input_layout = RowLayout(*self.input_shape, n.act)
+        self.sequencer = Sequencer(layers=len(self.layers), slots=slots,
+                                   batch_size=self.batch_size, classes=classes,
+                                   loss=self.has_loss)
+        self.act_link = ActivationLink(channels=self.slice, in_layout=self.input_layout,
+                                       out_layout=last.out_layout, classes=classes,
+                                       sends=not self.has_loss)
+        self.loader = SampleLoader(layout=self.input_layout, slots=slots, classes=classes,
+                                   relay=self.act_link.relays)
+        self.err_link = ErrorLink(
+            channels=self.slice, loss=self.has_loss,
+            errors=RowLayout(self.hi, last.out_layout.h, last.out_layout.w, n.error),
+            bp=first.bp.out_layout if first.bp is not None else None)
+        self.loss_unit = LossUnit(classes=classes, numerics=n) if self.has_loss else None
 
     def has_bp(self, index):
         """Whether local layer ``index`` back-propagates (every layer but the network's first)."""
