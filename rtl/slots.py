@@ -34,6 +34,11 @@ class SlotSignature(wiring.Signature):
         The copy the forward path fills (loader, FP, activation writers, senders).
     backward : Out(range(slots))
         The copy the backward path reads (loss, error derivatives, WU).
+
+    Raises
+    ------
+    ValueError
+        If ``slots`` is not a positive int.
     """
 
     def __init__(self, slots):
