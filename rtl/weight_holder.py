@@ -3,15 +3,13 @@
 import numbers
 
 from amaranth import *
-from amaranth.lib import wiring, stream, data, memory, fifo
+from amaranth.lib import wiring, stream, data, fifo
 from amaranth.lib.wiring import In, Out
 
-from amaranth.utils import ceil_log2
-
 from .numerics import check_accumulator
-from .weight_update import (EXCHANGE_WIDTH, ExchangeOp, SgdPipeline, WeightWalk,
+from .weight_update import (EXCHANGE_WIDTH, ExchangeOp, MasterStore, WeightWalk,
                             gradient_index_count, gradient_words, _check_exchange, _check_rates,
-                            _element, _host_members, _host_read_port, _host_write, _master_words)
+                            _host_members, _pass_host)
 
 __all__ = ["WeightHolder"]
 
@@ -30,8 +28,9 @@ class WeightHolder(wiring.Component):
       (:class:`~fpdeep.rtl.weight_update.WeightWalk`), its saturated batch sum in
       :func:`~fpdeep.rtl.weight_update.gradient_words` words, least significant first.
       As each sum completes, the weight goes through the same
-      :class:`~fpdeep.rtl.weight_update.SgdPipeline` as a local unit's, its master and
-      velocity are written back, and its new 16-bit copy leaves on ``copies_out``.
+      :class:`~fpdeep.rtl.weight_update.MasterStore` as a local unit's (the SGD step and
+      its write-back of the master and velocity), and its new 16-bit copy leaves on
+      ``copies_out``.
     * ``REFRESH``: no more words; the copy of every master, unchanged, leaves on
       ``copies_out`` (after the host wrote masters here).
 
@@ -101,16 +100,15 @@ class WeightHolder(wiring.Component):
         _check_exchange(numerics)
         g = geometry
         self._g, self._n = g, numerics
-        self._rate_q, self._momentum_q, self._batch_size = rate_q, momentum_q, batch_size
+        self._batch_size = batch_size
+        self.master_store = MasterStore(geometry=g, numerics=numerics, masters=masters,
+                                        rate_q=rate_q, momentum_q=momentum_q)
         self.words_per_channel = gradient_index_count(g)
-        self.words = g.cout * self.words_per_channel
-        self.kx_bits = ceil_log2(g.kw)
-        self.host_span = self.words << self.kx_bits
-        self.master = memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
-                                    depth=self.words, init=_master_words(g, masters))
-        self.velocity = (memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
-                                       depth=self.words, init=[])
-                         if momentum_q else None)
+        self.words = self.master_store.words
+        self.kx_bits = self.master_store.kx_bits
+        self.host_span = self.master_store.host_span
+        self.master = self.master_store.master
+        self.velocity = self.master_store.velocity
         super().__init__({
             "grads_in": In(stream.Signature(signed(EXCHANGE_WIDTH))),
             "copies_out": Out(stream.Signature(signed(EXCHANGE_WIDTH))),
@@ -122,27 +120,15 @@ class WeightHolder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g, n = self._g, self._n
-        kw = g.kw
         check_accumulator(self._batch_size * g.ho * g.wo,
                           max(n.act.width, n.error.width), n.acc_width,
                           what=f"gradient sum of {self._batch_size} samples of {g}")
         parts = gradient_words(n)
         depth = self.COPY_FIFO_DEPTH
 
-        m.submodules.master = master = self.master
-        master_rd = master.read_port()
-        master_wr = master.write_port(granularity=1)
-        momentum = self.velocity is not None
-        if momentum:
-            m.submodules.velocity = velocity = self.velocity
-            velocity_rd = velocity.read_port()
-            velocity_wr = velocity.write_port(granularity=1)
-
+        m.submodules.masters = store = self.master_store
         m.submodules.walk = walk = WeightWalk(g)
         position = walk.position
-        m.submodules.sgd = sgd = SgdPipeline(numerics=n, rate_q=self._rate_q,
-                                             momentum_q=self._momentum_q,
-                                             tag_shape=position.shape())
         m.submodules.copies = copies = fifo.SyncFIFOBuffered(width=EXCHANGE_WIDTH, depth=depth)
 
         active = Signal()           # between the op word and the last weight's entry
@@ -187,42 +173,23 @@ class WeightHolder(wiring.Component):
             m.d.comb += grad.eq(Cat(low_words, self.grads_in.payload))
         else:
             m.d.comb += grad.eq(self.grads_in.payload)
+        # The masters are read at the walk's position every cycle while busy.
         m.d.comb += [
-            master_rd.addr.eq(Mux(self.busy, position.word, self.host_addr >> self.kx_bits)),
-            sgd.i.valid.eq(feed),
-            sgd.i.payload.grad.eq(Mux(refresh, 0, grad)),
-            sgd.i.payload.master.eq(_element(m, master_rd.data, position.kx, kw,
-                                             n.master.shape)),
-            sgd.i.payload.refresh.eq(refresh),
-            sgd.i.payload.tag.eq(position),
+            store.read_word.eq(position.word),
+            store.walking.eq(self.busy),
+            store.owner_busy.eq(self.busy),
+            store.i.valid.eq(feed),
+            store.i.payload.grad.eq(Mux(refresh, 0, grad)),
+            store.i.payload.refresh.eq(refresh),
+            store.i.payload.tag.eq(position),
+            self.saturations.eq(store.saturations),
         ]
-        if momentum:
-            m.d.comb += [
-                velocity_rd.addr.eq(position.word),
-                sgd.i.payload.velocity.eq(_element(m, velocity_rd.data, position.kx, kw,
-                                                   n.master.shape)),
-            ]
-        m.d.sync += in_flight.eq(in_flight + feed - sgd.o.valid)
-
-        result = sgd.o.payload
-        with m.If(sgd.o.valid):
-            m.d.sync += self.saturations.eq(self.saturations + result.saturations)
-        step_en = Mux(result.refresh, 0, 1 << result.tag.kx)
-        with m.If(sgd.o.valid):
-            m.d.comb += [master_wr.addr.eq(result.tag.word), master_wr.en.eq(step_en)]
-            for c in range(kw):
-                m.d.comb += master_wr.data[c].eq(result.master)
-            if momentum:
-                m.d.comb += [velocity_wr.addr.eq(result.tag.word), velocity_wr.en.eq(step_en)]
-                for c in range(kw):
-                    m.d.comb += velocity_wr.data[c].eq(result.velocity)
-        with m.Elif(self.host_write & ~self.busy):
-            _host_write(m, self, master_wr, kw)
-        _host_read_port(m, self, master_rd, kw, self.busy)
+        _pass_host(m, self, store)
+        m.d.sync += in_flight.eq(in_flight + feed - store.o.valid)
 
         m.d.comb += [
-            copies.w_data.eq(result.weight),
-            copies.w_en.eq(sgd.o.valid),
+            copies.w_data.eq(store.o.payload.weight),
+            copies.w_en.eq(store.o.valid),
             self.copies_out.valid.eq(copies.r_rdy),
             self.copies_out.payload.eq(copies.r_data),
             copies.r_en.eq(self.copies_out.ready),

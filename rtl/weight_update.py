@@ -14,7 +14,7 @@ from .numerics import (FixedFormat, check_accumulator, saturate_hw, shift_round_
 from .systolic import SystolicArray
 
 __all__ = ["LaneLayout", "WeightGradientEngine", "WeightUpdateUnit", "WeightWalk", "SgdPipeline",
-           "ExchangeOp", "EXCHANGE_WIDTH", "gradient_words", "pack_lanes", "gradient_index_count"]
+           "MasterStore", "ExchangeOp", "EXCHANGE_WIDTH", "gradient_words", "pack_lanes", "gradient_index_count"]
 
 
 @dataclass(frozen=True)
@@ -307,26 +307,6 @@ def _element(m, word, kx, kw, shape):
     return value
 
 
-def _host_read_port(m, component, master_rd, kw, busy):
-    """``host_rdata``/``host_rvalid`` of a master memory whose read port is addressed
-    from ``host_addr`` whenever ``busy`` is low (one cycle of latency)."""
-    kx_bits = ceil_log2(kw)
-    host_kx = Signal(range(max(2, kw)))
-    m.d.sync += [component.host_rvalid.eq(component.host_read & ~busy),
-                 host_kx.eq(component.host_addr[:kx_bits] if kx_bits else 0)]
-    m.d.comb += component.host_rdata.eq(_element(m, master_rd.data, host_kx, kw,
-                                                 component.host_rdata.shape()))
-
-
-def _host_write(m, component, master_wr, kw):
-    """Write ``host_wdata`` to the master at ``host_addr`` (in the caller's condition)."""
-    kx_bits = ceil_log2(kw)
-    m.d.comb += [master_wr.addr.eq(component.host_addr >> kx_bits),
-                 master_wr.en.eq(1 << component.host_addr[:kx_bits] if kx_bits else 1)]
-    for c in range(kw):
-        m.d.comb += master_wr.data[c].eq(component.host_wdata)
-
-
 def _host_members(host_span):
     return {
         "host_addr": In(range(max(2, host_span))),
@@ -336,6 +316,15 @@ def _host_members(host_span):
         "host_rdata": Out(signed(32)),
         "host_rvalid": Out(1),
     }
+
+
+def _pass_host(m, outer, store):
+    """Join the flat ``host_*`` members of ``outer`` (a unit or a holder) to its
+    :class:`MasterStore`'s, which serves them."""
+    for name in ("host_addr", "host_read", "host_write", "host_wdata"):
+        m.d.comb += getattr(store, name).eq(getattr(outer, name))
+    for name in ("host_rdata", "host_rvalid"):
+        m.d.comb += getattr(outer, name).eq(getattr(store, name))
 
 
 class WeightWalk(wiring.Component):
@@ -529,6 +518,170 @@ class SgdPipeline(wiring.Component):
         return m
 
 
+class MasterStore(wiring.Component):
+    """A layer's master weights and velocities, and the SGD step that writes them back.
+
+    The one home of the SGD write-back, used by a :class:`WeightUpdateUnit` that keeps
+    its own masters and by a :class:`~fpdeep.rtl.weight_holder.WeightHolder` that keeps
+    a neighbour's. It owns:
+
+    * ``master`` (``numerics.master``) and, with momentum, ``velocity`` words, addressed
+      as the gradients (:class:`WeightWalk`): word ``o * (cin*kh + 1) + i*kh + ky`` holds
+      ``kx = 0 ... kw-1``, word ``o * (cin*kh + 1) + cin*kh`` holds the bias in element 0;
+    * the :class:`SgdPipeline` that steps one weight per cycle;
+    * the host's access to the masters (``host_*``).
+
+    Its owner walks the weights (:class:`WeightWalk`): it addresses the words to read
+    (``read_word``, one cycle of latency, held while ``read_en`` is low) and offers each
+    weight's batch sum on ``i`` once its word has been read. Four cycles later the new
+    master and velocity are written back and the weight's 16-bit copy leaves on ``o``,
+    for the owner to write or send. With ``refresh`` the weight is not stepped: the
+    master passes through and only its copy is rounded.
+
+    Latency 4 cycles from ``i`` to ``o`` (the pipeline's), throughput one weight per
+    cycle; neither stream has backpressure.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+    numerics : Numerics
+    masters : (W, b)
+        Initial int64 masters, ``W`` shaped ``(cout, cin, kh, kw)``.
+    rate_q, momentum_q : int
+        Unsigned 16-bit fractions (``numerics.rate_frac`` fraction bits); no velocity
+        memory when ``momentum_q`` is 0.
+
+    Members
+    -------
+    read_word : In(range(words))
+        The word the master (and velocity) read port fetches while ``walking``.
+    read_en : In(1), 1 by default
+        Low: the read ports hold their data (an owner stepping through a word's elements).
+    walking : In(1)
+        The walk owns the master read port; otherwise ``host_addr`` addresses it.
+    owner_busy : In(1)
+        The owner is busy: host writes are dropped and host reads not answered.
+    i : In(stream.Signature(StructLayout({"grad", "refresh", "tag"}), always_ready=True))
+        A weight to step: its exact batch sum ``grad`` (``signed(acc_width)``) and its
+        :meth:`WeightWalk.position_layout` ``tag``, whose word was read last.
+    o : Out(stream.Signature(StructLayout({"weight", "refresh", "tag"}), always_ready=True))
+        The weight's new 16-bit copy, 4 cycles after ``i``, in the cycle its master is
+        written back.
+    busy : Out(1)
+        A weight is in the pipeline.
+    saturations : Out(32)
+        Velocity, master and copy saturations, and those of the gradients it was given.
+    host_addr : In(range(host_span))
+        ``word << kx_bits | kx`` with ``kx_bits = ceil_log2(kw)``.
+    host_read, host_write : In(1)
+    host_wdata : In(signed(32))
+    host_rdata : Out(signed(32))
+    host_rvalid : Out(1)
+        One cycle after ``host_read`` (data of the read issued then).
+
+    Raises
+    ------
+    ValueError
+        If the masters are misshapen or the rates not unsigned 16-bit ints.
+    """
+
+    def __init__(self, *, geometry, numerics, masters, rate_q, momentum_q):
+        self._rate_q, self._momentum_q = _check_rates(rate_q, momentum_q)
+        g = geometry
+        self._g, self._n = g, numerics
+        self.words = g.cout * gradient_index_count(g)
+        self.kx_bits = ceil_log2(g.kw)
+        self.host_span = self.words << self.kx_bits
+        self.master = memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
+                                    depth=self.words, init=_master_words(g, masters))
+        self.velocity = (memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
+                                       depth=self.words, init=[])
+                         if momentum_q else None)
+        tag = WeightWalk.position_layout(g)
+        super().__init__({
+            "read_word": In(tag.members["word"]),
+            "read_en": In(1, init=1),
+            "walking": In(1),
+            "owner_busy": In(1),
+            "i": In(stream.Signature(data.StructLayout({
+                "grad": numerics.acc_shape, "refresh": 1, "tag": tag}), always_ready=True)),
+            "o": Out(stream.Signature(data.StructLayout({
+                "weight": numerics.weight.shape, "refresh": 1, "tag": tag}),
+                always_ready=True)),
+            "busy": Out(1),
+            "saturations": Out(32),
+            **_host_members(self.host_span),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, kw, kx_bits = self._n, self._g.kw, self.kx_bits
+        m.submodules.master = master = self.master
+        master_rd = master.read_port()
+        master_wr = master.write_port(granularity=1)
+        momentum = self.velocity is not None
+        if momentum:
+            m.submodules.velocity = velocity = self.velocity
+            velocity_rd = velocity.read_port()
+            velocity_wr = velocity.write_port(granularity=1)
+        m.d.comb += [master_rd.addr.eq(Mux(self.walking, self.read_word,
+                                           self.host_addr >> kx_bits)),
+                     master_rd.en.eq(self.read_en)]
+        if momentum:
+            m.d.comb += [velocity_rd.addr.eq(self.read_word), velocity_rd.en.eq(self.read_en)]
+
+        step = self.i.payload
+        m.submodules.sgd = sgd = SgdPipeline(numerics=n, rate_q=self._rate_q,
+                                             momentum_q=self._momentum_q,
+                                             tag_shape=step.tag.shape())
+        m.d.comb += [
+            sgd.i.valid.eq(self.i.valid),
+            sgd.i.payload.grad.eq(step.grad),
+            sgd.i.payload.master.eq(_element(m, master_rd.data, step.tag.kx, kw,
+                                             n.master.shape)),
+            sgd.i.payload.refresh.eq(step.refresh),
+            sgd.i.payload.tag.eq(step.tag),
+        ]
+        if momentum:
+            m.d.comb += sgd.i.payload.velocity.eq(_element(m, velocity_rd.data, step.tag.kx,
+                                                           kw, n.master.shape))
+        result = sgd.o.payload
+        with m.If(sgd.o.valid):
+            m.d.sync += self.saturations.eq(self.saturations + result.saturations)
+
+        # Write-back of each result; between updates, the host's writes.
+        step_en = Mux(result.refresh, 0, 1 << result.tag.kx)
+        with m.If(sgd.o.valid):
+            m.d.comb += [master_wr.addr.eq(result.tag.word), master_wr.en.eq(step_en)]
+            for c in range(kw):
+                m.d.comb += master_wr.data[c].eq(result.master)
+            if momentum:
+                m.d.comb += [velocity_wr.addr.eq(result.tag.word), velocity_wr.en.eq(step_en)]
+                for c in range(kw):
+                    m.d.comb += velocity_wr.data[c].eq(result.velocity)
+        with m.Elif(self.host_write & ~self.owner_busy):
+            m.d.comb += [master_wr.addr.eq(self.host_addr >> kx_bits),
+                         master_wr.en.eq(1 << self.host_addr[:kx_bits] if kx_bits else 1)]
+            for c in range(kw):
+                m.d.comb += master_wr.data[c].eq(self.host_wdata)
+
+        # Host reads: the master word addressed from host_addr, one cycle later.
+        host_kx = Signal(range(max(2, kw)))
+        m.d.sync += [self.host_rvalid.eq(self.host_read & ~self.owner_busy),
+                     host_kx.eq(self.host_addr[:kx_bits] if kx_bits else 0)]
+        m.d.comb += self.host_rdata.eq(_element(m, master_rd.data, host_kx, kw,
+                                                self.host_rdata.shape()))
+
+        m.d.comb += [
+            self.o.valid.eq(sgd.o.valid),
+            self.o.payload.weight.eq(result.weight),
+            self.o.payload.refresh.eq(result.refresh),
+            self.o.payload.tag.eq(result.tag),
+            self.busy.eq(sgd.busy),
+        ]
+        return m
+
+
 class WeightUpdateUnit(wiring.Component):
     """Holds one layer's weights, sums their gradients over a mini-batch, and steps SGD.
 
@@ -536,19 +689,20 @@ class WeightUpdateUnit(wiring.Component):
 
     * ``master`` (32-bit) and, with momentum, ``velocity`` words, addressed like the
       gradients: word ``o * (cin*kh + 1) + i*kh + ky`` holds ``kx = 0 ... kw-1``;
-      word ``o * (cin*kh + 1) + cin*kh`` holds the bias in element 0;
+      word ``o * (cin*kh + 1) + cin*kh`` holds the bias in element 0. They live in its
+      :class:`MasterStore` (:attr:`master_store`), with the SGD step that writes them back;
     * ``grads``: the exact batch sums, same addressing, ``acc_width`` bits;
     * ``fp_weights``: the 16-bit copy that the FP :class:`~fpdeep.rtl.conv.ConvEngine`
       reads (``fp_rows`` output channels per word), and ``bp_weights``: the 16-bit
       copy, transposed and flipped, that the BP engine reads (``bp_rows`` input
-      channels per word). Engines get read ports with ``fp_weights.read_port()``.
+      channels per word). The engines read them through ``fp_rd`` and ``bp_rd``.
 
     ``start_sample`` runs the :class:`WeightGradientEngine` over one sample and adds
     its sums into ``grads`` (a read-modify-write per gradient row, at the engine's
     pace). ``start_update`` walks every weight once (:class:`WeightWalk`): saturate the
     batch sum to the gradient format, scale by ``rate`` (``lr / B``), fold into the
     velocity, subtract from the master, clear the sum, and write both 16-bit copies,
-    exactly as :func:`fpdeep.rtl.numerics.sgd_step_np` (:class:`SgdPipeline`).
+    exactly as :func:`fpdeep.rtl.numerics.sgd_step_np` (:class:`MasterStore`).
     ``start_refresh`` rewrites the copies from the masters without updating (after the
     host wrote weights).
 
@@ -619,6 +773,10 @@ class WeightUpdateUnit(wiring.Component):
         A sample, an update or a refresh (with ``remote``, the whole exchange) is in
         progress; the ``start_*`` inputs and host accesses are ignored meanwhile.
     e_rd, x_rd, e_ready : as :class:`WeightGradientEngine`
+    fp_rd : Out(memory.ReadPort.Signature(shape=ArrayLayout(weight, fp_rows)))
+        The FP engine's weights (its ``w_rd``), ``fp_weights``.
+    bp_rd : Out(memory.ReadPort.Signature(shape=ArrayLayout(weight, bp_rows)))
+        The BP engine's weights, ``bp_weights``; only with ``bp_rows``.
     saturations : Out(32)
         Saturation events in the update (gradient, velocity, master, 16-bit copy;
         with ``remote`` only the gradient).
@@ -663,7 +821,7 @@ class WeightUpdateUnit(wiring.Component):
         self.kx_bits = ceil_log2(g.kw)
         self.host_span = 0 if remote else self.words << self.kx_bits
 
-        master_words = _master_words(g, masters)
+        _master_words(g, masters)          # checks their shapes (also with remote)
         w, b = masters
         wq, _ = master_to_weight_np(w, numerics)
         bq, _ = master_to_weight_np(b, numerics)
@@ -683,13 +841,13 @@ class WeightUpdateUnit(wiring.Component):
         self.grads = memory.Memory(shape=data.ArrayLayout(signed(numerics.acc_width), g.kw),
                                    depth=self.words, init=[])
         if remote:
+            self.master_store = None
             self.master = self.velocity = None
         else:
-            self.master = memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
-                                        depth=self.words, init=master_words)
-            self.velocity = (memory.Memory(shape=data.ArrayLayout(numerics.master.shape, g.kw),
-                                           depth=self.words, init=[])
-                             if momentum_q else None)
+            self.master_store = MasterStore(geometry=g, numerics=numerics, masters=masters,
+                                            rate_q=rate_q, momentum_q=momentum_q)
+            self.master = self.master_store.master
+            self.velocity = self.master_store.velocity
 
         members = {
             "start_sample": In(1),
@@ -699,8 +857,13 @@ class WeightUpdateUnit(wiring.Component):
             "e_rd": self.engine.signature.members["e_rd"],
             "x_rd": self.engine.signature.members["x_rd"],
             "e_ready": self.engine.signature.members["e_ready"],
+            "fp_rd": Out(memory.ReadPort.Signature(
+                addr_width=ceil_log2(self.fp_weights.depth), shape=self.fp_weights.shape)),
             "saturations": Out(32),
         }
+        if bp_rows is not None:
+            members["bp_rd"] = Out(memory.ReadPort.Signature(
+                addr_width=ceil_log2(self.bp_weights.depth), shape=self.bp_weights.shape))
         if remote:
             members["grads_out"] = Out(stream.Signature(signed(EXCHANGE_WIDTH)))
             members["copies_in"] = In(stream.Signature(signed(EXCHANGE_WIDTH)))
@@ -757,6 +920,10 @@ class WeightUpdateUnit(wiring.Component):
         fp_wr = self.fp_weights.write_port(granularity=1)
         bp_wr = (self.bp_weights.write_port(granularity=1)
                  if self.bp_weights is not None else None)
+        # The engines' reads of the copies.
+        wiring.connect(m, wiring.flipped(self.fp_rd), self.fp_weights.read_port())
+        if self.bp_weights is not None:
+            wiring.connect(m, wiring.flipped(self.bp_rd), self.bp_weights.read_port())
 
         # ---- gradient accumulation: read-modify-write of one gradient row per beat.
         # Consecutive beats never share a row (they differ in channel or in index), so
@@ -831,65 +998,37 @@ class WeightUpdateUnit(wiring.Component):
                          position, g_raw, updating, grads_rd, grads_wr, fp_wr, bp_wr,
                          rmw_valid, rmw_addr, rmw_sums):
         """The SGD step on this chip; returns the condition that the update is done."""
-        g, n = self._g, self._n
-        kw = g.kw
-        m.submodules.master = master = self.master
-        master_rd = master.read_port()
-        master_wr = master.write_port(granularity=1)
-        momentum = self.velocity is not None
-        if momentum:
-            m.submodules.velocity = velocity = self.velocity
-            velocity_rd = velocity.read_port()
-            velocity_wr = velocity.write_port(granularity=1)
-
+        m.submodules.masters = store = self.master_store
         with m.If(start):
             m.d.sync += walking.eq(1)
         m.d.comb += element_done.eq(element_phase)      # one element per cycle
 
-        m.d.comb += [master_rd.addr.eq(Mux(updating, position.word,
-                                           self.host_addr >> self.kx_bits)),
-                     master_rd.en.eq(~element_phase)]
-        if momentum:
-            m.d.comb += [velocity_rd.addr.eq(position.word), velocity_rd.en.eq(~element_phase)]
-
-        m.submodules.sgd = sgd = SgdPipeline(numerics=n, rate_q=self._rate_q,
-                                             momentum_q=self._momentum_q,
-                                             tag_shape=position.shape())
+        # The walk reads a word of masters with the word of gradient sums, and steps its
+        # elements while the read data stays put.
         m.d.comb += [
-            sgd.i.valid.eq(element_phase),
-            sgd.i.payload.grad.eq(g_raw),
-            sgd.i.payload.master.eq(_element(m, master_rd.data, position.kx, kw,
-                                             n.master.shape)),
-            sgd.i.payload.refresh.eq(refresh),
-            sgd.i.payload.tag.eq(position),
+            store.read_word.eq(position.word),
+            store.read_en.eq(~element_phase),
+            store.walking.eq(updating),
+            store.owner_busy.eq(self.busy),
+            store.i.valid.eq(element_phase),
+            store.i.payload.grad.eq(g_raw),
+            store.i.payload.refresh.eq(refresh),
+            store.i.payload.tag.eq(position),
+            self.saturations.eq(store.saturations),
         ]
-        if momentum:
-            m.d.comb += sgd.i.payload.velocity.eq(_element(m, velocity_rd.data, position.kx,
-                                                           kw, n.master.shape))
-        with m.If(sgd.o.valid):
-            m.d.sync += self.saturations.eq(self.saturations + sgd.o.payload.saturations)
+        _pass_host(m, self, store)
 
-        # Write-backs of each result: master, velocity, cleared gradient, and both copies.
-        result = sgd.o.payload
-        step_en = Mux(result.refresh, 0, 1 << result.tag.kx)
-        with m.If(sgd.o.valid):
-            m.d.comb += [master_wr.addr.eq(result.tag.word), master_wr.en.eq(step_en),
-                         grads_wr.addr.eq(result.tag.word), grads_wr.en.eq(step_en)]
-            for c in range(kw):
-                m.d.comb += [master_wr.data[c].eq(result.master), grads_wr.data[c].eq(0)]
-            if momentum:
-                m.d.comb += [velocity_wr.addr.eq(result.tag.word), velocity_wr.en.eq(step_en)]
-                for c in range(kw):
-                    m.d.comb += velocity_wr.data[c].eq(result.velocity)
+        # As each new master is written back: clear its gradient, write both copies.
+        result = store.o.payload
+        with m.If(store.o.valid):
+            m.d.comb += [grads_wr.addr.eq(result.tag.word),
+                         grads_wr.en.eq(Mux(result.refresh, 0, 1 << result.tag.kx))]
+            for c in range(self._g.kw):
+                m.d.comb += grads_wr.data[c].eq(0)
             self._write_copies(m, result.tag, result.weight, fp_wr, bp_wr)
         with m.Elif(rmw_valid):
             self._rmw_write(m, grads_wr, grads_rd, rmw_addr, rmw_sums)
-        with m.Elif(self.host_write & ~self.busy):
-            _host_write(m, self, master_wr, kw)
-
-        # Host reads: the master word is addressed from host_addr whenever not updating.
-        _host_read_port(m, self, master_rd, kw, self.busy)
-        return ~walking & ~element_phase & ~sgd.busy
+        return ~walking & ~element_phase & ~store.busy
 
     def _elaborate_exchange(self, m, *, start, refresh, walking, element_phase, element_done,
                             walk, g_raw, grads_wr, fp_wr, bp_wr):

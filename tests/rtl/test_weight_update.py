@@ -206,3 +206,102 @@ def test_random_shapes_gradients(seed):
     g = ConvGeometry(**geometry)
     case = (g.cin, g.cout, g.h, g.w, g.kh, g.kw, g.ph, g.pw, rows)
     test_gradients_match_reference(case, streamed=bool(seed % 2))
+
+
+from hypothesis import given, settings, strategies as st
+from fpdeep.rtl.weight_update import MasterStore, WeightWalk
+
+
+@settings(max_examples=8, deadline=None)
+@given(cin=st.integers(1, 2), cout=st.integers(1, 3), kh=st.integers(1, 2),
+       kw=st.integers(1, 3), momentum=st.booleans(), seed=st.integers(0, 2**16))
+def test_master_store_steps_every_weight_as_the_reference(cin, cout, kh, kw, momentum, seed):
+    """The one SGD write-back: each weight offered (at random gaps) steps its master and
+    velocity exactly as ``sgd_step_np``, its copy leaves 4 cycles later, and the host
+    reads the new masters."""
+    rng = np.random.default_rng(seed)
+    gaps = random.Random(seed)
+    g = ConvGeometry(cin=cin, cout=cout, h=kh, w=kw, kh=kh, kw=kw)
+    w = N.master.from_float(rng.normal(0, 0.5, size=(cout, cin, kh, kw)))
+    b = N.master.from_float(rng.normal(0, 0.5, size=cout))
+    gw = rng.integers(-2**40, 2**40, size=w.shape)
+    gb = rng.integers(-2**40, 2**40, size=b.shape)
+    rate_q, momentum_q = N.rate_from_float(0.1), (N.rate_from_float(0.9) if momentum else 0)
+    store = MasterStore(geometry=g, numerics=N, masters=(w, b), rate_q=rate_q,
+                        momentum_q=momentum_q)
+    velocity_w, velocity_b = N.master.from_float(rng.normal(0, 0.01, size=w.shape)), \
+        N.master.from_float(rng.normal(0, 0.01, size=b.shape))
+    if not momentum:
+        velocity_w, velocity_b = np.zeros_like(w), np.zeros_like(b)
+    ref_w, _, sat_w = sgd_step_np(w, velocity_w, gw, N, rate_q, momentum_q)
+    ref_b, _, sat_b = sgd_step_np(b, velocity_b, gb, N, rate_q, momentum_q)
+    copy_w, copy_sat_w = master_to_weight_np(ref_w, N)
+    copy_b, copy_sat_b = master_to_weight_np(ref_b, N)
+    layout = WeightWalk.position_layout(g)
+    weights = []                                  # (position, grad, copy) in walk order
+    for o in range(cout):
+        for i in range(cin + 1):
+            for ky in range(kh if i < cin else 1):
+                word = o * (cin * kh + 1) + (i * kh + ky if i < cin else cin * kh)
+                for kx in range(kw if i < cin else 1):
+                    bias = i == cin
+                    position = dict(word=word, kx=kx, o=o, i=i, ky=ky, bias=int(bias))
+                    weights.append((position,
+                                    int(gb[o] if bias else gw[o, i, ky, kx]),
+                                    int(copy_b[o] if bias else copy_w[o, i, ky, kx])))
+    copies = []
+
+    async def tb(ctx):
+        if momentum:                              # a velocity to decay, as after a batch
+            for o in range(cout):
+                base = o * (cin * kh + 1)
+                for j in range(cin * kh):
+                    ctx.set(store.velocity.data[base + j],
+                            [int(v) for v in velocity_w[o, j // kh, j % kh]])
+                ctx.set(store.velocity.data[base + cin * kh], [int(velocity_b[o])] +
+                        [0] * (kw - 1))
+        ctx.set(store.walking, 1)
+        ctx.set(store.owner_busy, 1)
+        for position, grad, _ in weights:
+            ctx.set(store.read_word, position["word"])
+            await ctx.tick()                      # the word's read
+            while gaps.random() < 0.3:
+                await ctx.tick()
+            ctx.set(store.i.payload, {"grad": grad, "refresh": 0, "tag": position})
+            ctx.set(store.i.valid, 1)
+            await ctx.tick()
+            ctx.set(store.i.valid, 0)
+        for _ in range(6):
+            await ctx.tick()
+        ctx.set(store.walking, 0)
+        ctx.set(store.owner_busy, 0)
+        for o in range(cout):
+            for j in range(cin * kh + 1):
+                for k in range(kw if j < cin * kh else 1):
+                    ctx.set(store.host_addr, ((o * (cin * kh + 1) + j) << store.kx_bits) | k)
+                    ctx.set(store.host_read, 1)
+                    await ctx.tick()
+                    ctx.set(store.host_read, 0)
+                    assert ctx.get(store.host_rvalid)
+                    want = ref_b[o] if j == cin * kh else ref_w[o, j // kh, j % kh, k]
+                    assert ctx.get(store.host_rdata) == want, (o, j, k)
+        assert ctx.get(store.saturations) == sat_w + sat_b + copy_sat_w + copy_sat_b
+
+    async def watch(ctx):
+        offered, left, cycle = [], [], 0
+        async for _clk, _rst, valid, o_valid, tag, weight in ctx.tick().sample(
+                store.i.valid, store.o.valid, store.o.payload.tag, store.o.payload.weight):
+            if valid:
+                offered.append(cycle)
+            if o_valid:
+                copies.append((tag.word, tag.kx, weight))
+                left.append(cycle)
+                assert left == [c + 4 for c in offered[:len(left)]], "4 cycles of latency"
+            cycle += 1
+
+    sim = Simulator(store)
+    sim.add_clock(1e-6)
+    sim.add_testbench(watch, background=True)
+    sim.add_testbench(tb)
+    sim.run()
+    assert copies == [(p["word"], p["kx"], c) for p, _, c in weights]
