@@ -31,11 +31,14 @@ def find_tool(name):
     return found
 
 
-def check_formal(spec, *, name, mode="prove", depth=20, engine="smtbmc z3", timeout=600):
+def check_formal(spec, *, name, mode="prove", depth=20, engine="smtbmc z3", timeout=600,
+                 workdir=None):
     """Prove the ``Assert`` statements of ``spec`` (an elaboratable) or raise ``AssertionError``.
 
     ``mode`` is ``"bmc"`` (no failure within ``depth`` cycles of reset) or ``"prove"``
     (bounded check plus ``depth``-step induction: no failure ever). Returns the sby log.
+    ``workdir``, if given, is an existing folder to run in and keep (with the
+    counterexample's VCD), rather than a temporary one.
     """
     sby, z3 = find_tool("yowasp-sby"), find_tool("z3")
     # yowasp-sby still calls plain `yosys` and `yosys-smtbmc` unless told otherwise.
@@ -57,7 +60,8 @@ def check_formal(spec, *, name, mode="prove", depth=20, engine="smtbmc z3", time
         [files]
         {name}.il
     """)
-    with tempfile.TemporaryDirectory(prefix="fpdeep-formal-") as work:
+    with (tempfile.TemporaryDirectory(prefix="fpdeep-formal-") if workdir is None
+          else _Kept(workdir)) as work:
         with open(os.path.join(work, f"{name}.il"), "w") as f:
             f.write(il)
         with open(os.path.join(work, f"{name}.sby"), "w") as f:
@@ -69,3 +73,14 @@ def check_formal(spec, *, name, mode="prove", depth=20, engine="smtbmc z3", time
     if proc.returncode != 0 or "DONE (PASS" not in proc.stdout:
         raise AssertionError(f"formal check {name} failed:\n{proc.stdout[-4000:]}")
     return proc.stdout
+
+
+class _Kept:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self.path
+
+    def __exit__(self, *exc):
+        return False

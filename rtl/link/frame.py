@@ -204,6 +204,20 @@ class LinkConfig:
         """Payload words per wire cycle with full frames and no errors: the framing bound."""
         return self.max_payload / self.frame_symbols(self.max_payload)
 
+    def frame_survival(self, ber):
+        """Chance that a full frame arrives intact when each bit flips with probability
+        ``ber``, independently: ``(1 - ber)`` to the power of its header, payload and CRC
+        bits (the idle after it carries no bits that matter)."""
+        bits = (self.frame_symbols(self.max_payload) - 1) * self.word_width
+        return (1 - ber) ** bits
+
+    def limit(self, ber):
+        """The most payload words per wire cycle that any retransmission scheme can carry
+        with full frames at bit-error rate ``ber``: each frame is sent until a copy
+        arrives intact, so ``efficiency() * frame_survival(ber)``. Selective repeat aims
+        at it; go-back-N also resends the good frames after a lost one."""
+        return self.efficiency() * self.frame_survival(ber)
+
     def __repr__(self):
         return (f"LinkConfig(word_width={self.word_width}, vcs={self.vcs}, "
                 f"max_payload={self.max_payload}, replay_slots={self.replay_slots}, "

@@ -347,4 +347,9 @@ class LinkReceiver(wiring.Component):
             with m.If(schedule_nak & (~nak_scheduled | (nak_age == c.replay_timeout // 2))):
                 m.d.comb += self.nak.eq(1)
                 m.d.sync += [nak_scheduled.eq(1), nak_age.eq(0)]
+
+        # Internal state, for the formal checks (tests/rtl/link/test_link_formal.py), which
+        # elaborate this component themselves to reach it. Not an interface.
+        self._probe = dict(expected=expected, drain_seq=drain_seq, drain_idx=drain_idx,
+                           held=held, buffer=buffer, lengths=lengths)
         return m

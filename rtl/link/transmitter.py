@@ -176,9 +176,11 @@ class LinkTransmitter(wiring.Component):
             replay_w.data.eq(src),
             replay_w.en.eq(taken),
         ]
+        grant = Signal()        # the packer starts a frame for next_seq
         with m.If(~packing):
             m.d.comb += rr.take.eq(slot_free)
             with m.If(slot_free & rr.valid):
+                m.d.comb += grant.eq(1)
                 m.d.sync += [packing.eq(1), pack_vc.eq(rr.grant), pack_count.eq(0)]
         with m.Else():
             length = pack_count + taken
@@ -387,4 +389,9 @@ class LinkTransmitter(wiring.Component):
                 m.d.comb += start_replay.eq(timed_out | (self.peer_valid & ack_ok & self.peer.nak))
             with m.If(start_replay):
                 m.d.sync += [replay_req.eq(1), timer.eq(0), self.replays.eq(self.replays + 1)]
+
+        # Internal state, for the formal checks (tests/rtl/link/test_link_formal.py), which
+        # elaborate this component themselves to reach it. Not an interface.
+        self._probe = dict(next_seq=next_seq, ack_ptr=ack_ptr, tx_ptr=tx_ptr, packing=packing,
+                           pack_count=pack_count, grant=grant, replay=replay, meta=meta)
         return m
