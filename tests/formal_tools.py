@@ -32,13 +32,15 @@ def find_tool(name):
 
 
 def check_formal(spec, *, name, mode="prove", depth=20, engine="smtbmc z3", timeout=600,
-                 workdir=None):
+                 workdir=None, multiclock=True):
     """Prove the ``Assert`` statements of ``spec`` (an elaboratable) or raise ``AssertionError``.
 
     ``mode`` is ``"bmc"`` (no failure within ``depth`` cycles of reset) or ``"prove"``
     (bounded check plus ``depth``-step induction: no failure ever). Returns the sby log.
     ``workdir``, if given, is an existing folder to run in and keep (with the
-    counterexample's VCD), rather than a temporary one.
+    counterexample's VCD), rather than a temporary one. With ``multiclock=False`` every
+    step is one cycle of the single clock domain (``sync``), so ``depth`` counts cycles
+    and the solver cannot stutter; with it, the clock is an input the solver drives.
     """
     sby, z3 = find_tool("yowasp-sby"), find_tool("z3")
     # yowasp-sby still calls plain `yosys` and `yosys-smtbmc` unless told otherwise.
@@ -48,7 +50,7 @@ def check_formal(spec, *, name, mode="prove", depth=20, engine="smtbmc z3", time
         [options]
         mode {mode}
         depth {depth}
-        multiclock on
+        multiclock {"on" if multiclock else "off"}
 
         [engines]
         {engine}

@@ -132,7 +132,8 @@ class LinkReceiver(wiring.Component):
         drain_seq = Signal(S)       # the frame draining to `o`; frames before it are gone
         drain_idx = Signal(range(c.max_payload))
         held = Signal(slots)        # slot holds a good frame not yet drained
-        newest = Signal(S)          # the SACK
+        # The SACK. It starts one behind the ACK, naming no frame: 0 would claim frame 0.
+        newest = Signal(S, init=(1 << S) - 1)
 
         # Drain held frames before the ACK to `o`; the read port holds its data while
         # `o` stalls.
@@ -351,5 +352,7 @@ class LinkReceiver(wiring.Component):
         # Internal state, for the formal checks (tests/rtl/link/test_link_formal.py), which
         # elaborate this component themselves to reach it. Not an interface.
         self._probe = dict(expected=expected, drain_seq=drain_seq, drain_idx=drain_idx,
-                           held=held, buffer=buffer, lengths=lengths)
+                           held=held, buffer=buffer, lengths=lengths, state=state, idx=idx,
+                           header=header, writable=writable, write_slot=write_slot,
+                           takes_ack=takes_ack)
         return m

@@ -201,7 +201,7 @@ class LinkTransmitter(wiring.Component):
 
         # ---- link-state bookkeeping for the reverse direction -------------------------
         last_ack = Signal(S)
-        last_sack = Signal(S)
+        last_sack = Signal(S, init=(1 << S) - 1)    # as the receiver's SACK starts
         ack_now = Signal()
         nak_pending = Signal()
         last_freed = Signal(data.ArrayLayout(c.credit_width, c.vcs))
@@ -393,5 +393,6 @@ class LinkTransmitter(wiring.Component):
         # Internal state, for the formal checks (tests/rtl/link/test_link_formal.py), which
         # elaborate this component themselves to reach it. Not an interface.
         self._probe = dict(next_seq=next_seq, ack_ptr=ack_ptr, tx_ptr=tx_ptr, packing=packing,
-                           pack_count=pack_count, grant=grant, replay=replay, meta=meta)
+                           pack_count=pack_count, grant=grant, replay=replay, meta=meta,
+                           state=state, idx=idx, header=header, tx_slot=tx_slot)
         return m
