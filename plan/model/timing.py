@@ -218,8 +218,8 @@ def link_efficiency(ber, *, timing=TIMING, word_bits=16):
     carries nothing that matters): every frame is sent until one copy arrives intact,
     and selective repeat resends nothing else. With the defaults: 0.762 at BER 0, 0.738
     at 1e-4, 0.553 at 1e-3. ``python -m fpdeep.scripts.bench_link --seeds 5`` measured
-    the RTL at 99 % of it at 1e-4 and 96 % at 1e-3 (medians; go-back-N: 95 % and 70 %),
-    so a plan that leans on the link within a few percent of this figure should leave
+    the RTL at 99 % of it at 1e-4 and 92 % at 1e-3 (medians of 5 seeds; go-back-N: 96 %
+    and 67 %), so a plan that leans on the link within 10 % of this figure should leave
     that margin. A busy reverse direction costs nothing more: ACKs ride in its headers.
     """
     if not 0 <= ber < 1:
