@@ -112,6 +112,7 @@ class LinkEndpoint(wiring.Component):
             rx.i.valid.eq(self.phy_rx.valid),
             rx.i.payload.eq(self.phy_rx.payload),
             tx.rx_ack.eq(rx.ack),
+            tx.rx_sack.eq(rx.sack),
             tx.rx_ack_now.eq(rx.ack_now),
             tx.rx_nak.eq(rx.nak),
             tx.rx_freed.eq(bufs.freed),

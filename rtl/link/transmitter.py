@@ -1,4 +1,5 @@
-"""Link transmitter: VC arbitration, replay buffer, framing and go-back-N retransmission."""
+"""Link transmitter: VC arbitration, replay buffer, framing, and selective-repeat or
+go-back-N retransmission."""
 
 import enum
 
@@ -16,7 +17,8 @@ def PeerState(config):
     """Layout of the link state a receiver decodes from one good frame for its transmitter."""
     return data.StructLayout({
         "ack": unsigned(config.seq_width),
-        "nak": unsigned(1),
+        "nak": unsigned(1),                     # go-back-N
+        "sack": unsigned(config.seq_width),     # selective repeat
         "credit_vc": unsigned(config.vc_width),
         "credit": unsigned(config.credit_width),
     })
@@ -38,9 +40,18 @@ class LinkTransmitter(wiring.Component):
       pending it sends a CTRL frame when its receiver has news (ACK, NAK, freed
       credits) or when the link has been silent for ``refresh_interval`` cycles.
 
-    A slot is freed when the peer's cumulative ACK passes it. A NAK, or
-    ``replay_timeout`` cycles without ACK progress while frames are outstanding,
-    rewinds the framer to the oldest unacknowledged frame (go-back-N, as PCIe does).
+    A slot is freed when the peer's cumulative ACK passes it. What is resent depends on
+    ``config.retransmit``:
+
+    - *Selective repeat.* Each slot remembers ``mark``, the first frame the framer had
+      not yet sent when it last sent this one. The wire keeps order, so once the peer's
+      SACK names a frame at or after ``mark`` while this one is neither ACKed nor SACKed,
+      this one was lost, and it is resent ahead of new frames, once, until that happens
+      again. ``replay_timeout`` cycles without ACK progress while frames are
+      outstanding mark every sent frame that is not SACKed as lost (a tail loss has no
+      later frame to reveal it).
+    - *Go-back-N.* A NAK, or the timeout, rewinds the framer to the oldest
+      unacknowledged frame, as PCIe does.
 
     Parameters
     ----------
@@ -55,6 +66,8 @@ class LinkTransmitter(wiring.Component):
         PHY symbols; ``valid`` low sends an idle.
     rx_ack : In(seq_width)
         From the local receiver: the next sequence number it expects (our cumulative ACK).
+    rx_sack : In(seq_width)
+        From the local receiver: the last good DATA frame it holds (selective repeat).
     rx_ack_now : In(1)
         From the local receiver: a duplicate arrived; repeat the ACK soon.
     rx_nak : In(1)
@@ -66,7 +79,8 @@ class LinkTransmitter(wiring.Component):
     peer_valid : In(1)
         ...on the cycles this is high.
     replays : Out(16)
-        Replays started (NAK or timeout), wrapping.
+        Go-back-N: replays started (NAK or timeout); selective repeat: frames resent.
+        Wrapping.
     timeouts : Out(16)
         Replays started by the timer, wrapping.
 
@@ -74,15 +88,21 @@ class LinkTransmitter(wiring.Component):
     ``config.frame_symbols(max_payload)`` cycles.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, _remove=()):
         if not isinstance(config, LinkConfig):
             raise TypeError(f"config must be a LinkConfig, not {config!r}")
+        # For mutation tests only (tests/rtl/link/test_link_formal.py).
+        unknown = set(_remove) - {"replay"}
+        if unknown:
+            raise ValueError(f"_remove: unknown mechanisms {sorted(unknown)}")
+        self._remove = frozenset(_remove)
         self._cfg = config
         c = config
         super().__init__({
             "i": In(stream.Signature(c.word_width)).array(c.vcs),
             "o": Out(stream.Signature(c.word_width, always_ready=True)),
             "rx_ack": In(c.seq_width),
+            "rx_sack": In(c.seq_width),
             "rx_ack_now": In(1),
             "rx_nak": In(1),
             "rx_freed": In(data.ArrayLayout(c.credit_width, c.vcs)),
@@ -137,6 +157,7 @@ class LinkTransmitter(wiring.Component):
         m.d.comb += slot_free.eq(in_flight < c.replay_slots)
 
         taken = Signal()        # a word moves from the selected VC this cycle
+        committed = Signal()    # a frame takes sequence number next_seq this cycle
         for v in range(c.vcs):
             sel = packing & (pack_vc == v)
             m.d.comb += [
@@ -155,9 +176,11 @@ class LinkTransmitter(wiring.Component):
             replay_w.data.eq(src),
             replay_w.en.eq(taken),
         ]
+        grant = Signal()        # the packer starts a frame for next_seq
         with m.If(~packing):
             m.d.comb += rr.take.eq(slot_free)
             with m.If(slot_free & rr.valid):
+                m.d.comb += grant.eq(1)
                 m.d.sync += [packing.eq(1), pack_vc.eq(rr.grant), pack_count.eq(0)]
         with m.Else():
             length = pack_count + taken
@@ -172,11 +195,13 @@ class LinkTransmitter(wiring.Component):
                         meta_w.data.vc.eq(pack_vc),
                         meta_w.data.length.eq(length),
                         meta_w.en.eq(1),
+                        committed.eq(1),
                     ]
                     m.d.sync += next_seq.eq(next_seq + 1)
 
         # ---- link-state bookkeeping for the reverse direction -------------------------
         last_ack = Signal(S)
+        last_sack = Signal(S, init=(1 << S) - 1)    # as the receiver's SACK starts
         ack_now = Signal()
         nak_pending = Signal()
         last_freed = Signal(data.ArrayLayout(c.credit_width, c.vcs))
@@ -197,6 +222,7 @@ class LinkTransmitter(wiring.Component):
         silence = Signal(range(c.refresh_interval + 1))
         ctrl_needed = Signal()
         m.d.comb += ctrl_needed.eq(nak_pending | ack_now | (self.rx_ack != last_ack) |
+                                   (self.rx_sack != last_sack if c.selective else 0) |
                                    dirty.any() | (silence == c.refresh_interval))
         with m.If(silence != c.refresh_interval):
             m.d.sync += silence.eq(silence + 1)
@@ -236,16 +262,27 @@ class LinkTransmitter(wiring.Component):
                                  tx_slot[:slot_bits])),
         ]
 
-        # Where the next DATA frame comes from: after a NAK/timeout, or if ACKs overtook
-        # a replay in progress, restart at the oldest unacknowledged frame.
+        # Where the next DATA frame comes from.
         start_seq = Signal(S)
         m.d.comb += start_seq.eq(tx_ptr)
-        with m.If(replay_req | ((tx_ptr - ack_ptr)[:S] > in_flight)):
-            m.d.comb += start_seq.eq(ack_ptr)
+        sent = Signal(S)        # frames sent at least once and not yet acknowledged
+        m.d.comb += sent.eq(tx_ptr - ack_ptr)
+        lost = Signal(c.replay_slots)       # selective repeat: resend this slot's frame
+        if c.selective:
+            # The oldest lost frame goes first, ahead of new ones.
+            for k in reversed(range(c.replay_slots)):
+                with m.If(lost.bit_select(slot_of(ack_ptr + k), 1) & (k < sent)):
+                    m.d.comb += start_seq.eq(ack_ptr + k)
+        else:
+            # After a NAK/timeout, or if ACKs overtook a replay in progress, restart at
+            # the oldest unacknowledged frame.
+            with m.If(replay_req | ((tx_ptr - ack_ptr)[:S] > in_flight)):
+                m.d.comb += start_seq.eq(ack_ptr)
         m.d.comb += meta_r.addr.eq(slot_of(start_seq))
 
         send_data = Signal()
         send_ctrl = Signal()
+        resend = Signal()       # the DATA frame starting is one sent before
         with m.Switch(state):
             with m.Case(State.GAP):
                 m.d.comb += [
@@ -260,7 +297,9 @@ class LinkTransmitter(wiring.Component):
                         header.seq.eq(Mux(send_data, start_seq, 0)),
                         header.length.eq(Mux(send_data, meta_r.data.length, 0)),
                         header.ack.eq(self.rx_ack),
-                        header.nak.eq(nak_pending),
+                        (header.sack.eq(self.rx_sack) if c.selective else
+                         header.nak.eq(nak_pending)),
+                        last_sack.eq(self.rx_sack),
                         header.credit_vc.eq(credit_vc),
                         header.credit.eq(self.rx_freed[credit_vc]),
                         last_ack.eq(self.rx_ack),
@@ -270,8 +309,9 @@ class LinkTransmitter(wiring.Component):
                         credit_rr.eq(Mux(credit_vc == c.vcs - 1, 0, credit_vc + 1)),
                     ]
                 with m.If(send_data):
+                    m.d.comb += resend.eq(start_seq != tx_ptr)
                     m.d.sync += [
-                        tx_ptr.eq(start_seq + 1),
+                        tx_ptr.eq(Mux(resend & c.selective, tx_ptr, start_seq + 1)),
                         tx_slot.eq(slot_of(start_seq)),
                         replay_req.eq(0),
                     ]
@@ -297,7 +337,7 @@ class LinkTransmitter(wiring.Component):
         with m.If(self.rx_ack_now):
             m.d.sync += ack_now.eq(1)
 
-        # ---- ACK / NAK / timeout ------------------------------------------------------
+        # ---- ACK / SACK / NAK / timeout -------------------------------------------------
         timer = Signal(range(c.replay_timeout + 1))
         progress = Signal()
         ack_ok = Signal()
@@ -305,16 +345,54 @@ class LinkTransmitter(wiring.Component):
         with m.If(self.peer_valid & ack_ok):
             m.d.sync += ack_ptr.eq(self.peer.ack)
             m.d.comb += progress.eq(self.peer.ack != ack_ptr)
-        start_replay = Signal()
+        timed_out = Signal()
         with m.If(progress | (in_flight == 0)):
             m.d.sync += timer.eq(0)
         with m.Elif(timer == c.replay_timeout - 1):
             m.d.sync += [timer.eq(0), self.timeouts.eq(self.timeouts + 1)]
-            m.d.comb += start_replay.eq(1)
+            m.d.comb += timed_out.eq(1)
         with m.Else():
             m.d.sync += timer.eq(timer + 1)
-        with m.If(self.peer_valid & ack_ok & self.peer.nak):
-            m.d.comb += start_replay.eq(1)
-        with m.If(start_replay):
-            m.d.sync += [replay_req.eq(1), timer.eq(0), self.replays.eq(self.replays + 1)]
+        replaying = "replay" not in self._remove
+
+        if c.selective:
+            sacked = Signal(c.replay_slots)
+            marks = [Signal(S, name=f"mark{j}") for j in range(c.replay_slots)]
+            new_ack, news = self.peer.ack, self.peer.sack
+            news_ok = self.peer_valid & ack_ok & ((news - new_ack)[:S] < (tx_ptr - new_ack)[:S])
+            for j in range(c.replay_slots):
+                # Against the ACK just received: the frame in slot j, sent and not ACKed?
+                offset = (j - new_ack)[:max(1, slot_bits)] if slot_bits else C(0, 1)
+                pending = offset < (tx_ptr - new_ack)[:S]
+                # ...and against our own ACK pointer, for the timeout.
+                old_offset = (j - ack_ptr)[:max(1, slot_bits)] if slot_bits else C(0, 1)
+                outstanding = old_offset < sent
+                this = slot_of(news) == j if slot_bits else C(1, 1)
+                with m.If(news_ok & this):
+                    m.d.sync += sacked[j].eq(1)
+                # A frame sent after this one's last transmission arrived: this one is lost.
+                evidence = (news - new_ack)[:S] >= (marks[j] - new_ack)[:S]
+                if replaying:
+                    with m.If(news_ok & ~this & pending & ~sacked[j] & evidence):
+                        m.d.sync += lost[j].eq(1)
+                    with m.If(timed_out & outstanding & ~sacked[j]):
+                        m.d.sync += lost[j].eq(1)
+                with m.If(committed & (slot_of(next_seq) == j if slot_bits else 1)):
+                    m.d.sync += [sacked[j].eq(0), lost[j].eq(0)]
+                with m.If(send_data & (slot_of(start_seq) == j if slot_bits else 1)):
+                    m.d.sync += [lost[j].eq(0), marks[j].eq(Mux(resend, tx_ptr, start_seq + 1))]
+            with m.If(send_data & resend):
+                m.d.sync += self.replays.eq(self.replays + 1)
+        else:
+            start_replay = Signal()
+            if replaying:
+                m.d.comb += start_replay.eq(timed_out | (self.peer_valid & ack_ok & self.peer.nak))
+            with m.If(start_replay):
+                m.d.sync += [replay_req.eq(1), timer.eq(0), self.replays.eq(self.replays + 1)]
+
+        # Internal state, for the formal checks (tests/rtl/link/test_link_formal.py), which
+        # elaborate this component themselves to reach it. Not an interface.
+        self._probe = dict(next_seq=next_seq, ack_ptr=ack_ptr, tx_ptr=tx_ptr, packing=packing,
+                           pack_count=pack_count, grant=grant, replay=replay, meta=meta,
+                           state=state, idx=idx, header=header, tx_slot=tx_slot)
         return m

@@ -26,6 +26,14 @@ def test_all_vcs_both_directions(ber):
         assert result.status["a"]["replays"] == result.status["b"]["replays"] == 0
 
 
+def test_go_back_n_all_vcs_both_directions():
+    # The go-back-N scheme kept for comparison is scored the same way.
+    result = run_traffic(LinkConfig(retransmit="go-back-n"), words=300,
+                         directions=("ab", "ba"), ber=1e-3, seed=11, gap=0.3, stall=0.3)
+    result.check()
+    assert result.words == 2400
+
+
 def test_wide_words_two_lanes():
     config = LinkConfig(word_width=32, max_payload=8, rx_depth=32)
     result = run_traffic(config, words=150, vcs=[0, 3], directions=("ab", "ba"), ber=1e-3,

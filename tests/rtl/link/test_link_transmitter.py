@@ -27,10 +27,28 @@ def test_replay_after_nak():
     assert a["replays"] >= 1 and a["timeouts"] == 0
 
 
-def test_replay_after_timeout():
+def test_selective_repeat_resends_only_lost_frames():
+    # The same corrupted symbols: selective repeat resends the frames that were hit
+    # (a CTRL frame hit needs nothing), go-back-N also the good frames sent after them,
+    # which b receives twice, and it finishes later.
+    results = {}
+    for mode in ("selective", "go-back-n"):
+        results[mode] = run_traffic(LinkConfig(retransmit=mode), words=300, vcs=[0], seed=1,
+                                    errors=burst("err_ab", 150, 3))
+        results[mode].check()
+    a, b = results["selective"].status["a"], results["selective"].status["b"]
+    assert 1 <= a["replays"] <= b["bad_frames"]
+    assert b["duplicates"] == 0 and a["timeouts"] == 0
+    gbn = results["go-back-n"]
+    assert gbn.status["b"]["frames"] > b["frames"]
+    assert gbn.cycles > results["selective"].cycles
+
+
+@pytest.mark.parametrize("mode", ["selective", "go-back-n"])
+def test_replay_after_timeout(mode):
     # Every frame from b to a is lost for 400 cycles, ACKs included: a must time out
     # and replay, and b must drop the replayed frames it already has.
-    config = LinkConfig()
+    config = LinkConfig(retransmit=mode)
     result = run_traffic(config, words=400, vcs=[0, 1], seed=2,
                          errors=burst("err_ba", 100, 400))
     result.check()
@@ -50,3 +68,23 @@ def test_config_is_validated():
         LinkConfig(replay_timeout=64, refresh_interval=64)
     with pytest.raises(TypeError, match="crc"):
         LinkConfig(crc="crc32")
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(replay_slots=16, seq_width=4), "replay_slots"),   # window over half the space
+    (dict(replay_slots=8, seq_width=3), "replay_slots"),
+    (dict(max_payload=32, rx_depth=16), "max_payload"),     # a frame longer than the FIFO
+    (dict(rx_depth=0), "rx_depth"),                          # no credits
+    (dict(rx_depth=1, max_payload=1), "rx_depth"),
+    (dict(retransmit="stop-and-wait"), "retransmit"),
+])
+def test_configurations_that_cannot_work_are_refused(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        LinkConfig(**kwargs)
+
+
+def test_smallest_working_configurations():
+    assert LinkConfig(replay_slots=16, seq_width=5).seq_width == 5
+    assert LinkConfig(max_payload=16, rx_depth=16).rx_depth == 16
+    assert LinkConfig(rx_depth=2, max_payload=2).selective
+    assert not LinkConfig(retransmit="go-back-n").selective
