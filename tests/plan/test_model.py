@@ -701,11 +701,12 @@ def test_bp_engine_cycles(g, rows, period):
 @pytest.mark.parametrize("g, rows", [(DIGITS_CONV, 4), (DIGITS_CONV, 3), (DIGITS_FC, 10),
                                      (DIGITS_FC, 2), (SMALL[2], 2), (SMALL[3], 3)])
 def test_wu_engine_cycles(g, rows):
-    from fpdeep.rtl.weight_update import WeightGradientEngine
+    from fpdeep.rtl.weight_update import FcGradientEngine, WeightGradientEngine
     from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
     from tests.rtl.test_conv import EngineBench
-    engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act,
-                                  error_fmt=N.error)
+    # An FC layer's WU runs on the outer-product engine, as the datapath builds it.
+    kind = FcGradientEngine if g.is_matvec else WeightGradientEngine
+    engine = kind(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error)
     bench = EngineBench(engine, e_rd=engine.e_layout.depth, x_rd=g.cin * g.h)
     got = run_until_idle(bench, engine.start, engine.busy, step=engine.step, sink=engine.o)
     run = gw.wu_run(g, rows)
