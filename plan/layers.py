@@ -43,6 +43,13 @@ class ConvGeometry:
         return self.w + 2 * self.pw - self.kw + 1
 
     @property
+    def is_matvec(self):
+        """The kernel covers the unpadded input (an FC layer): one output pixel, so BP is
+        a matrix-vector product (:class:`~fpdeep.rtl.fc.FcBackpropEngine`) and WU an
+        outer product, not convolutions."""
+        return self.kh == self.h and self.kw == self.w and self.ph == 0 and self.pw == 0
+
+    @property
     def macs(self):
         return self.cout * self.cin * self.kh * self.kw * self.ho * self.wo
 

@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 from .activation import ActivationWriter
 from .backprop import ErrorDerivative, ErrorStore
 from .conv import ConvEngine, RowLayout
+from .fc import FcBackpropEngine
 from .sequencer import LayerControlSignature
 from .slots import FeatureMapSignature, FeatureMemory, FeaturePort, SlotSignature
 from .weight_update import WeightUpdateUnit
@@ -163,18 +164,24 @@ class LayerDatapath(wiring.Component):
         """The FP engine, weight-update unit and BP engine (``None`` without ``bp``) of
         the layer's kind (``layer.kind``).
 
-        Both kinds use the convolution engines today: a fully-connected layer is the
-        convolution whose kernel covers its whole input. A kind with engines of its own
-        (say a matrix-vector BP, or gradients formed at the SGD step) is built here; the
-        rest of the datapath reads them through the same ports.
+        A fully-connected layer is the convolution whose kernel covers its whole input;
+        FP and WU run on the convolution engines, but BP of a one-pixel output
+        (``geometry.is_matvec``) is a matrix-vector product and runs on the
+        :class:`~fpdeep.rtl.fc.FcBackpropEngine`, which keeps all its PEs busy. The rest
+        of the datapath reads the engines through the same ports.
         """
         g, n = layer.geometry, numerics
         fp = ConvEngine(geometry=g, rows=sizes.fp, in_fmt=n.act, weight_fmt=n.weight,
                         out_fmt=n.act, acc_width=n.acc_width, bias=True)
         unit = WeightUpdateUnit(geometry=g, wu_rows=sizes.wu, fp_rows=sizes.fp,
-                                bp_rows=sizes.bp if self._bp else None, numerics=n, **sgd)
+                                bp_rows=sizes.bp if self._bp else None, numerics=n,
+                                matvec=g.is_matvec, **sgd)
         bp = None
-        if self._bp:
+        if self._bp and g.is_matvec:
+            bp = FcBackpropEngine(geometry=g, rows=sizes.bp, in_fmt=n.error,
+                                  weight_fmt=n.weight, out_fmt=n.error, acc_width=n.acc_width,
+                                  raw=self._partial)
+        elif self._bp:
             bp = ConvEngine(geometry=g.transposed(), rows=sizes.bp, in_fmt=n.error,
                             weight_fmt=n.weight, out_fmt=n.error, acc_width=n.acc_width,
                             bias=False, raw=self._partial)

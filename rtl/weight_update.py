@@ -9,11 +9,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .conv import RowLayout, pack_conv_weights
+from .fc import pack_fc_bp_weights
 from .numerics import (FixedFormat, check_accumulator, saturate_hw, shift_round_hw,
                        requantize_hw, master_to_weight_np)
 from .systolic import SystolicArray
 
-__all__ = ["LaneLayout", "WeightGradientEngine", "WeightUpdateUnit", "WeightWalk", "SgdPipeline",
+__all__ = ["LaneLayout", "WeightGradientEngine", "FcGradientEngine", "WeightUpdateUnit", "WeightWalk", "SgdPipeline",
            "MasterStore", "ExchangeOp", "EXCHANGE_WIDTH", "gradient_words", "pack_lanes", "gradient_index_count"]
 
 
@@ -765,6 +766,9 @@ class WeightUpdateUnit(wiring.Component):
         Samples per mini-batch, to prove the gradient sums cannot overflow.
     remote : bool
         Masters and velocities live on a :class:`~fpdeep.rtl.weight_holder.WeightHolder`.
+    matvec : bool
+        An FC layer's engines (``geometry.is_matvec``): ``bp_weights`` is laid out for
+        the :class:`~fpdeep.rtl.fc.FcBackpropEngine` (:func:`~fpdeep.rtl.fc.pack_fc_bp_weights`).
 
     Members
     -------
@@ -803,9 +807,12 @@ class WeightUpdateUnit(wiring.Component):
     """
 
     def __init__(self, *, geometry, wu_rows, fp_rows, bp_rows, numerics, masters, rate_q,
-                 momentum_q, batch_size, remote=False):
+                 momentum_q, batch_size, remote=False, matvec=False):
         if not isinstance(remote, bool):
             raise ValueError(f"remote must be a bool, not {remote!r}")
+        if matvec and not geometry.is_matvec:
+            raise ValueError(f"matvec needs a one-pixel-output geometry, not {geometry!r}")
+        self._matvec = bool(matvec)
         if remote:
             _check_exchange(numerics)
         g = geometry
@@ -814,8 +821,9 @@ class WeightUpdateUnit(wiring.Component):
         self._rate_q, self._momentum_q = rate_q, momentum_q
         self._batch_size = batch_size
         self._remote = remote
-        self.engine = WeightGradientEngine(geometry=g, rows=wu_rows, act_fmt=numerics.act,
-                                           error_fmt=numerics.error, acc_width=numerics.acc_width)
+        engine = FcGradientEngine if self._matvec else WeightGradientEngine
+        self.engine = engine(geometry=g, rows=wu_rows, act_fmt=numerics.act,
+                             error_fmt=numerics.error, acc_width=numerics.acc_width)
         self.words_per_channel = gradient_index_count(g)
         self.words = g.cout * self.words_per_channel
         self.kx_bits = ceil_log2(g.kw)
@@ -829,7 +837,13 @@ class WeightUpdateUnit(wiring.Component):
             shape=data.ArrayLayout(numerics.weight.shape, fp_rows),
             depth=-(-g.cout // fp_rows) * (g.cin * g.kh * g.kw + 1),
             init=pack_conv_weights(wq, bq, fp_rows))
-        if bp_rows is not None:
+        if bp_rows is not None and matvec:
+            # The FC BP engine's copy: a word of bp_rows x kw weights per (tile, ky, o).
+            self.bp_weights = memory.Memory(
+                shape=data.ArrayLayout(numerics.weight.shape, bp_rows * g.kw),
+                depth=-(-g.cin // bp_rows) * g.kh * g.cout,
+                init=pack_fc_bp_weights(wq, bp_rows))
+        elif bp_rows is not None:
             flipped = wq[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
             self.bp_weights = memory.Memory(
                 shape=data.ArrayLayout(numerics.weight.shape, bp_rows),
@@ -838,8 +852,16 @@ class WeightUpdateUnit(wiring.Component):
         else:
             self.bp_weights = None
 
-        self.grads = memory.Memory(shape=data.ArrayLayout(signed(numerics.acc_width), g.kw),
-                                   depth=self.words, init=[])
+        if self._matvec:
+            # wu_rows lanes: lane l holds the channels o = l (mod wu_rows), word
+            # (o // wu_rows) * words_per_channel + (i*kh + ky, or the bias), so that a
+            # beat of the engine adds wu_rows gradient rows at one address in all lanes.
+            self.grads = [memory.Memory(shape=data.ArrayLayout(signed(numerics.acc_width), g.kw),
+                                        depth=self.engine.tiles * self.words_per_channel,
+                                        init=[]) for _ in range(wu_rows)]
+        else:
+            self.grads = memory.Memory(shape=data.ArrayLayout(signed(numerics.acc_width), g.kw),
+                                       depth=self.words, init=[])
         if remote:
             self.master_store = None
             self.master = self.velocity = None
@@ -888,7 +910,14 @@ class WeightUpdateUnit(wiring.Component):
                      fp_wr.en.eq(1 << fp_lane)]
         for r in range(self._fp_rows):
             m.d.comb += fp_wr.data[r].eq(value)
-        if bp_wr is not None:
+        if bp_wr is not None and self._matvec:
+            bp_tile = position.i // self._bp_rows
+            bp_lane = (position.i % self._bp_rows) * g.kw + position.kx
+            m.d.comb += [bp_wr.addr.eq((bp_tile * g.kh + position.ky) * g.cout + position.o),
+                         bp_wr.en.eq(Mux(position.bias, 0, 1 << bp_lane))]
+            for r in range(self._bp_rows * g.kw):
+                m.d.comb += bp_wr.data[r].eq(value)
+        elif bp_wr is not None:
             bp_taps = g.cout * g.kh * g.kw
             bp_tile = position.i // self._bp_rows
             bp_lane = position.i % self._bp_rows
@@ -911,12 +940,15 @@ class WeightUpdateUnit(wiring.Component):
         wiring.connect(m, wiring.flipped(self.x_rd), engine.x_rd)
         m.d.comb += engine.e_ready.eq(self.e_ready)
 
-        m.submodules.grads = grads = self.grads
+        if self._matvec:
+            grads_rd, grads_wr = self._gradient_lanes(m)
+        else:
+            m.submodules.grads = grads = self.grads
+            grads_rd = grads.read_port()
+            grads_wr = grads.write_port(granularity=1)
         m.submodules.fp_weights = self.fp_weights
         if self.bp_weights is not None:
             m.submodules.bp_weights = self.bp_weights
-        grads_rd = grads.read_port()
-        grads_wr = grads.write_port(granularity=1)
         fp_wr = self.fp_weights.write_port(granularity=1)
         bp_wr = (self.bp_weights.write_port(granularity=1)
                  if self.bp_weights is not None else None)
@@ -933,7 +965,11 @@ class WeightUpdateUnit(wiring.Component):
         rmw_sums = Signal.like(engine.o.payload.sums)
         updating = Signal()
         m.d.comb += engine.o.ready.eq(~updating)
-        beat_addr = engine.o.payload.channel * self.words_per_channel + engine.o.payload.index
+        if self._matvec:
+            beat_addr = engine.o.payload.tile * self.words_per_channel + engine.o.payload.index
+        else:
+            beat_addr = (engine.o.payload.channel * self.words_per_channel
+                         + engine.o.payload.index)
         m.d.sync += rmw_valid.eq(engine.o.valid & engine.o.ready)
         with m.If(engine.o.valid & engine.o.ready):
             m.d.sync += [rmw_addr.eq(beat_addr), rmw_sums.eq(engine.o.payload.sums)]
@@ -957,7 +993,8 @@ class WeightUpdateUnit(wiring.Component):
 
         # Read-port address: the update walk, else the RMW beat. The read data stays put
         # while the word's elements are processed.
-        m.d.comb += [grads_rd.addr.eq(Mux(updating, position.word, beat_addr)),
+        m.d.comb += [grads_rd.addr.eq(Mux(updating, self._grad_word(m, position, grads_rd),
+                                          beat_addr)),
                      grads_rd.en.eq(~element_phase)]
         g_raw = _element(m, grads_rd.data, position.kx, kw, n.acc_shape)
 
@@ -991,8 +1028,50 @@ class WeightUpdateUnit(wiring.Component):
 
     def _rmw_write(self, m, grads_wr, grads_rd, rmw_addr, rmw_sums):
         m.d.comb += [grads_wr.addr.eq(rmw_addr), grads_wr.en.eq(-1)]
+        if self._matvec:            # every lane: its row of the beat
+            m.d.comb += grads_wr.all.eq(1)
+            for lane, (rd, data_) in enumerate(zip(grads_rd.lanes, grads_wr.lanes)):
+                for c in range(self._g.kw):
+                    m.d.comb += data_[c].eq(rd.data[c] + rmw_sums[lane][c])
+            return
         for c in range(self._g.kw):
             m.d.comb += grads_wr.data[c].eq(grads_rd.data[c] + rmw_sums[c])
+
+    def _grad_word(self, m, position, port):
+        """The gradient word of a :class:`WeightWalk` ``position``: ``position.word``, or
+        with ``matvec`` its word in lane ``o % wu_rows`` (also set on ``port.lane``)."""
+        if not self._matvec:
+            return position.word
+        g, lanes = self._g, self._wu_rows
+        index = Mux(position.bias, g.cin * g.kh, position.i * g.kh + position.ky)
+        m.d.comb += port.lane.eq(position.o % lanes)
+        return (position.o // lanes) * self.words_per_channel + index
+
+    def _gradient_lanes(self, m):
+        """The ``matvec`` lanes behind one read and one write port each, selected by
+        ``lane`` (``all`` writes every lane its own ``lanes[l]`` data: the RMW)."""
+        n, kw = self._n, self._g.kw
+        shape = data.ArrayLayout(signed(n.acc_width), kw)
+        depth = self.grads[0].depth
+        rd = Signal(data.StructLayout({"addr": range(max(2, depth)), "en": 1, "data": shape,
+                                       "lane": range(max(2, self._wu_rows))}))
+        wr = Signal(data.StructLayout({"addr": range(max(2, depth)), "en": kw, "data": shape,
+                                       "lane": range(max(2, self._wu_rows)), "all": 1}))
+        rd_lanes, wr_lanes = [], []
+        for lane, mem in enumerate(self.grads):
+            m.submodules[f"grads{lane}"] = mem
+            port_rd = mem.read_port()
+            port_wr = mem.write_port(granularity=1)
+            wr_data = Signal(shape, name=f"grads{lane}_rmw")
+            m.d.comb += [port_rd.addr.eq(rd.addr), port_rd.en.eq(rd.en),
+                         port_wr.addr.eq(wr.addr),
+                         port_wr.en.eq(Mux(wr.all | (wr.lane == lane), wr.en, 0)),
+                         port_wr.data.eq(Mux(wr.all, wr_data, wr.data))]
+            with m.If(rd.lane == lane):
+                m.d.comb += rd.data.eq(port_rd.data)
+            rd_lanes.append(port_rd)
+            wr_lanes.append(wr_data)
+        return _Lanes(rd, rd_lanes), _Lanes(wr, wr_lanes)
 
     def _elaborate_local(self, m, *, start, refresh, walking, element_phase, element_done,
                          position, g_raw, updating, grads_rd, grads_wr, fp_wr, bp_wr,
@@ -1021,7 +1100,7 @@ class WeightUpdateUnit(wiring.Component):
         # As each new master is written back: clear its gradient, write both copies.
         result = store.o.payload
         with m.If(store.o.valid):
-            m.d.comb += [grads_wr.addr.eq(result.tag.word),
+            m.d.comb += [grads_wr.addr.eq(self._grad_word(m, result.tag, grads_wr)),
                          grads_wr.en.eq(Mux(result.refresh, 0, 1 << result.tag.kx))]
             for c in range(self._g.kw):
                 m.d.comb += grads_wr.data[c].eq(0)
@@ -1062,7 +1141,7 @@ class WeightUpdateUnit(wiring.Component):
             with m.Elif(part == parts - 1):
                 m.d.sync += [part.eq(0), self.saturations.eq(self.saturations + g_flag)]
                 m.d.comb += [element_done.eq(1),
-                             grads_wr.addr.eq(walk.position.word),
+                             grads_wr.addr.eq(self._grad_word(m, walk.position, grads_wr)),
                              grads_wr.en.eq(1 << walk.position.kx)]
                 for c in range(self._g.kw):
                     m.d.comb += grads_wr.data[c].eq(0)
@@ -1080,3 +1159,126 @@ class WeightUpdateUnit(wiring.Component):
                                self.copies_in.payload[:n.weight.width].as_signed(),
                                fp_wr, bp_wr)
         return ~header & ~walking & ~element_phase & ~receiving
+
+
+class _Lanes:
+    """A port-like view of the ``matvec`` gradient lanes: the fields of ``port`` (a
+    :class:`WeightUpdateUnit` drives them as a memory port's) and each lane's own."""
+
+    def __init__(self, port, lanes):
+        self._port, self.lanes = port, lanes
+
+    def __getattr__(self, name):
+        return getattr(self._port, name)
+
+
+class FcGradientEngine(wiring.Component):
+    """One sample's weight and bias gradients of a one-pixel-output (FC) layer.
+
+    ``grad[o, i, ky, kx] = e[o] * in[i, ky, kx]`` and ``grad_b[o] = e[o] * 1.0``: an
+    outer product, with no sum over pixels, so a systolic tile of one step (the
+    :class:`WeightGradientEngine`) would wait on its latency. Here ``rows`` × ``kw``
+    multipliers form, per beat, the gradient rows of ``rows`` output channels (a tile
+    ``t``, their errors one :class:`LaneLayout` word) at one ``index = i * kh + ky``
+    (one input row) or the bias: ``tiles * (cin * kh + 1)`` beats per sample, one per
+    cycle, for the :class:`WeightUpdateUnit`'s lanes to add in one read-modify-write.
+
+    Timing: the first beat is offered two cycles after ``start`` (address, then read);
+    busy ``tiles * (cin * kh + 1) + 1`` cycles with an always-ready sink.
+
+    Members
+    -------
+    start : In(1)
+    busy, step, starved : Out(1)
+    e_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(error, rows)))
+        Errors at the layer's output, :class:`LaneLayout` (one word per tile).
+    x_rd : In(memory.ReadPort.Signature(shape=ArrayLayout(act, w)))
+        The layer's input, :class:`RowLayout`.
+    e_ready : In(range(2)), 1 by default
+        The errors are written.
+    o : Out(stream.Signature(StructLayout({"tile", "index", "sums": ArrayLayout(ArrayLayout(signed(acc), kw), rows)})))
+        Lane ``r`` of ``sums`` is channel ``tile * rows + r``'s gradient row ``index``
+        (``cin * kh`` for the bias, in element 0).
+
+    Raises
+    ------
+    ValueError
+        If the geometry is not one-pixel-output or ``rows`` is not a positive int.
+    """
+
+    def __init__(self, *, geometry, rows, act_fmt, error_fmt, acc_width=48):
+        if not geometry.is_matvec:
+            raise ValueError(f"geometry must have a one-pixel output and no padding, "
+                             f"not {geometry!r}")
+        if not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be a positive int, not {rows!r}")
+        g = geometry
+        self._g, self._rows = g, rows
+        self._act_fmt, self._error_fmt, self._acc_width = act_fmt, error_fmt, acc_width
+        self.e_layout = LaneLayout(g.cout, 1, 1, rows, error_fmt)
+        self.x_layout = RowLayout(g.cin, g.h, g.w, act_fmt)
+        self.tiles = self.e_layout.tiles
+        per = gradient_index_count(g)
+        super().__init__({
+            "start": In(1),
+            "busy": Out(1),
+            "step": Out(1),
+            "e_rd": In(memory.ReadPort.Signature(
+                addr_width=ceil_log2(self.e_layout.depth), shape=self.e_layout.shape)),
+            "x_rd": In(memory.ReadPort.Signature(
+                addr_width=ceil_log2(self.x_layout.depth), shape=self.x_layout.shape)),
+            "e_ready": In(range(2), init=1),
+            "starved": Out(1),
+            "o": Out(stream.Signature(data.StructLayout({
+                "tile": range(max(2, self.tiles)),
+                "index": range(per),
+                "sums": data.ArrayLayout(data.ArrayLayout(signed(acc_width), g.kw), rows),
+            }))),
+        })
+
+    @property
+    def array_shape(self):
+        return (self._rows, self._g.kw)
+
+    def elaborate(self, platform):
+        m = Module()
+        g, rows = self._g, self._rows
+        bias_index = g.cin * g.kh
+        t = Signal(range(max(2, self.tiles)))
+        index = Signal(range(bias_index + 1))
+        running = Signal()
+        s1_valid, s1_t, s1_index = Signal(), Signal.like(t), Signal.like(index)
+        advance = ~s1_valid | self.o.ready
+        # The input row of index i * kh + ky is row ky of channel i: address i * h + ky,
+        # the index itself (kh = h).
+        m.d.comb += [self.e_rd.en.eq(advance), self.x_rd.en.eq(advance),
+                     self.e_rd.addr.eq(t), self.x_rd.addr.eq(index)]
+        issue = running & (self.e_ready != 0)
+        m.d.comb += self.starved.eq(running & advance & ~issue)
+        with m.If(advance):
+            m.d.sync += [s1_valid.eq(issue), s1_t.eq(t), s1_index.eq(index)]
+            with m.If(issue):
+                with m.If(index == bias_index):
+                    m.d.sync += index.eq(0)
+                    with m.If(t == self.tiles - 1):
+                        m.d.sync += [t.eq(0), running.eq(0)]
+                    with m.Else():
+                        m.d.sync += t.eq(t + 1)
+                with m.Else():
+                    m.d.sync += index.eq(index + 1)
+        with m.If(self.start & ~self.busy):
+            m.d.sync += [running.eq(1), t.eq(0), index.eq(0)]
+
+        at_bias = s1_index == bias_index
+        for c in range(g.kw):
+            x = Mux(at_bias, self._act_fmt.one if c == 0 else 0, self.x_rd.data[c])
+            for r in range(rows):
+                m.d.comb += self.o.payload.sums[r][c].eq(self.e_rd.data[r] * x)
+        m.d.comb += [
+            self.o.valid.eq(s1_valid),
+            self.o.payload.tile.eq(s1_t),
+            self.o.payload.index.eq(s1_index),
+            self.busy.eq(running | s1_valid),
+            self.step.eq(self.o.valid & self.o.ready),
+        ]
+        return m

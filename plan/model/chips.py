@@ -375,7 +375,9 @@ def memory_bits(chip, layers, *, slots=None):
             out["errors"] += maps * 16
             out["weights"] += -(-g.cin // s.bp) * s.bp * g.cout * g.kh * g.kw * 16
         out["weights"] += -(-g.cout // s.fp) * s.fp * (g.cin * g.kh * g.kw + 1) * 16
-        out["weights"] += g.cout * (g.cin * g.kh + 1) * g.kw * 48
+        # The gradient sums; an FC slice's lanes round its channels up to wu_rows.
+        sums = -(-g.cout // s.wu) * s.wu if g.is_matvec else g.cout
+        out["weights"] += sums * (g.cin * g.kh + 1) * g.kw * 48
         if s.layer.name != chip.remote:
             out["weights"] += master_bits(g)
     if chip.split and chip.first_layer.index > 0:

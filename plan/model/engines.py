@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from .timing import TIMING
 
-__all__ = ["EngineRun", "array_run", "fp_tiles", "fp_waits", "wu_tiles", "wu_waits", "fp_run", "bp_run", "wu_run", "loss_cycles", "loss_emit_cycle", "sgd_cycles", "map_sender_cycles", "exchange_runs"]
+__all__ = ["EngineRun", "array_run", "fp_tiles", "fp_waits", "wu_tiles", "wu_waits", "fp_run", "bp_run", "fc_bp_tiles", "wu_run", "loss_cycles", "loss_emit_cycle", "sgd_cycles", "map_sender_cycles", "exchange_runs"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class EngineRun:
 
 
 def array_run(tiles, rows, cols, *, sink_period=1, timing=TIMING, keep_rows=False,
-              enter=None):
+              enter=None, latency=None):
     """Busy cycles of an engine that feeds ``tiles`` through a ``rows × cols`` array.
 
     ``tiles`` is a sequence of runs ``(steps, used, count, tag)``: ``count`` tiles
@@ -43,8 +43,11 @@ def array_run(tiles, rows, cols, *, sink_period=1, timing=TIMING, keep_rows=Fals
     the tile two before it has drained. Within a run the recurrence is shift
     invariant, so once one tile moves the whole state by the same number of cycles
     the rest of the run follows in one step, exactly (without waits).
+
+    ``latency``: the array's tile latency if not the systolic ``rows + cols + 1``
+    (:class:`~fpdeep.rtl.fc.MatVecArray`'s :attr:`GatewareTiming.matvec_latency`).
     """
-    latency = rows + cols + 1 + timing.drain_delay
+    latency = (rows + cols + 1 if latency is None else latency) + timing.drain_delay
     period = sink_period
     prev_last = timing.first_step - 1      # the last step of the "previous" tile
     d1 = d2 = None                         # the last two tiles' final result rows
@@ -199,15 +202,45 @@ def bp_run(g, rows, *, sink_period=1, timing=TIMING, keep_rows=False, enter=None
     ``(cycle, tile, lane)``, tiles numbered as :func:`fp_tiles` does. ``enter``: per
     error row, the first cycle a step reading it may enter (as :func:`fp_run`).
     """
+    if g.is_matvec:
+        return _fc_bp_run(g, rows, sink_period=sink_period, timing=timing,
+                          keep_rows=keep_rows, enter=enter)
     t = g.transposed()
     waits = fp_waits(t, rows, enter) if enter is not None else None
     return array_run(fp_tiles(t, rows, bias=False), rows, t.wo, sink_period=sink_period,
                      timing=timing, keep_rows=keep_rows, enter=waits)
 
 
+def fc_bp_tiles(g, rows):
+    """Tiles of :class:`~fpdeep.rtl.fc.FcBackpropEngine` in its order: per input row
+    ``y``, per tile ``t`` of ``rows`` input channels, ``cout`` steps; tile ``n`` is row
+    ``n // tiles``, channel tile ``n % tiles`` (as :func:`fp_tiles` numbers the
+    transposed convolution's). Returned as runs."""
+    tiles = -(-g.cin // rows)
+    return _runs((g.cout, min(rows, g.cin - t * rows), y * tiles + t)
+                 for y in range(g.h) for t in range(tiles))
+
+
+def _fc_bp_run(g, rows, *, sink_period, timing, keep_rows, enter):
+    """:func:`bp_run` of a one-pixel-output layer, on the matrix-vector engine
+    (``rows × w``): every step reads the one error row, so each tile's first step
+    waits for it."""
+    waits = (lambda n: [(0, enter[0])]) if enter is not None else None
+    return array_run(fc_bp_tiles(g, rows), rows, g.w, sink_period=sink_period,
+                     timing=timing, keep_rows=keep_rows, enter=waits,
+                     latency=timing.matvec_latency)
+
+
 def wu_run(g, rows, *, timing=TIMING, enter=None):
-    """The WU engine (``rows × kw``) over one sample; its sink never stalls.
+    """The WU engine (``rows × kw``) over one sample; its sink never stalls. A
+    one-pixel-output layer's is the :class:`~fpdeep.rtl.weight_update.FcGradientEngine`.
     ``enter``: per error row, as :func:`bp_run`."""
+    if g.is_matvec:
+        # FcGradientEngine: one beat per (tile, gradient row), back to back from the
+        # first (which waits for the errors), busy until the last.
+        beats = -(-g.cout // rows) * (g.cin * g.kh + 1)
+        first = timing.first_step if enter is None else max(timing.first_step, enter[0])
+        return EngineRun(busy=first + beats - 1, steps=beats)
     waits = wu_waits(g, enter) if enter is not None else None
     return array_run(wu_tiles(g, rows), rows, g.kw, timing=timing, enter=waits)
 

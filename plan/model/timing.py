@@ -23,6 +23,10 @@ class GatewareTiming:
             array's ``tile_latency``) plus this after its last step (the
             ``ready_tiles`` register). The array has two result banks: a tile's
             last step waits until the tile two before it has drained.
+        matvec_latency
+            :class:`~fpdeep.rtl.fc.MatVecArray` (FC back-propagation) lands a tile's
+            sums this many cycles after its last step (its ``tile_latency``; the
+            systolic array's is ``rows + cols + 1``); ``drain_delay`` follows as there.
         rmw_tail
             :class:`WeightUpdateUnit` stays busy this long after its engine (the
             read-modify-write of the last gradient row).
@@ -147,6 +151,7 @@ class GatewareTiming:
     """
     first_step: int = 2
     drain_delay: int = 1
+    matvec_latency: int = 2
     rmw_tail: int = 1
     deriv_none: int = 1
     deriv_relu: int = 3

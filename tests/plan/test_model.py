@@ -652,6 +652,19 @@ def conv_bench(g, rows, *, bias, seed):
     return engine, EngineBench(engine, w_rd=pack_conv_weights(w, b, rows), x_rd=pack_rows(x))
 
 
+def fc_bp_bench(g, rows, *, seed):
+    from fpdeep.rtl.conv import pack_rows
+    from fpdeep.rtl.fc import FcBackpropEngine, pack_fc_bp_weights
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+    from tests.rtl.test_conv import EngineBench
+    rng = np.random.default_rng(seed)
+    engine = FcBackpropEngine(geometry=g, rows=rows, in_fmt=N.error, weight_fmt=N.weight,
+                              out_fmt=N.error)
+    w = rng.integers(-300, 300, size=(g.cout, g.cin, g.kh, g.kw))
+    e = rng.integers(-300, 300, size=(g.cout, 1, 1))
+    return engine, EngineBench(engine, w_rd=pack_fc_bp_weights(w, rows), x_rd=pack_rows(e))
+
+
 DIGITS_CONV = ConvGeometry(1, 4, 8, 8, 3, 3, 1, 1)
 DIGITS_FC = ConvGeometry(4, 10, 4, 4, 4, 4)
 SMALL = [DIGITS_CONV, DIGITS_FC, ConvGeometry(2, 5, 5, 4, 3, 2, 1, 0),
@@ -672,9 +685,13 @@ def test_fp_engine_cycles(g, rows):
                                              (DIGITS_FC, 3, 1), (SMALL[2], 2, 3),
                                              (SMALL[3], 2, 4), (DIGITS_CONV, 1, 3)])
 def test_bp_engine_cycles(g, rows, period):
-    """BP: the conv engine on the transposed geometry, no bias, into a sink that takes
-    a row every ``period`` cycles (the derivative, or a serializer)."""
-    engine, bench = conv_bench(g.transposed(), rows, bias=False, seed=period)
+    """BP: the conv engine on the transposed geometry, no bias (the matrix-vector
+    engine for an FC layer, as the datapath builds it), into a sink that takes a row
+    every ``period`` cycles (the derivative, or a serializer)."""
+    if g.is_matvec:
+        engine, bench = fc_bp_bench(g, rows, seed=period)
+    else:
+        engine, bench = conv_bench(g.transposed(), rows, bias=False, seed=period)
     got = run_until_idle(bench, engine.start, engine.busy, step=engine.step, sink=engine.o,
                          period=period)
     run = gw.bp_run(g, rows, sink_period=period)
@@ -684,11 +701,12 @@ def test_bp_engine_cycles(g, rows, period):
 @pytest.mark.parametrize("g, rows", [(DIGITS_CONV, 4), (DIGITS_CONV, 3), (DIGITS_FC, 10),
                                      (DIGITS_FC, 2), (SMALL[2], 2), (SMALL[3], 3)])
 def test_wu_engine_cycles(g, rows):
-    from fpdeep.rtl.weight_update import WeightGradientEngine
+    from fpdeep.rtl.weight_update import FcGradientEngine, WeightGradientEngine
     from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
     from tests.rtl.test_conv import EngineBench
-    engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act,
-                                  error_fmt=N.error)
+    # An FC layer's WU runs on the outer-product engine, as the datapath builds it.
+    kind = FcGradientEngine if g.is_matvec else WeightGradientEngine
+    engine = kind(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error)
     bench = EngineBench(engine, e_rd=engine.e_layout.depth, x_rd=g.cin * g.h)
     got = run_until_idle(bench, engine.start, engine.busy, step=engine.step, sink=engine.o)
     run = gw.wu_run(g, rows)

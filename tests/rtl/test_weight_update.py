@@ -6,6 +6,7 @@ from amaranth.sim import Simulator
 
 from fpdeep.rtl.conv import ConvGeometry, pack_rows
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+from fpdeep.rtl.fc import pack_fc_bp_weights
 from fpdeep.rtl.weight_update import WeightGradientEngine, pack_lanes, gradient_index_count
 from fpdeep.sim.reference import conv_weight_grad_acc
 from tests.rtl.test_conv import EngineBench, StreamingBench
@@ -100,11 +101,17 @@ UPDATE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", UPDATE_CASES)
-def test_two_batches_match_sgd_reference(case):
+@pytest.mark.parametrize("case", UPDATE_CASES + [(4, 10, 4, 4, 4, 4, 0, 0, 3, 10, 3, 0.9),
+                                                 (3, 5, 1, 2, 1, 2, 0, 0, 5, 2, 2, 0.0)])
+@pytest.mark.parametrize("matvec", [False, True])
+def test_two_batches_match_sgd_reference(case, matvec):
+    """With ``matvec`` (FC layers only): the FC gradient engine, the gradient lanes and
+    the FC BP copy layout."""
     cin, cout, h, w, kh, kw, ph, pw, wu_rows, fp_rows, bp_rows, momentum = case
     rng = np.random.default_rng(sum(case[:8]))
     g = ConvGeometry(cin=cin, cout=cout, h=h, w=w, kh=kh, kw=kw, ph=ph, pw=pw)
+    if matvec and not g.is_matvec:
+        pytest.skip("matvec is for one-pixel-output layers")
     batch = 2
     master_w = N.master.from_float(rng.normal(0, 0.5, size=(cout, cin, kh, kw)))
     master_w[0, 0, 0, 0] = N.master.max - 5          # pushed into saturation below
@@ -113,7 +120,7 @@ def test_two_batches_match_sgd_reference(case):
     momentum_q = N.rate_from_float(momentum) if momentum else 0
     unit = WeightUpdateUnit(geometry=g, wu_rows=wu_rows, fp_rows=fp_rows, bp_rows=bp_rows,
                             numerics=N, masters=(master_w, master_b), rate_q=rate_q,
-                            momentum_q=momentum_q, batch_size=batch)
+                            momentum_q=momentum_q, batch_size=batch, matvec=matvec)
     bench = EngineBench(unit, e_rd=unit.engine.e_layout.depth, x_rd=g.cin * g.h)
     e_mem, x_mem = bench.memories["e_rd"], bench.memories["x_rd"]
     batches = []
@@ -183,12 +190,16 @@ def test_two_batches_match_sgd_reference(case):
         fp_words = pack_conv_weights(wq, bq, fp_rows)
         for a, word in enumerate(fp_words):
             assert list(ctx.get(unit.fp_weights.data[a])) == word, a
-        if bp_rows:
+        if bp_rows and matvec:
+            for a, word in enumerate(pack_fc_bp_weights(wq, bp_rows)):
+                assert list(ctx.get(unit.bp_weights.data[a])) == word, a
+        elif bp_rows:
             flipped = wq[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
             for a, word in enumerate(pack_conv_weights(flipped, None, bp_rows)):
                 assert list(ctx.get(unit.bp_weights.data[a])) == word, a
-        for a in range(unit.words):
-            assert all(v == 0 for v in ctx.get(unit.grads.data[a])), "gradients cleared"
+        for lane in (unit.grads if matvec else [unit.grads]):
+            for a in range(lane.depth):
+                assert all(v == 0 for v in ctx.get(lane.data[a])), "gradients cleared"
         assert ctx.get(unit.saturations) == ref_sat
 
     sim = Simulator(bench)
