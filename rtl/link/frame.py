@@ -20,7 +20,9 @@ freed in one virtual channel's receive FIFO, and, by retransmission scheme:
 
 - selective repeat (the default): the *SACK*, the sequence number of the last good DATA
   frame the receiver holds, which tells the sender that the frame arrived and that any
-  frame sent before it and still missing was lost;
+  frame sent before it and still missing was lost; and a NAK, which says a bad frame
+  arrived, so that a lost frame with no later one behind it need not wait for the
+  replay timeout;
 - go-back-N: a one-shot NAK.
 
 ACK, SACK and credit are absolute values, so a lost control frame loses nothing that a
@@ -174,7 +176,7 @@ class LinkConfig:
     def header_layout(self):
         """``data.StructLayout`` of a frame header.
 
-        With the defaults it is 29 bits (selective repeat) or 26 (go-back-N): two
+        With the defaults it is 30 bits (selective repeat) or 26 (go-back-N): two
         16-bit symbols either way."""
         fields = {
             "kind":      FrameKind,
@@ -185,8 +187,9 @@ class LinkConfig:
         }
         if self.selective:
             fields["sack"] = unsigned(self.seq_width) # last good DATA frame held
-        else:
-            fields["nak"] = unsigned(1)               # replay from `ack`, please
+        # Go-back-N: replay from `ack`, please. Selective repeat: a frame was bad, so a
+        # frame that no later one can reveal as lost (a tail frame) may need resending.
+        fields["nak"] = unsigned(1)
         fields["credit_vc"] = unsigned(self.vc_width)
         fields["credit"] = unsigned(self.credit_width) # words freed in that VC, mod 2**credit_width
         return data.StructLayout(fields)

@@ -29,7 +29,8 @@ class LinkReceiver(wiring.Component):
       cycle, and free their slot once drained.
     - With selective repeat a good frame ahead of the ACK (within the window, with its
       slot free) is kept too, and ``sack`` names the last good frame held: the sender
-      resends only what is missing. With go-back-N only the frame the ACK names is kept;
+      resends only what is missing. Each bad frame requests a NAK, for a loss that no
+      later frame's SACK can reveal. With go-back-N only the frame the ACK names is kept;
       a bad frame or one from the future is dropped and one NAK is requested until an
       in-order frame arrives again (PCIe's NAK_SCHEDULED), or until ``replay_timeout //
       2`` cycles pass with frames still bad or ahead, which means the replay was hit too.
@@ -57,7 +58,8 @@ class LinkReceiver(wiring.Component):
     ack_now : Out(1)
         Pulse: a duplicate arrived, so the peer should hear our ACK again.
     nak : Out(1)
-        Go-back-N, pulse: a frame was lost or bad; the peer should replay.
+        Pulse: a frame was lost or bad. Go-back-N: the peer should replay. Selective
+        repeat: the peer should resend its frames that no later frame can show lost.
     peer : Out(PeerState(config))
         Link state from the last good frame...
     peer_valid : Out(1)
@@ -296,10 +298,9 @@ class LinkReceiver(wiring.Component):
             self.peer.credit.eq(header.credit),
             self.peer_valid.eq(good),
         ]
+        m.d.comb += self.peer.nak.eq(header.nak)
         if c.selective:
             m.d.comb += self.peer.sack.eq(header.sack)
-        else:
-            m.d.comb += self.peer.nak.eq(header.nak)
 
         nak_scheduled = Signal()
         schedule_nak = Signal()
@@ -339,7 +340,11 @@ class LinkReceiver(wiring.Component):
         with m.If(bad):
             m.d.sync += self.bad_frames.eq(self.bad_frames + 1)
             m.d.comb += schedule_nak.eq(1)
-        if not c.selective:
+        if c.selective:
+            # Every bad frame: the sender resends only frames no later frame can reveal
+            # as lost, so a NAK that was not needed costs at most those.
+            m.d.comb += self.nak.eq(schedule_nak)
+        else:
             # One NAK per loss, as in PCIe; but if the replay itself is hit (frames still
             # bad or ahead half a replay timeout later) NAK again rather than wait it out.
             nak_age = Signal(range(c.replay_timeout // 2 + 1))

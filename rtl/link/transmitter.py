@@ -47,9 +47,12 @@ class LinkTransmitter(wiring.Component):
       not yet sent when it last sent this one. The wire keeps order, so once the peer's
       SACK names a frame at or after ``mark`` while this one is neither ACKed nor SACKed,
       this one was lost, and it is resent ahead of new frames, once, until that happens
-      again. ``replay_timeout`` cycles without ACK progress while frames are
-      outstanding mark every sent frame that is not SACKed as lost (a tail loss has no
-      later frame to reveal it).
+      again. A frame with no later one sent behind it (a tail) has nothing to reveal
+      its loss: when a NAK (a bad frame arrived) comes while it is a tail, it is
+      resent as soon as no new frame is waiting, unless a new frame goes first (whose
+      SACK will then tell). ``replay_timeout`` cycles without ACK progress while frames
+      are outstanding mark every sent frame that is not SACKed as lost (the tail's
+      resend was hit too, or the NAK was lost).
     - *Go-back-N.* A NAK, or the timeout, rewinds the framer to the oldest
       unacknowledged frame, as PCIe does.
 
@@ -79,7 +82,8 @@ class LinkTransmitter(wiring.Component):
     peer_valid : In(1)
         ...on the cycles this is high.
     replays : Out(16)
-        Go-back-N: replays started (NAK or timeout); selective repeat: frames resent.
+        Go-back-N: replays started (NAK or timeout); selective repeat: frames resent
+        (SACK evidence, NAK or timeout).
         Wrapping.
     timeouts : Out(16)
         Replays started by the timer, wrapping.
@@ -268,7 +272,16 @@ class LinkTransmitter(wiring.Component):
         sent = Signal(S)        # frames sent at least once and not yet acknowledged
         m.d.comb += sent.eq(tx_ptr - ack_ptr)
         lost = Signal(c.replay_slots)       # selective repeat: resend this slot's frame
+        suspect = Signal(c.replay_slots)    # ...and this one, if nothing new is waiting
+        sacked = Signal(c.replay_slots)
         if c.selective:
+            # A suspect (a tail frame when a NAK came) goes only when no new frame waits:
+            # a new frame's SACK would show the loss anyway, and at no cost.
+            with m.If(tx_ptr == next_seq):
+                for k in reversed(range(c.replay_slots)):
+                    j = slot_of(ack_ptr + k)
+                    with m.If(suspect.bit_select(j, 1) & ~sacked.bit_select(j, 1) & (k < sent)):
+                        m.d.comb += start_seq.eq(ack_ptr + k)
             # The oldest lost frame goes first, ahead of new ones.
             for k in reversed(range(c.replay_slots)):
                 with m.If(lost.bit_select(slot_of(ack_ptr + k), 1) & (k < sent)):
@@ -296,9 +309,9 @@ class LinkTransmitter(wiring.Component):
                         header.vc.eq(Mux(send_data, meta_r.data.vc, 0)),
                         header.seq.eq(Mux(send_data, start_seq, 0)),
                         header.length.eq(Mux(send_data, meta_r.data.length, 0)),
+                        *([header.sack.eq(self.rx_sack)] if c.selective else []),
                         header.ack.eq(self.rx_ack),
-                        (header.sack.eq(self.rx_sack) if c.selective else
-                         header.nak.eq(nak_pending)),
+                        header.nak.eq(nak_pending),
                         last_sack.eq(self.rx_sack),
                         header.credit_vc.eq(credit_vc),
                         header.credit.eq(self.rx_freed[credit_vc]),
@@ -356,7 +369,6 @@ class LinkTransmitter(wiring.Component):
         replaying = "replay" not in self._remove
 
         if c.selective:
-            sacked = Signal(c.replay_slots)
             marks = [Signal(S, name=f"mark{j}") for j in range(c.replay_slots)]
             new_ack, news = self.peer.ack, self.peer.sack
             news_ok = self.peer_valid & ack_ok & ((news - new_ack)[:S] < (tx_ptr - new_ack)[:S])
@@ -377,8 +389,18 @@ class LinkTransmitter(wiring.Component):
                         m.d.sync += lost[j].eq(1)
                     with m.If(timed_out & outstanding & ~sacked[j]):
                         m.d.sync += lost[j].eq(1)
+                    # A bad frame arrived. If it was this one and no frame was sent after
+                    # it (a tail), no SACK will say so; resend it when the wire is free
+                    # rather than wait for the timeout.
+                    tail = marks[j] == tx_ptr
+                    with m.If(self.peer_valid & ack_ok & self.peer.nak &
+                              pending & ~(news_ok & this) & tail):
+                        m.d.sync += suspect[j].eq(1)
                 with m.If(committed & (slot_of(next_seq) == j if slot_bits else 1)):
-                    m.d.sync += [sacked[j].eq(0), lost[j].eq(0)]
+                    m.d.sync += [sacked[j].eq(0), lost[j].eq(0), suspect[j].eq(0)]
+                # Sent again, or no longer a tail: a later frame's SACK will tell.
+                with m.If(send_data & (~resend | (slot_of(start_seq) == j if slot_bits else 1))):
+                    m.d.sync += suspect[j].eq(0)
                 with m.If(send_data & (slot_of(start_seq) == j if slot_bits else 1)):
                     m.d.sync += [lost[j].eq(0), marks[j].eq(Mux(resend, tx_ptr, start_seq + 1))]
             with m.If(send_data & resend):

@@ -44,6 +44,22 @@ def test_selective_repeat_resends_only_lost_frames():
     assert gbn.cycles > results["selective"].cycles
 
 
+def test_lone_lost_frame_is_resent_on_nak():
+    # Request-response traffic (tests/rtl/test_control.py): one short frame, hit on the
+    # wire, and nothing sent after it whose SACK could show the loss. The receiver's NAK
+    # must get it resent at once, as go-back-N does, not after the replay timeout.
+    results = {mode: run_traffic(LinkConfig(retransmit=mode), words=3, vcs=[0], seed=1,
+                                 errors=burst("err_ab", 6, 1), drain=50)
+               for mode in ("selective", "go-back-n")}
+    for result in results.values():
+        result.check()
+    sr = results["selective"]
+    assert sr.status["b"]["bad_frames"] == 1
+    assert sr.status["a"]["replays"] == 1 and sr.status["a"]["timeouts"] == 0
+    assert sr.cycles < LinkConfig().replay_timeout
+    assert sr.cycles <= results["go-back-n"].cycles
+
+
 @pytest.mark.parametrize("mode", ["selective", "go-back-n"])
 def test_replay_after_timeout(mode):
     # Every frame from b to a is lost for 400 cycles, ACKs included: a must time out
