@@ -18,10 +18,13 @@ __all__ = ["EngineSizes", "LayerDatapath"]
 
 @dataclass(frozen=True)
 class EngineSizes:
-    """Rows of the FP, BP and WU arrays of one layer (columns follow from the layer)."""
+    """Rows of the FP, BP and WU arrays of one layer (columns follow from the layer),
+    and the WU engine's lanes (output pixels per step,
+    :class:`~fpdeep.rtl.weight_update.WeightGradientEngine`)."""
     fp: int
     bp: int
     wu: int
+    wu_lanes: int = 1
 
 
 def _rows_into(m, source, sink):
@@ -172,7 +175,8 @@ class LayerDatapath(wiring.Component):
         fp = ConvEngine(geometry=g, rows=sizes.fp, in_fmt=n.act, weight_fmt=n.weight,
                         out_fmt=n.act, acc_width=n.acc_width, bias=True)
         unit = WeightUpdateUnit(geometry=g, wu_rows=sizes.wu, fp_rows=sizes.fp,
-                                bp_rows=sizes.bp if self._bp else None, numerics=n, **sgd)
+                                bp_rows=sizes.bp if self._bp else None, numerics=n,
+                                wu_lanes=sizes.wu_lanes, **sgd)
         bp = None
         if self._bp:
             bp = ConvEngine(geometry=g.transposed(), rows=sizes.bp, in_fmt=n.error,
