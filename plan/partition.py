@@ -268,6 +268,17 @@ def choose_rows(chip, layers, msgs, board, *, chain_first, chain_last, batch_siz
     :func:`_estimate`) the most per added PE, while the PEs and the multipliers
     outside the engines fit. Modifies ``chip``; returns its estimate
     ``(forward, backward)``, or None if even one-row engines do not fit.
+
+    The WU engine has a second knob, its lanes (``wu_lanes``: output pixels per step,
+    :class:`~fpdeep.rtl.weight_update.WeightGradientEngine`): its rows only cut the
+    tiles of output channels, so a slice of few channels gains nothing from them,
+    while ``L`` lanes divide every tile's steps by about ``L`` whatever the slice.
+    The greedy weighs lanes against rows by the same gain per PE. Being greedy, it
+    can spend a tight budget on cheap lanes of an engine that is not the bound (as
+    on one chip holding several conv layers), so it runs once with and once without
+    lanes and keeps the better: a chip is never slower than with rows alone. Lanes
+    cost multipliers only (the memories the engine reads are as before), so the
+    block RAM check of the caller is unchanged by them.
     """
     budget = board.multipliers
 
@@ -278,11 +289,31 @@ def choose_rows(chip, layers, msgs, board, *, chain_first, chain_last, batch_siz
         return _estimate(chip, layers, msgs, chain_first=chain_first, chain_last=chain_last,
                          batch_size=batch_size, timing=timing)
 
+    knobs = ("fp", "bp", "wu", "wu_lanes")
+    best_found = None
+    for lanes in (False, True):
+        found = _grow_engines(chip, budget, estimate, cost, lanes=lanes,
+                              chain_last=chain_last, timing=timing)
+        if found is None:
+            return None
+        if best_found is None or cost(found) < cost(best_found[0]):
+            best_found = (found, [{k: getattr(s, k) for k in knobs} for s in chip.slices])
+    current, sizes = best_found
+    for s, size in zip(chip.slices, sizes):
+        for k, v in size.items():
+            setattr(s, k, v)
+    return current
+
+
+def _grow_engines(chip, budget, estimate, cost, *, lanes, chain_last, timing):
+    """The greedy of :func:`choose_rows`, with or without the WU lanes as a knob."""
     engines = []
     for s in chip.slices:
-        s.fp = s.wu = 1
+        s.fp = s.wu = s.wu_lanes = 1
         s.bp = 1 if s.has_bp else 0
         engines += [(s, "fp", _row_options(s.channels)), (s, "wu", _row_options(s.channels))]
+        if lanes:
+            engines.append((s, "wu_lanes", _row_options(s.geometry.wo)))
         if s.has_bp:
             engines.append((s, "bp", _row_options(s.layer.geometry.cin)))
     if chip.multipliers(last=chain_last, timing=timing) > budget:
@@ -445,7 +476,7 @@ class _Planner:
         # front moves here is placed per chain (place_masters); choose_slots sizes the
         # slots of the chains simulated.
         for s in slices:
-            s.fp = s.wu = 1
+            s.fp = s.wu = s.wu_lanes = 1
             s.bp = 1 if s.has_bp else 0
         if not self.fits(_place(chip, self.layers, board, last=last)):
             return None

@@ -21,6 +21,7 @@ Schema (``version`` 1; keys are stable)::
             "post_ops": [names of ReLU / max-pool / loss run by this slice],
             "engines": {"fp"|"bp"|"wu": {"rows": R, "cols": C, "pes": R*C,
                                           "macs": m, "cycles_per_sample": c}},
+                                          # "wu" also "lanes": L (cols = kw * L)
                                           # no "bp" in the first layer
         }],
         "weights": {"local": [{"layer": name, "count": n}],   # held by this chip
@@ -175,9 +176,10 @@ class Plan:
 
         Returns
         -------
-        list of list of (layer, (lo, hi), {"fp": rows, "bp": rows, "wu": rows})
+        list of list of (layer, (lo, hi), {"fp": rows, "bp": rows, "wu": rows, "wu_lanes": lanes})
             ``(lo, hi)`` are the slice's output channels; ``"bp"`` is 0 for the
-            network's first layer, which has no BP engine.
+            network's first layer, which has no BP engine; ``"wu_lanes"`` is the WU
+            engine's ``lanes`` (1 when the plan does not give them).
 
         Raises
         ------
@@ -193,6 +195,7 @@ class Plan:
                 try:
                     rows = {kind: int(engines[kind]["rows"]) if kind in engines else 0
                             for kind in ("fp", "bp", "wu")}
+                    rows["wu_lanes"] = int(engines.get("wu", {}).get("lanes", 1))
                     lo, hi = (int(v) for v in sl["out_channels"])
                 except (KeyError, TypeError, ValueError):
                     raise FpdeepError(f"plan: chip {chip.get('index')}: slice "
@@ -672,6 +675,9 @@ def _check_gateware_chips(chips, network):
                 if rows[kind] < 1:
                     raise FpdeepError(f"plan: chip {c}: {name!r} needs a {kind} engine of "
                                       f"at least one row, not {rows[kind]}")
+            if not 1 <= rows.get("wu_lanes", 1) <= layer.geometry.wo:
+                raise FpdeepError(f"plan: chip {c}: {name!r} needs WU lanes from 1 to "
+                                  f"{layer.geometry.wo}, not {rows['wu_lanes']}")
             if not index and rows["bp"]:
                 raise FpdeepError(f"plan: chip {c}: {name!r} is the first layer and has no "
                                   f"BP engine, not {rows['bp']} rows")
@@ -714,6 +720,9 @@ def _gateware_plan(network, cluster, batch_size):
                                  "macs": kind_macs, "cycles_per_sample":
                                      r["engines"][f"{layer.name}.{kind}"]
                                      ["busy_cycles_per_sample"]}
+                if kind == "wu":
+                    # cols = kw * lanes: the lanes' multipliers are the engine's PEs.
+                    engines[kind]["lanes"] = s.wu_lanes
             if chip.split:
                 first = c - chip.part
                 why = (f"split by output channels over chips {first}..{first + chip.parts - 1}: "

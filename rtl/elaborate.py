@@ -55,7 +55,8 @@ def chain_from_plan(plan, network):
             splits.append((first, stop, slices[0][1]))
         else:
             splits.append((first, stop))
-        engines.append({layer: EngineSizes(fp=rows["fp"], bp=rows["bp"], wu=rows["wu"])
+        engines.append({layer: EngineSizes(fp=rows["fp"], bp=rows["bp"], wu=rows["wu"],
+                                             wu_lanes=rows.get("wu_lanes", 1))
                         for layer, _, rows in slices})
         slots.append(_feature_slots(chip, index))
         for place in (chip.get("weights") or {}).get("stored_at", []):

@@ -19,10 +19,13 @@ __all__ = ["EngineSizes", "LayerDatapath"]
 
 @dataclass(frozen=True)
 class EngineSizes:
-    """Rows of the FP, BP and WU arrays of one layer (columns follow from the layer)."""
+    """Rows of the FP, BP and WU arrays of one layer (columns follow from the layer),
+    and the WU engine's lanes (output pixels per step,
+    :class:`~fpdeep.rtl.weight_update.WeightGradientEngine`)."""
     fp: int
     bp: int
     wu: int
+    wu_lanes: int = 1
 
 
 def _rows_into(m, source, sink):
@@ -175,7 +178,7 @@ class LayerDatapath(wiring.Component):
                         out_fmt=n.act, acc_width=n.acc_width, bias=True)
         unit = WeightUpdateUnit(geometry=g, wu_rows=sizes.wu, fp_rows=sizes.fp,
                                 bp_rows=sizes.bp if self._bp else None, numerics=n,
-                                matvec=g.is_matvec, **sgd)
+                                matvec=g.is_matvec, wu_lanes=sizes.wu_lanes, **sgd)
         bp = None
         if self._bp and g.is_matvec:
             bp = FcBackpropEngine(geometry=g, rows=sizes.bp, in_fmt=n.error,

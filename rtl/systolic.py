@@ -24,6 +24,14 @@ class SystolicArray(wiring.Component):
     as ``rows`` beats, one row of ``cols`` exact sums each, with the ``tag`` given on
     its last step, while the next tile accumulates and lands in the other bank.
 
+    With ``lanes`` > 1 each operand is a vector of ``lanes`` values and PE ``(r, c)``
+    accumulates the dot product ``sum_l a[r][l] * b[c][l]`` per step: ``lanes``
+    multipliers whose products are added before the accumulator, so a step does the
+    work of ``lanes`` steps of the scalar array (see
+    :class:`~fpdeep.rtl.weight_update.WeightGradientEngine`, which feeds it ``lanes``
+    output pixels at once). Integer sums are exact, so the result equals the scalar
+    array's over the same products in any order.
+
     Sums are exact: the caller chooses ``acc_width`` so that no tile can overflow
     it (:func:`fpdeep.rtl.numerics.check_accumulator`).
 
@@ -45,11 +53,14 @@ class SystolicArray(wiring.Component):
         Accumulator width in bits.
     tag_shape : shape-castable
         What the caller attaches to each tile (say, which output it is).
+    lanes : int
+        Products per PE and step (1 by default: a scalar MAC).
 
     Members
     -------
     i : In(stream.Signature(StructLayout({"a": ArrayLayout(a_shape, rows), "b": ArrayLayout(b_shape, cols), "last": 1, "tag": tag_shape})))
-        Operand steps; ``tag`` is sampled on ``last`` steps only.
+        Operand steps; ``tag`` is sampled on ``last`` steps only. With ``lanes`` > 1
+        every element of ``a`` and ``b`` is an ``ArrayLayout(shape, lanes)``.
     o : Out(stream.Signature(StructLayout({"sums": ArrayLayout(signed(acc_width), cols), "row": range(rows), "last": 1, "tag": tag_shape})))
         Finished tiles, one row per beat; ``last`` marks the tile's final row.
     busy : Out(1)
@@ -57,13 +68,18 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, a_shape=signed(16), b_shape=signed(16), acc_width=48,
-                 tag_shape=unsigned(1)):
-        for name, value in (("rows", rows), ("cols", cols)):
+                 tag_shape=unsigned(1), lanes=1):
+        for name, value in (("rows", rows), ("cols", cols), ("lanes", lanes)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
         if not isinstance(acc_width, int) or acc_width < 2:
             raise ValueError(f"acc_width must be an int of at least 2, not {acc_width!r}")
         self._rows, self._cols, self._acc_width = rows, cols, acc_width
+        self._lanes = lanes
+        # A PE's operand: a scalar, or a vector of ``lanes`` (the lanes=1 ports are
+        # those of the scalar array, unchanged).
+        if lanes > 1:
+            a_shape, b_shape = data.ArrayLayout(a_shape, lanes), data.ArrayLayout(b_shape, lanes)
         self._a_shape, self._b_shape, self._tag_shape = a_shape, b_shape, tag_shape
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
@@ -88,6 +104,10 @@ class SystolicArray(wiring.Component):
     @property
     def cols(self):
         return self._cols
+
+    @property
+    def lanes(self):
+        return self._lanes
 
     @property
     def tile_latency(self):
@@ -121,16 +141,16 @@ class SystolicArray(wiring.Component):
         ]
 
         # Skew the edges: row r and column c enter r and c cycles late.
-        def delayed(value, cycles, name):
+        def delayed(value, shape, cycles, name):
             for stage in range(cycles):
-                reg = Signal.like(value, name=f"{name}_d{stage}")
+                reg = Signal(shape, name=f"{name}_d{stage}")
                 m.d.sync += reg.eq(value)
                 value = reg
             return value
 
-        a_edge = [delayed(self.i.payload.a[r], r, f"a{r}") for r in range(rows)]
-        f_edge = [delayed(entry, r, f"f{r}") for r in range(rows)]
-        b_edge = [delayed(self.i.payload.b[c], c, f"b{c}") for c in range(cols)]
+        a_edge = [delayed(self.i.payload.a[r], self._a_shape, r, f"a{r}") for r in range(rows)]
+        f_edge = [delayed(entry, flags, r, f"f{r}") for r in range(rows)]
+        b_edge = [delayed(self.i.payload.b[c], self._b_shape, c, f"b{c}") for c in range(cols)]
 
         results = [[[Signal(signed(self._acc_width), name=f"result{bank}_{r}_{c}")
                      for c in range(cols)] for r in range(rows)] for bank in range(2)]
@@ -153,7 +173,11 @@ class SystolicArray(wiring.Component):
                 product = Signal(signed(self._acc_width), name=f"pe_{r}_{c}_p")
                 product_f = Signal(flags, name=f"pe_{r}_{c}_pf")
                 acc = Signal(signed(self._acc_width), name=f"pe_{r}_{c}_acc")
-                m.d.sync += [product.eq(a * b), product_f.eq(f)]
+                if self._lanes == 1:
+                    m.d.sync += product.eq(a * b)
+                else:
+                    m.d.sync += product.eq(sum(a[l] * b[l] for l in range(self._lanes)))
+                m.d.sync += product_f.eq(f)
                 total = Mux(product_f.first, 0, acc) + product
                 with m.If(product_f.valid):
                     m.d.sync += acc.eq(total)

@@ -80,6 +80,32 @@ class WeightGradientEngine(wiring.Component):
     :class:`LaneLayout` memory) down the rows and ``kw`` neighbouring input pixels across the columns.
     A tile of ``valid_rows * wo`` steps thus yields ``rows * kw`` gradient sums.
 
+    **Lanes over output pixels.** With ``lanes = L`` > 1 a step takes ``L``
+    neighbouring output pixels ``x0 ... x0 + L - 1`` of one row at once, and each PE
+    adds the ``L`` products ``e[o, y, x] * in[i, y+ky-ph, x+kx-pw]`` of its
+    ``(o, kx)`` before its accumulator (a :class:`SystolicArray` with ``lanes``): the
+    array is ``rows × kw × L`` multipliers and a tile takes ``valid_rows *
+    ceil(wo / L)`` steps, so the time per sample falls as ``1 / L`` whatever the
+    channel slice. Lanes past ``wo`` carry zero errors. Why lanes over pixels of a
+    row: the word the engine already reads per step holds the whole row, both in
+    the error store (:class:`LaneLayout`: pixel ``x`` of every lane) and in the
+    input's feature slot (:class:`~fpdeep.rtl.conv.RowLayout`: a channel's row),
+    so the ``L`` pixels need no further read port, no banking and no line buffer,
+    and the memories, their layouts and the writers stay as they are. Lanes over
+    kernel rows or output rows would need ``L`` rows per step, so a line buffer
+    or more ports. The sums are exact integers, so adding the ``L`` products before
+    the accumulator gives the sums of the scalar engine bit for bit.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+    rows : int
+        Output channels per tile (rows of the array).
+    act_fmt, error_fmt : FixedFormat
+    acc_width : int
+    lanes : int
+        Output pixels per step, ``1 ... wo``.
+
     Members
     -------
     start : In(1)
@@ -100,10 +126,15 @@ class WeightGradientEngine(wiring.Component):
         (``cin * kh`` for the bias, in ``sums[0]``).
     """
 
-    def __init__(self, *, geometry, rows, act_fmt, error_fmt, acc_width=48):
+    def __init__(self, *, geometry, rows, act_fmt, error_fmt, acc_width=48, lanes=1):
         if not isinstance(rows, int) or rows < 1:
             raise ValueError(f"rows must be a positive int, not {rows!r}")
-        self._g, self._rows = geometry, rows
+        if not isinstance(lanes, int) or not 1 <= lanes <= geometry.wo:
+            raise ValueError(f"lanes must be an int from 1 to wo = {geometry.wo}, "
+                             f"not {lanes!r}")
+        self._g, self._rows, self._lanes = geometry, rows, lanes
+        #: Steps per output row: groups of ``lanes`` pixels.
+        self.groups = -(-geometry.wo // lanes)
         self._act_fmt, self._error_fmt, self._acc_width = act_fmt, error_fmt, acc_width
         g = geometry
         self.e_layout = LaneLayout(g.cout, g.ho, g.wo, rows, error_fmt)
@@ -128,24 +159,29 @@ class WeightGradientEngine(wiring.Component):
 
     @property
     def array_shape(self):
-        return (self._rows, self._g.kw)
+        """``(rows, kw * lanes)``: the PEs (multipliers) as rows and columns."""
+        return (self._rows, self._g.kw * self._lanes)
+
+    @property
+    def lanes(self):
+        return self._lanes
 
     def elaborate(self, platform):
         m = Module()
-        g, rows = self._g, self._rows
+        g, rows, lanes, groups = self._g, self._rows, self._lanes, self.groups
         check_accumulator(g.ho * g.wo, max(self._act_fmt.width, self._error_fmt.width),
                           self._acc_width, what=f"weight-gradient engine {g}")
         bias_index = g.cin * g.kh
         tag = data.StructLayout({"t": range(max(2, self.tiles)), "index": range(bias_index + 1)})
         m.submodules.array = array = SystolicArray(
             rows=rows, cols=g.kw, a_shape=self._error_fmt.shape, b_shape=self._act_fmt.shape,
-            acc_width=self._acc_width, tag_shape=tag)
+            acc_width=self._acc_width, tag_shape=tag, lanes=lanes)
 
         t = Signal(range(max(2, self.tiles)))
         i = Signal(range(max(2, g.cin + 1)))
         ky = Signal(range(max(2, g.kh)))
         y = Signal(range(max(2, g.ho)))
-        x = Signal(range(max(2, g.wo)))
+        x = Signal(range(max(2, groups)))      # the step's pixel group: x * lanes ...
         at_bias = Signal()
         running = Signal()
 
@@ -157,7 +193,7 @@ class WeightGradientEngine(wiring.Component):
             y_hi.eq(Mux(at_bias | (g.h - 1 + g.ph - ky >= g.ho - 1), g.ho - 1,
                         g.h - 1 + g.ph - ky)),
         ]
-        tile_last = (y == y_hi) & (x == g.wo - 1)
+        tile_last = (y == y_hi) & (x == groups - 1)
 
         s1_valid = Signal()
         s1_bias = Signal()
@@ -207,7 +243,7 @@ class WeightGradientEngine(wiring.Component):
                             for value in range(g.kh - 1):
                                 with m.Case(value):
                                     m.d.sync += y.eq(first_row(value + 1))
-                with m.Elif(x == g.wo - 1):
+                with m.Elif(x == groups - 1):
                     m.d.sync += [x.eq(0), y.eq(y + 1)]
                 with m.Else():
                     m.d.sync += x.eq(x + 1)
@@ -215,20 +251,31 @@ class WeightGradientEngine(wiring.Component):
             m.d.sync += [running.eq(1), t.eq(0), i.eq(0), ky.eq(0), y.eq(first_row(0)),
                          x.eq(0), at_bias.eq(0)]
 
-        # Pixel x of every lane's error row, and the kw input pixels x - pw ...
-        # x - pw + kw - 1 of the input row (zero outside).
+        # Pixel xv of every channel's error row, and the kw input pixels xv - pw ...
+        # xv - pw + kw - 1 of the input row (zero outside), for each pixel xv of the
+        # group (in lane l); a pixel past wo has zero errors.
         x_row = self.x_rd.data
+
+        def operand(vector, index, lane):
+            return vector[index] if lanes == 1 else vector[index][lane]
+
         with m.Switch(s1_x):
-            for xv in range(g.wo):
-                with m.Case(xv):
-                    for r in range(rows):
-                        m.d.comb += array.i.payload.a[r].eq(self.e_rd.data[r * g.wo + xv])
-                    for c in range(g.kw):
-                        src = xv + c - g.pw
-                        m.d.comb += array.i.payload.b[c].eq(x_row[src] if 0 <= src < g.w else 0)
+            for xg in range(groups):
+                with m.Case(xg):
+                    for lane in range(lanes):
+                        xv = xg * lanes + lane
+                        for r in range(rows):
+                            m.d.comb += operand(array.i.payload.a, r, lane).eq(
+                                self.e_rd.data[r * g.wo + xv] if xv < g.wo else 0)
+                        for c in range(g.kw):
+                            src = xv + c - g.pw
+                            m.d.comb += operand(array.i.payload.b, c, lane).eq(
+                                x_row[src] if 0 <= src < g.w and xv < g.wo else 0)
         with m.If(s1_bias):
-            for c in range(g.kw):
-                m.d.comb += array.i.payload.b[c].eq(self._act_fmt.one if c == 0 else 0)
+            for lane in range(lanes):
+                for c in range(g.kw):
+                    m.d.comb += operand(array.i.payload.b, c, lane).eq(
+                        self._act_fmt.one if c == 0 else 0)
         m.d.comb += [
             array.i.payload.last.eq(s1_last),
             array.i.valid.eq(s1_valid),
@@ -752,6 +799,8 @@ class WeightUpdateUnit(wiring.Component):
     ----------
     geometry : ConvGeometry
     wu_rows, fp_rows : int
+    wu_lanes : int
+        Output pixels per step of the :class:`WeightGradientEngine` (its ``lanes``).
     bp_rows : int or None
         ``None`` for the first layer, which has no BP.
     numerics : Numerics
@@ -807,7 +856,7 @@ class WeightUpdateUnit(wiring.Component):
     """
 
     def __init__(self, *, geometry, wu_rows, fp_rows, bp_rows, numerics, masters, rate_q,
-                 momentum_q, batch_size, remote=False, matvec=False):
+                 momentum_q, batch_size, remote=False, matvec=False, wu_lanes=1):
         if not isinstance(remote, bool):
             raise ValueError(f"remote must be a bool, not {remote!r}")
         if matvec and not geometry.is_matvec:
@@ -821,9 +870,13 @@ class WeightUpdateUnit(wiring.Component):
         self._rate_q, self._momentum_q = rate_q, momentum_q
         self._batch_size = batch_size
         self._remote = remote
-        engine = FcGradientEngine if self._matvec else WeightGradientEngine
-        self.engine = engine(geometry=g, rows=wu_rows, act_fmt=numerics.act,
-                             error_fmt=numerics.error, acc_width=numerics.acc_width)
+        if self._matvec:
+            self.engine = FcGradientEngine(geometry=g, rows=wu_rows, act_fmt=numerics.act,
+                                           error_fmt=numerics.error, acc_width=numerics.acc_width)
+        else:
+            self.engine = WeightGradientEngine(geometry=g, rows=wu_rows, act_fmt=numerics.act,
+                                               error_fmt=numerics.error,
+                                               acc_width=numerics.acc_width, lanes=wu_lanes)
         self.words_per_channel = gradient_index_count(g)
         self.words = g.cout * self.words_per_channel
         self.kx_bits = ceil_log2(g.kw)

@@ -6,7 +6,8 @@ What the gateware builds
   one layer split by **output channels** (contiguous ranges on consecutive chips;
   such a chip holds nothing else).
 * Engines: FP is ``rows × Wo`` (``rows`` output channels at once), WU is
-  ``rows × kw``, BP is the FP engine on :meth:`ConvGeometry.transposed`, ``rows × W``
+  ``rows × kw`` PEs of ``lanes`` multipliers each (``lanes`` output pixels of a row
+  per step, :attr:`SliceSpec.wu_lanes`, so ``rows × kw × lanes`` PEs), BP is the FP engine on :meth:`ConvGeometry.transposed`, ``rows × W``
   of the layer input (``rows`` input channels at once). The network's first layer
   has no BP. One multiplier per PE, plus the multipliers outside the engines
   (:class:`GatewareTiming`, ``reserved_multipliers_*``).

@@ -19,6 +19,8 @@ class SliceSpec:
     fp: int = 1
     bp: int = 0          # 0 for the network's first layer, which has no BP
     wu: int = 1
+    #: Output pixels per step of the WU engine (its ``lanes``): ``wu * kw * wu_lanes`` PEs.
+    wu_lanes: int = 1
 
     @property
     def geometry(self):
@@ -34,12 +36,13 @@ class SliceSpec:
 
     def pes(self):
         g = self.geometry
-        return self.fp * g.wo + self.wu * g.kw + (self.bp * g.w if self.has_bp else 0)
+        return (self.fp * g.wo + self.wu * g.kw * self.wu_lanes
+                + (self.bp * g.w if self.has_bp else 0))
 
     def engine_shapes(self):
         """``{kind: (rows, cols)}`` of the engines as built."""
         g = self.geometry
-        shapes = {"fp": (self.fp, g.wo), "wu": (self.wu, g.kw)}
+        shapes = {"fp": (self.fp, g.wo), "wu": (self.wu, g.kw * self.wu_lanes)}
         if self.has_bp:
             shapes["bp"] = (self.bp, g.w)
         return shapes
@@ -166,8 +169,8 @@ def _fp_cached(g, rows, timing):
 
 
 @functools.lru_cache(maxsize=None)
-def _wu_cached(g, rows, timing, enter):
-    return wu_run(g, rows, timing=timing, enter=enter)
+def _wu_cached(g, rows, timing, enter, lanes=1):
+    return wu_run(g, rows, lanes=lanes, timing=timing, enter=enter)
 
 
 @functools.lru_cache(maxsize=None)
@@ -249,7 +252,7 @@ def backward_runs(chip, enter, timing):
     for k in reversed(range(len(chip.slices))):
         s = chip.slices[k]
         g = s.geometry
-        wu_end.append(_wu_cached(g, s.wu, timing, enter).busy)
+        wu_end.append(_wu_cached(g, s.wu, timing, enter, s.wu_lanes).busy)
         if not s.has_bp:
             bp_span.append(0)
             continue
@@ -311,7 +314,7 @@ def errors_arriving(chip, rows, row_ends, start, timing):
 
 def chip_runs(chip, layers, *, chain_last, timing):
     fp = [_fp_cached(s.geometry, s.fp, timing) for s in chip.slices]
-    wu = [_wu_cached(s.geometry, s.wu, timing, None) for s in chip.slices]
+    wu = [_wu_cached(s.geometry, s.wu, timing, None, s.wu_lanes) for s in chip.slices]
     bp = []
     for k, s in enumerate(chip.slices):
         if not s.has_bp:

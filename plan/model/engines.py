@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from .timing import TIMING
 
-__all__ = ["EngineRun", "array_run", "fp_tiles", "fp_waits", "wu_tiles", "wu_waits", "fp_run", "bp_run", "fc_bp_tiles", "wu_run", "loss_cycles", "loss_emit_cycle", "sgd_cycles", "map_sender_cycles", "exchange_runs"]
+__all__ = ["EngineRun", "array_run", "fp_tiles", "fp_waits", "wu_groups", "wu_tiles", "wu_waits", "fp_run", "bp_run", "fc_bp_tiles", "wu_run", "loss_cycles", "loss_emit_cycle", "sgd_cycles", "map_sender_cycles", "exchange_runs"]
 
 
 @dataclass(frozen=True)
@@ -155,22 +155,29 @@ def fp_waits(g, rows, enter):
     return waits
 
 
-def wu_tiles(g, rows):
+def wu_groups(g, lanes=1):
+    """Steps per output row of a WU engine with ``lanes`` pixels per step."""
+    return -(-g.wo // lanes)
+
+
+def wu_tiles(g, rows, lanes=1):
     """Tiles of :class:`~fpdeep.rtl.weight_update.WeightGradientEngine` in its order:
     per tile of ``rows`` output channels, one per ``(i, ky)`` of ``(valid output
-    rows) * wo`` steps, then the bias over all ``ho * wo`` pixels; tile ``n`` is
-    channel tile ``n // (cin * kh + 1)``. Returned as runs."""
+    rows) * ceil(wo / lanes)`` steps, then the bias over all ``ho`` rows; tile ``n``
+    is channel tile ``n // (cin * kh + 1)``. Returned as runs."""
     per = g.cin * g.kh + 1
-    return _runs((g.ho * g.wo if j == per - 1 else _valid_rows(g, j % g.kh) * g.wo,
+    wo = wu_groups(g, lanes)
+    return _runs((g.ho * wo if j == per - 1 else _valid_rows(g, j % g.kh) * wo,
                   min(rows, g.cout - t * rows), t * per + j)
                  for t in range(-(-g.cout // rows)) for j in range(per))
 
 
-def wu_waits(g, enter):
+def wu_waits(g, enter, lanes=1):
     """The waits (for :func:`array_run`) of a WU engine whose error row ``y`` can be
     read by steps entering from cycle ``enter[y]``: each tile walks its valid
-    output rows in order, ``wo`` steps a row."""
+    output rows in order, ``ceil(wo / lanes)`` steps a row."""
     per = g.cin * g.kh + 1
+    wo = wu_groups(g, lanes)
 
     def waits(n):
         j = n % per
@@ -179,7 +186,7 @@ def wu_waits(g, enter):
             ky = j % g.kh
             lo = max(0, g.ph - ky)
             hi = min(g.ho - 1, g.h - 1 + g.ph - ky)
-        return [((y - lo) * g.wo, enter[y]) for y in range(lo, hi + 1)]
+        return [((y - lo) * wo, enter[y]) for y in range(lo, hi + 1)]
     return waits
 
 
@@ -231,18 +238,20 @@ def _fc_bp_run(g, rows, *, sink_period, timing, keep_rows, enter):
                      latency=timing.matvec_latency)
 
 
-def wu_run(g, rows, *, timing=TIMING, enter=None):
-    """The WU engine (``rows × kw``) over one sample; its sink never stalls. A
-    one-pixel-output layer's is the :class:`~fpdeep.rtl.weight_update.FcGradientEngine`.
-    ``enter``: per error row, as :func:`bp_run`."""
+def wu_run(g, rows, *, lanes=1, timing=TIMING, enter=None):
+    """The WU engine (``rows × kw``, ``lanes`` products per PE) over one sample; its
+    sink never stalls. A one-pixel-output layer's is the
+    :class:`~fpdeep.rtl.weight_update.FcGradientEngine` (no lanes: its output has one
+    pixel). ``enter``: per error row, as :func:`bp_run`. The lanes shorten the tiles;
+    the systolic latency stays that of ``rows × kw``."""
     if g.is_matvec:
         # FcGradientEngine: one beat per (tile, gradient row), back to back from the
         # first (which waits for the errors), busy until the last.
         beats = -(-g.cout // rows) * (g.cin * g.kh + 1)
         first = timing.first_step if enter is None else max(timing.first_step, enter[0])
         return EngineRun(busy=first + beats - 1, steps=beats)
-    waits = wu_waits(g, enter) if enter is not None else None
-    return array_run(wu_tiles(g, rows), rows, g.kw, timing=timing, enter=waits)
+    waits = wu_waits(g, enter, lanes) if enter is not None else None
+    return array_run(wu_tiles(g, rows, lanes), rows, g.kw, timing=timing, enter=waits)
 
 
 def loss_cycles(classes, *, timing=TIMING):

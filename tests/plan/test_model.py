@@ -18,7 +18,8 @@ from fpdeep.plan import zoo
 from fpdeep.plan import model as gw, partition
 from fpdeep.plan.errors import FpdeepError
 from fpdeep.plan.layers import ConvGeometry, gateware_layers
-from fpdeep.plan.network import Conv2d, Linear, Network, ReLU, SoftmaxCrossEntropy
+from fpdeep.plan.network import (Conv2d, Linear, MaxPool2d, Network, ReLU,
+                                 SoftmaxCrossEntropy)
 from fpdeep.plan.plan import Plan, plan_network
 from fpdeep.plan.boards import Cluster, get_board
 
@@ -56,7 +57,9 @@ def test_digits_plans_are_buildable(chips, tmp_path):
                 assert rows["bp"] == 0
             else:
                 assert 1 <= rows["bp"] <= g.cin
-            pes += rows["fp"] * g.wo + rows["wu"] * g.kw + rows["bp"] * g.w
+            assert 1 <= rows["wu_lanes"] <= g.wo
+            pes += (rows["fp"] * g.wo + rows["wu"] * g.kw * rows["wu_lanes"]
+                    + rows["bp"] * g.w)
         predicted = plan.chips[c]["predicted"]
         assert predicted["pes"] == pes
         assert pes < predicted["multipliers"] <= board.multipliers
@@ -92,6 +95,54 @@ def test_one_chip_plan_and_default_target():
     assert [(name, lo_hi) for name, lo_hi, _ in chip] == [("conv1", (0, 4)), ("fc1", (0, 10))]
     paper = plan_network(zoo.get("digits"), Cluster.uniform(BOARD, 1), 8)
     assert paper.target == "paper" and "gateware" not in paper.summary
+
+
+def two_conv_digits():
+    return Network("digits2conv", (1, 8, 8), [
+        Conv2d("conv1", 1, 4, kernel=3, padding=1), ReLU("relu1"),
+        Conv2d("conv2", 4, 8, kernel=3, padding=1), ReLU("relu2"), MaxPool2d("pool2"),
+        Linear("fc1", 128, 10), SoftmaxCrossEntropy("loss")])
+
+
+def test_wu_lanes_make_more_chips_faster():
+    """The WU engine's lanes do not depend on the channel slice, so the two-conv
+    digits network gets faster from 1 to 2 to 4 chips; a chip never spends more
+    multipliers than its board has, and the lanes are within the output width."""
+    net = two_conv_digits()
+    cycles = []
+    for chips in (1, 2, 4):
+        plan = plan_network(net, Cluster.uniform(BOARD, chips), 32, target="gateware")
+        cycles.append(plan.summary["gateware"]["cycles_per_sample"])
+        for chip in plan.chips:
+            assert chip["predicted"]["multipliers"] <= \
+                get_board(BOARD).multipliers
+            for sl in chip["slices"]:
+                wu = sl["engines"]["wu"]
+                assert 1 <= wu["lanes"] and wu["cols"] % wu["lanes"] == 0
+    assert cycles[0] > cycles[1] > cycles[2]
+    # Lanes are chosen where they help: some conv WU engine has more than one.
+    plan = plan_network(net, Cluster.uniform(BOARD, 4), 32, target="gateware")
+    assert max(sl["engines"]["wu"]["lanes"] for chip in plan.chips
+               for sl in chip["slices"]) > 1
+
+
+def test_lanes_never_slow_a_chip():
+    """choose_rows keeps the better of its greedy with and without lanes: on one chip
+    holding both convs, the plan is at least as fast as with rows alone."""
+    net = two_conv_digits()
+    layers = gateware_layers(net)
+    board = get_board(BOARD)
+    chip = gw.ChipSpec(0, [gw.SliceSpec(l, 0, l.geometry.cout, bp=1 if l.index else 0)
+                           for l in layers])
+    msgs = gw.messages(chip, layers, chain_first=True, chain_last=True)
+    with_lanes = partition.choose_rows(chip, layers, msgs, board, chain_first=True,
+                                       chain_last=True, batch_size=32)
+    rows_only = partition._grow_engines(
+        chip, board.multipliers, lambda: partition._estimate(
+            chip, layers, msgs, chain_first=True, chain_last=True, batch_size=32,
+            timing=gw.TIMING), lambda fb: max(fb) + 1e-3 * sum(fb), lanes=False,
+        chain_last=True, timing=gw.TIMING)
+    assert max(with_lanes) <= max(rows_only)
 
 
 def test_chosen_chain_beats_the_alternatives():
@@ -428,7 +479,7 @@ def test_held_masters_cost_what_the_model_says():
         run = CoreRun(net, batch_size=4, slots=[chip.slots for chip in chips], held=held,
                       splits=[(0, 1), (1, 2, (chips[1].slices[0].lo, chips[1].slices[0].hi)),
                               (1, 2, (chips[2].slices[0].lo, 10))],
-                      engines=[{s.layer.name: EngineSizes(s.fp, s.bp, s.wu)
+                      engines=[{s.layer.name: EngineSizes(s.fp, s.bp, s.wu, s.wu_lanes)
                                 for s in chip.slices} for chip in chips])
         reference = run.reference()
         measured.append(run.run([reference.quantize_input(x) for x in floats],
@@ -436,8 +487,8 @@ def test_held_masters_cost_what_the_model_says():
     assert measured[0] - measured[1] == model[0] - model[1] > 0
 
 
-@pytest.mark.parametrize("slots", [1, 2])
-def test_model_predicts_one_chip_exactly(slots):
+@pytest.mark.parametrize("slots, lanes", [(1, 1), (2, 1), (2, 4)])
+def test_model_predicts_one_chip_exactly(slots, lanes):
     """One chip, one mini-batch from a cold start in Amaranth's simulator: the model's
     cycles are the gateware's, to the cycle. With one slot the schedule is serial;
     with two, the FP of a sample overlaps the BP and WU of the one before. Within a
@@ -447,11 +498,12 @@ def test_model_predicts_one_chip_exactly(slots):
     net = zoo.get("digits")
     layers = gateware_layers(net)
     conv, fc = layers
-    chip = gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4),
+    chip = gw.ChipSpec(0, [gw.SliceSpec(conv, 0, 4, fp=4, wu=4, wu_lanes=lanes),
                            gw.SliceSpec(fc, 0, 10, fp=10, bp=4, wu=10)], slots=slots)
     model = gw.simulate([chip], layers, batch_size=4)
     run = CoreRun(net, batch_size=4, slots=slots,
-                  engines={"conv1": EngineSizes(4, 0, 4), "fc1": EngineSizes(10, 4, 10)})
+                  engines={"conv1": EngineSizes(4, 0, 4, lanes),
+                           "fc1": EngineSizes(10, 4, 10)})
     floats, labels = digits_samples(4)
     reference = run.reference()
     result = run.run([reference.quantize_input(x) for x in floats], labels)
@@ -698,18 +750,27 @@ def test_bp_engine_cycles(g, rows, period):
     assert (got["busy"], got["steps"]) == (run.busy, run.steps)
 
 
-@pytest.mark.parametrize("g, rows", [(DIGITS_CONV, 4), (DIGITS_CONV, 3), (DIGITS_FC, 10),
-                                     (DIGITS_FC, 2), (SMALL[2], 2), (SMALL[3], 3)])
-def test_wu_engine_cycles(g, rows):
+@pytest.mark.parametrize("g, rows, lanes", [
+    (DIGITS_CONV, 4, 1), (DIGITS_CONV, 3, 1), (DIGITS_FC, 10, 1), (DIGITS_FC, 2, 1),
+    (SMALL[2], 2, 1), (SMALL[3], 3, 1),
+    (DIGITS_CONV, 4, 2), (DIGITS_CONV, 2, 8), (DIGITS_CONV, 4, 3), (SMALL[2], 2, 2),
+    (SMALL[3], 3, 3)])
+def test_wu_engine_cycles(g, rows, lanes):
+    """Exact busy cycles and steps, also with lanes over output pixels (short tiles,
+    where the two result banks hold the array back)."""
     from fpdeep.rtl.weight_update import FcGradientEngine, WeightGradientEngine
     from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
     from tests.rtl.test_conv import EngineBench
+    lanes = min(lanes, g.wo)
     # An FC layer's WU runs on the outer-product engine, as the datapath builds it.
-    kind = FcGradientEngine if g.is_matvec else WeightGradientEngine
-    engine = kind(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error)
+    if g.is_matvec:
+        engine = FcGradientEngine(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error)
+    else:
+        engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act,
+                                      error_fmt=N.error, lanes=lanes)
     bench = EngineBench(engine, e_rd=engine.e_layout.depth, x_rd=g.cin * g.h)
     got = run_until_idle(bench, engine.start, engine.busy, step=engine.step, sink=engine.o)
-    run = gw.wu_run(g, rows)
+    run = gw.wu_run(g, rows, lanes=lanes)
     assert (got["busy"], got["steps"]) == (run.busy, run.steps)
 
 

@@ -11,6 +11,7 @@ from fpdeep.rtl.weight_update import WeightGradientEngine, pack_lanes, gradient_
 from fpdeep.sim.reference import conv_weight_grad_acc
 from tests.rtl.test_conv import EngineBench, StreamingBench
 from tests.stream_helpers import StreamDriver
+from hypothesis import given, settings, strategies as st
 
 
 
@@ -27,6 +28,10 @@ CASES = [
 def test_gradients_match_reference(case, streamed):
     """With ``streamed``, the error rows are written a row (every channel's) at a time
     after start, as BP produces them, and the engine waits for each row it reads."""
+    _gradients_match(case, streamed)
+
+
+def _gradients_match(case, streamed, lanes=1):
     cin, cout, h, w, kh, kw, ph, pw, rows = case
     rng = np.random.default_rng(sum(case))
     g = ConvGeometry(cin=cin, cout=cout, h=h, w=w, kh=kh, kw=kw, ph=ph, pw=pw)
@@ -34,7 +39,8 @@ def test_gradients_match_reference(case, streamed):
     e = rng.integers(N.error.min, N.error.max + 1, size=(cout, g.ho, g.wo))
     e[e == 0] = 1                      # rows read before they are written would show
     gw, gb = conv_weight_grad_acc(x, e, kh, kw, ph, pw, N.act.one)
-    engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error)
+    engine = WeightGradientEngine(geometry=g, rows=rows, act_fmt=N.act, error_fmt=N.error,
+                                  lanes=lanes)
     lanes = pack_lanes(e, rows)
     if streamed:
         bench = StreamingBench(engine, "e_rd", e_rd=len(lanes), x_rd=pack_rows(x))
@@ -206,6 +212,37 @@ def test_two_batches_match_sgd_reference(case, matvec):
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
+
+
+@pytest.mark.parametrize("lanes", [2, 3, 8])
+@pytest.mark.parametrize("case", CASES[:3])
+def test_laned_gradients_match_reference(case, lanes):
+    """Lanes over output pixels (``lanes`` up to ``wo``; ragged last groups) give the
+    scalar engine's sums exactly, also with the error rows streamed in."""
+    g = ConvGeometry(*case[:8])
+    _gradients_match(case, streamed=lanes == 3, lanes=min(lanes, g.wo))
+
+
+@settings(max_examples=10, deadline=None)
+@given(cin=st.integers(1, 3), cout=st.integers(1, 5), h=st.integers(2, 7),
+       w=st.integers(2, 9), kh=st.integers(1, 3), kw=st.integers(1, 3),
+       pad=st.booleans(), data=st.data())
+def test_laned_gradients_random_shapes(cin, cout, h, w, kh, kw, pad, data):
+    kh, kw = min(kh, h), min(kw, w)
+    ph, pw = (kh // 2, kw // 2) if pad else (0, 0)
+    g = ConvGeometry(cin=cin, cout=cout, h=h, w=w, kh=kh, kw=kw, ph=ph, pw=pw)
+    rows = data.draw(st.integers(1, cout + 1), label="rows")
+    lanes = data.draw(st.integers(1, g.wo), label="lanes")
+    _gradients_match((cin, cout, h, w, kh, kw, ph, pw, rows), streamed=data.draw(
+        st.booleans(), label="streamed"), lanes=lanes)
+
+
+def test_lanes_out_of_range():
+    g = ConvGeometry(cin=1, cout=2, h=4, w=4, kh=3, kw=3, ph=1, pw=1)
+    for lanes in (0, 5, 1.5):
+        with pytest.raises(ValueError, match="lanes"):
+            WeightGradientEngine(geometry=g, rows=2, act_fmt=N.act, error_fmt=N.error,
+                                 lanes=lanes)
 
 
 @pytest.mark.parametrize("seed", range(3))
