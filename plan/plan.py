@@ -202,6 +202,67 @@ class Plan:
             out.append(slices)
         return out
 
+    def model_chain(self):
+        """The chips and layers of this gateware plan as the model (:mod:`.model`) takes
+        them: ``(chips, layers, timing)``, read from the plan, not re-planned.
+
+        Raises
+        ------
+        FpdeepError
+            If this is not a gateware plan or does not describe a buildable chain.
+        """
+        from .layers import gateware_layers
+        from .model import ChipSpec, GatewareTiming, SliceSpec
+        network = self.network
+        self.check_network(network)
+        layers = {layer.name: layer for layer in gateware_layers(network)}
+        timing = GatewareTiming.from_dict(self.summary["gateware"]["timing"])
+        chips = []
+        for index, (chip, slices) in enumerate(zip(self.chips, self.gateware_slices())):
+            specs = [SliceSpec(layers[name], lo, hi, fp=rows["fp"], bp=rows["bp"],
+                               wu=rows["wu"]) for name, (lo, hi), rows in slices]
+            chips.append(ChipSpec(index, specs, slots=chip["buffers"]["feature_slots"]))
+        # A split layer's chips: their part and the layer's number of parts.
+        start = 0
+        while start < len(chips):
+            s = chips[start].slices[0]
+            stop = start + 1
+            if (s.lo, s.hi) != (0, s.layer.geometry.cout):
+                while stop < len(chips) and chips[stop].slices[0].layer is s.layer:
+                    stop += 1
+                for part, c in enumerate(range(start, stop)):
+                    chips[c].part, chips[c].parts = part, stop - start
+            start = stop
+        for index, chip in enumerate(self.chips):
+            for place in chip["weights"]["stored_at"]:
+                chips[index].remote = place["layer"]
+                chips[index + 1].held = next(s for s in chips[index].slices
+                                             if s.layer.name == place["layer"])
+        return chips, list(layers.values()), timing
+
+    def run_cycles(self, batches):
+        """Modelled cycles from a cold start to the end of batch ``batches``' SGD step
+        on every chip (``summary.gateware.run_cycles``, which holds 1 to 4 batches; the
+        model runs any other count).
+
+        Raises
+        ------
+        FpdeepError
+            If ``batches`` is not a positive int, or as :meth:`model_chain`.
+        """
+        from .model import simulate
+        if not isinstance(batches, int) or isinstance(batches, bool) or batches < 1:
+            raise FpdeepError(f"batches must be a positive int, not {batches!r}")
+        saved = self.summary["gateware"]["run_cycles"]
+        if str(batches) in saved:
+            return saved[str(batches)]
+        chips, layers, timing = self.model_chain()
+        # Later samples never delay earlier ones, so a longer run's first batches are
+        # the short run's; the model needs at least 3 batches for its steady state.
+        result = simulate(chips, layers, batch_size=self.data["batch_size"],
+                          batches=max(3, batches), timing=timing)
+        return result["run_cycles"][batches]
+
     def _require_gateware(self):
         if self.target != "gateware":
             raise FpdeepError(f"the plan is for the {self.target!r} target, not the "

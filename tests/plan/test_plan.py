@@ -136,3 +136,46 @@ def test_gateware_schema_and_round_trip(tmp_path):
     chosen = s["candidates"][0]
     assert chosen["slots"] == s["slots"] and chosen["cycles_per_sample"] == \
         s["cycles_per_sample"]
+
+
+def _small_boards():
+    """Three boards on which digits' conv1 and a slice of fc1 keep their masters on the
+    next chip (their memories just short of them), so the plan has held layers."""
+    from dataclasses import replace
+    from fpdeep.plan import model
+    from fpdeep.plan.layers import gateware_layers
+    layers = gateware_layers(zoo.get("digits"))
+
+    def alone(layer):
+        spec = model.SliceSpec(layer, 0, layer.geometry.cout, bp=1 if layer.index else 0)
+        return model.memory_bits(model.ChipSpec(0, [spec], slots=1), layers)["total"]
+    conv, fc = layers
+    sizes = [alone(conv) - model.master_bits(conv.geometry) // 2,
+             int(0.42 * alone(fc)), int(0.72 * alone(fc))]
+    board = get_board("ulx3s-85f")
+    return [replace(board, name=f"small{c}", bram_bits=bits) for c, bits in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("boards", ["1", "2", "4", "held"])
+def test_run_cycles_for_any_number_of_batches(boards, tmp_path):
+    """The model rebuilt from a saved plan gives the run cycles the planner saved for
+    1-4 batches, and runs the model for more (fpdeep sim --batches 100 compares them)."""
+    from fpdeep.plan import model
+    chain = (Cluster(_small_boards()) if boards == "held"
+             else Cluster([get_board("ulx3s-85f")] * int(boards)))
+    batch = 4 if boards == "held" else 8
+    made = plan_network(zoo.get("digits"), chain, batch_size=batch, target="gateware")
+    made.save(tmp_path / "p.json")
+    plan = Plan.load(tmp_path / "p.json")
+    chips, layers, timing = plan.model_chain()
+    if boards == "held":
+        assert [chip.remote for chip in chips] == ["conv1", "fc1", None]
+    result = model.simulate(chips, layers, batch_size=batch, batches=6, timing=timing)
+    saved = plan.summary["gateware"]["run_cycles"]
+    assert {str(k): result["run_cycles"][k] for k in range(1, 5)} == saved
+    assert [plan.run_cycles(k) for k in (1, 5, 6)] == [saved["1"], result["run_cycles"][5],
+                                                       result["run_cycles"][6]]
+    assert result["run_cycles"][6] > result["run_cycles"][5] > saved["4"]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(FpdeepError, match="batches"):
+            plan.run_cycles(bad)
