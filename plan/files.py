@@ -48,7 +48,9 @@ def output_target(path, *, what="output"):
         if not stat.S_ISREG(st.st_mode):
             raise FpdeepError(f"cannot write {what} {text!r}: not a regular file (a device "
                               f"or pipe)")
-        if not os.access(target, os.W_OK):
+        # The owner's write bit too: root may write anything, but a file made
+        # read-only is meant to stay as it is.
+        if not st.st_mode & stat.S_IWUSR or not os.access(target, os.W_OK):
             raise FpdeepError(f"cannot write {what} {text!r}: the file is read-only")
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):

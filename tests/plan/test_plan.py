@@ -179,3 +179,52 @@ def test_run_cycles_for_any_number_of_batches(boards, tmp_path):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(FpdeepError, match="batches"):
             plan.run_cycles(bad)
+
+
+@pytest.fixture(scope="module")
+def gateware_dict():
+    plan = plan_network(zoo.get("digits"), Cluster.uniform("ulx3s-85f", 2), batch_size=8,
+                        target="gateware")
+    return json.loads(json.dumps(plan.data))
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["chips"][0]["slices"][0]["engines"]["fp"].update(rows=100_000),
+     "chip 0 (conv1) needs 800"),
+    (lambda d: d["chips"][1]["buffers"].update(feature_slots=1_000_000),
+     "with 1000000 feature slots, ulx3s-85f has"),
+    (lambda d: d["chips"][0]["slices"][0]["engines"]["fp"].update(rows=10**9),
+     "engines.fp.rows must be an int from 1 to"),
+    (lambda d: d["chips"][0]["buffers"].update(feature_slots=2.5),
+     "buffers.feature_slots must be an int"),
+    (lambda d: d["chips"][0].pop("weights"), "chips[0] lacks 'weights'"),
+    (lambda d: d["summary"]["gateware"]["timing"].update(max_payload=0),
+     "timing.max_payload must be at least 1"),
+    (lambda d: d.update(batch_size="8"), "batch_size must be an int"),
+    (lambda d: d["chips"][0]["predicted"]["gateware"]["engines"].pop("conv1.fp"),
+     "the slices' engines are"),
+])
+def test_absurd_or_mistyped_plans_are_refused_before_elaborating(gateware_dict, tmp_path,
+                                                                  change, words):
+    data = json.loads(json.dumps(gateware_dict))
+    change(data)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(FpdeepError) as info:
+        plan = Plan.load(path)
+        plan.check_network(plan.network)
+        plan.check_resources()
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_is_refused_on_read_and_never_written(gateware_dict, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(gateware_dict).replace('"batch_size": 8', '"batch_size": NaN',
+                                                      1))
+    with pytest.raises(FpdeepError, match="NaN is not a number JSON allows"):
+        Plan.load(path)
+    data = json.loads(json.dumps(gateware_dict))
+    data["summary"]["gateware"]["cycles_per_sample"] = float("inf")
+    with pytest.raises(FpdeepError, match="NaN or infinite"):
+        Plan(data).save(tmp_path / "q.json")
+    assert not (tmp_path / "q.json").exists()
