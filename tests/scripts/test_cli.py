@@ -136,7 +136,7 @@ def _at(tree, path):
     return tree
 
 
-FAST = settings(max_examples=60, deadline=None, derandomize=True,
+FAST = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
