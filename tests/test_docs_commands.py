@@ -8,7 +8,8 @@ earlier command of its file made comes from :data:`PREPARED`. Skipped, with the
 reason: commands with ``--port /dev/tty...`` (a board on a serial port) and
 ``gtkwave`` (a viewer); lines not starting with ``fpdeep ``.
 
-Costs: the default run takes the quick ones (:func:`cost`: planning, help); the
+Costs: the default run takes the quick ones (:func:`cost`: planning, but the
+gateware planning of anything bigger than digits, and help); the
 ``slow`` marker runs every command but bitstream builds, the ``build`` marker
 those. Commands run in process (``fpdeep.scripts.cli.main``).
 """
@@ -80,7 +81,10 @@ def cost(argv):
     if argv[0] == "build":
         return "slow" if "--verilog-only" in argv else "build"
     if argv[0] == "plan" and "--sweep" not in argv and "--balance" not in argv:
-        return "fast"
+        # The gateware planner simulates candidate chains: quick for digits only.
+        gateware = "gateware" in argv and argv[argv.index("--target") + 1] == "gateware"
+        net = argv[argv.index("--net") + 1].lower() if "--net" in argv else "digits"
+        return "slow" if gateware and net != "digits" else "fast"
     return "slow"
 
 
@@ -127,6 +131,8 @@ def test_the_parser_finds_and_classifies_commands(tmp_path):
     assert [cost(split(text)[1:]) for _, text in found[:2]] == ["fast", "slow"]
     assert skip_reason(found[2][1]) == "opens a waveform viewer"
     assert cost(["build", "--board", "x"]) == "build"
+    assert cost(["plan", "--net", "LeNet5", "--target", "gateware"]) == "slow"
+    assert cost(["plan", "--net", "lenet5"]) == "fast"
     assert skip_reason("fpdeep link-test --port /dev/ttyUSB0") == "needs a board on a serial port"
 
 
