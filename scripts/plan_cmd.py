@@ -55,14 +55,8 @@ def register(subparsers):
     parser.set_defaults(handler=run)
 
 
-def load_net(spec):
-    return load_network_arg(spec)
-
-
 def make_cluster(args):
     from ..plan.boards import Cluster, get_board
-    if args.chips is None or args.chips < 1:
-        raise FpdeepError(f"--chips must be a positive integer, not {args.chips}")
     names = [name.strip() for name in args.board.split(",")]
     boards = [get_board(name) for name in names]
     if len(boards) == 1:
@@ -247,9 +241,7 @@ def run(args):
     if args.sweep:
         return run_sweep(args)
     from ..plan.plan import plan_network
-    if args.chips < 1:
-        raise FpdeepError(f"--chips must be a positive integer, not {args.chips}")
-    network = load_net(args.net)
+    network = load_network_arg(args.net)
     cluster = make_cluster(args)
     if args.target == "gateware" and args.compare:
         raise FpdeepError("--compare compares paper-target plans; drop it or --target gateware")

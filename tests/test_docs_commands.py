@@ -14,7 +14,6 @@ gateware planning of anything bigger than digits, and help); the
 those. Commands run in process (``fpdeep.scripts.cli.main``).
 """
 
-import os
 import re
 import shlex
 from pathlib import Path
