@@ -21,7 +21,13 @@ import tempfile
 
 from .errors import FpdeepError
 
-__all__ = ["output_target", "atomic_output", "atomic_write_text", "read_text"]
+__all__ = ["output_target", "atomic_output", "atomic_write_text", "read_text",
+           "MAX_NESTING", "check_nesting"]
+
+#: The deepest bracket nesting a network or plan file may have (they need about 6).
+#: Deeper files are refused before parsing: PyYAML's scanner takes time quadratic in
+#: the depth of ``[[[...]]]``, and the parsers recurse.
+MAX_NESTING = 64
 
 
 def output_target(path, *, what="output"):
@@ -128,3 +134,17 @@ def read_text(path, *, what):
     except UnicodeDecodeError as error:
         raise FpdeepError(f"{what} {path!r} is not UTF-8 text: byte "
                           f"{data[error.start]:#04x} at offset {error.start}") from None
+
+
+def check_nesting(text, *, what, path):
+    """Raise FpdeepError if brackets in ``text`` nest deeper than :data:`MAX_NESTING`
+    (counted over every ``[``/``{``, quoted or not: a generous upper bound)."""
+    depth = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise FpdeepError(f"malformed {what} {path!r}: nested too deeply (over "
+                                  f"{MAX_NESTING} levels)")
+        elif char in "]}":
+            depth = max(0, depth - 1)

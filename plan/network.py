@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass, field, asdict
 
 from .errors import FpdeepError
-from .files import atomic_write_text, read_text
+from .files import atomic_write_text, check_nesting, read_text
 
 __all__ = ["Conv2d", "ReLU", "MaxPool2d", "Linear", "SoftmaxCrossEntropy",
            "Network", "LAYER_TYPES", "digits_cnn", "load_network", "save_network",
@@ -315,6 +315,7 @@ def load_network(path):
     """
     path = os.fspath(path)
     text = read_text(path, what="network file")
+    check_nesting(text, what="network file", path=path)
     try:
         if path.endswith((".yaml", ".yml")):
             import yaml

@@ -117,7 +117,7 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import FpdeepError
-from .files import atomic_write_text, read_text
+from .files import atomic_write_text, check_nesting, read_text
 from .network import Network
 from .paper_partition import partition, ACT_BITS
 from . import perf
@@ -305,6 +305,7 @@ class Plan:
         """
         path = os.fspath(path)
         text = read_text(path, what="plan")
+        check_nesting(text, what="plan", path=path)
         try:
             data = json.loads(text, parse_constant=_refuse_constant)
         except RecursionError:
