@@ -89,12 +89,11 @@ def run(args):
 
 
 def _check_verilog_dir(output):
-    """Refuse to write top.v into a directory fpdeep did not make: it must be new,
-    empty, hold MARKER (an earlier --verilog-only) or an earlier build's report."""
+    """Refuse to write top.v into a directory fpdeep did not make: it must be new
+    (made with its parents, as a build makes ``build/<net>-<board>``), empty, hold
+    the marker of an earlier --verilog-only, or an earlier build's report."""
     from ..platforms.build import REPORT_FILE, VERILOG_MARKER as MARKER
     if not os.path.exists(output):
-        if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-            raise FpdeepError(f"-o {output!r}: its parent directory does not exist")
         return
     if not os.path.isdir(output):
         raise FpdeepError(f"-o {output!r} is not a directory")

@@ -108,6 +108,7 @@ def test_verilog_only_keeps_out_of_a_users_directory(tmp_path, capsys):
     refused(capsys, ["build", "--board", "ulx3s-85f", "--verilog-only", "-o", str(mine)],
             "did not write")
     assert (mine / "top.v").read_text() == "// my own design\n"
+    (tmp_path / "file").write_text("x")
     refused(capsys, ["build", "--board", "ulx3s-85f", "--verilog-only",
-                     "-o", str(tmp_path / "no" / "such")], "parent directory")
-    assert sorted(os.listdir(tmp_path)) == ["mine"]
+                     "-o", str(tmp_path / "file")], "is not a directory")
+    assert sorted(os.listdir(tmp_path)) == ["file", "mine"]
