@@ -238,9 +238,14 @@ class Plan:
             start = stop
         for index, chip in enumerate(self.chips):
             for place in chip["weights"]["stored_at"]:
+                mine = [s for s in chips[index].slices if s.layer.name == place["layer"]]
+                if (place.get("chip") != index + 1 or index + 1 >= len(chips) or not mine
+                        or chips[index].remote is not None):
+                    raise FpdeepError(f"plan: chip {index}: weights stored at {place!r}: the "
+                                      f"gateware stores one of a chip's layers on the next "
+                                      f"chip")
                 chips[index].remote = place["layer"]
-                chips[index + 1].held = next(s for s in chips[index].slices
-                                             if s.layer.name == place["layer"])
+                chips[index + 1].held = mine[0]
         return chips, list(layers.values()), timing
 
     def run_cycles(self, batches):

@@ -203,6 +203,10 @@ def gateware_dict():
     (lambda d: d.update(batch_size="8"), "batch_size must be an int"),
     (lambda d: d["chips"][0]["predicted"]["gateware"]["engines"].pop("conv1.fp"),
      "the slices' engines are"),
+    (lambda d: d["chips"][1]["weights"]["stored_at"].append(
+        {"chip": 2, "layer": "fc1", "count": 650}), "stores one of a chip's layers on the next"),
+    (lambda d: d["chips"][0]["weights"]["stored_at"].append(
+        {"chip": 1, "layer": "fc1", "count": 650}), "stores one of a chip's layers on the next"),
 ])
 def test_absurd_or_mistyped_plans_are_refused_before_elaborating(gateware_dict, tmp_path,
                                                                   change, words):
