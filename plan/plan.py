@@ -222,8 +222,9 @@ class Plan:
         timing = GatewareTiming.from_dict(self.summary["gateware"]["timing"])
         chips = []
         for index, (chip, slices) in enumerate(zip(self.chips, self.gateware_slices())):
-            specs = [SliceSpec(layers[name], lo, hi, fp=rows["fp"], bp=rows["bp"],
-                               wu=rows["wu"]) for name, (lo, hi), rows in slices]
+            # Every engine parameter the slices give (WU lanes, where the plan has them).
+            specs = [SliceSpec(layers[name], lo, hi, **rows)
+                     for name, (lo, hi), rows in slices]
             chips.append(ChipSpec(index, specs, slots=chip["buffers"]["feature_slots"]))
         # A split layer's chips: their part and the layer's number of parts.
         start = 0
@@ -433,6 +434,8 @@ def validate(data, *, source="plan"):
                 _need(engine, "dict", f"{at}.engines.{kind}")
                 _key(engine, "rows", "size", f"{at}.engines.{kind}")
                 _key(engine, "cols", "size", f"{at}.engines.{kind}")
+                if "lanes" in engine:
+                    _key(engine, "lanes", "size", f"{at}.engines.{kind}")
                 names.add(f"{layer}.{kind}")
         weights = _key(chip, "weights", "dict", where)
         for key in ("local", "stored_for", "stored_at"):
