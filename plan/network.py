@@ -24,10 +24,10 @@ and :func:`save_network`.
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, asdict
 
 from .errors import FpdeepError
+from .files import atomic_write_text, check_nesting, read_text
 
 __all__ = ["Conv2d", "ReLU", "MaxPool2d", "Linear", "SoftmaxCrossEntropy",
            "Network", "LAYER_TYPES", "digits_cnn", "load_network", "save_network",
@@ -174,9 +174,13 @@ class Network:
     shapes: list = field(init=False, repr=False)
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise FpdeepError(f"network name must be a non-empty string, not {self.name!r}")
+        if not isinstance(self.input_shape, (tuple, list)):
+            raise FpdeepError(f"network {self.name!r}: input shape must be three positive "
+                              f"ints (C, H, W), not {self.input_shape!r}")
         self.input_shape = tuple(self.input_shape)
-        if len(self.input_shape) != 3 or not all(isinstance(d, int) and d > 0
-                                                 for d in self.input_shape):
+        if len(self.input_shape) != 3 or not all(_is_size(d) for d in self.input_shape):
             raise FpdeepError(f"network {self.name!r}: input shape must be three positive ints "
                               f"(C, H, W), not {self.input_shape!r}")
         if not self.layers:
@@ -188,6 +192,7 @@ class Network:
             if type(layer) not in LAYER_TYPES.values():
                 raise FpdeepError(f"network {self.name!r}: layer {index} of type "
                                   f"{type(layer).__name__!r} is not supported")
+            _check_fields(layer, f"network {self.name!r}: layer {index}")
             if layer.name in names:
                 raise FpdeepError(f"network {self.name!r}: layer name {layer.name!r} is used twice")
             names.add(layer.name)
@@ -245,16 +250,59 @@ class Network:
                 raise FpdeepError(f"{source}: layer {index} is not a mapping")
             layer_spec = dict(layer_spec)
             kind = layer_spec.pop("type", None)
-            if kind not in LAYER_TYPES:
+            if not isinstance(kind, str) or kind not in LAYER_TYPES:
                 raise FpdeepError(f"{source}: layer {index} has unsupported type {kind!r}")
             try:
                 layers.append(LAYER_TYPES[kind](**layer_spec))
             except TypeError as error:
                 raise FpdeepError(f"{source}: layer {index} ({kind}): {error}") from None
-        return cls(name, tuple(input_shape), layers)
+        try:
+            return cls(name, tuple(input_shape), layers)
+        except FpdeepError as error:
+            if source == "network":
+                raise
+            raise FpdeepError(f"{source}: {error}") from None
 
 
 _OPTIONAL_DEFAULTS = {Conv2d: {"stride": 1}, MaxPool2d: {"stride": None}}
+
+#: The largest channel count, map size or kernel a network may give: far beyond any
+#: network here (VGG's 25,088 FC inputs), and small enough that planning never
+#: meets numbers it cannot handle in time.
+MAX_SIZE = 1 << 24
+
+#: Per layer type, its integer fields: ``"size"`` (1 to MAX_SIZE), ``"pad"`` (0 up),
+#: ``"pair"`` (a size or a pair of sizes), ``"padpair"``, ``"optional"`` (None or a size).
+_FIELDS = {Conv2d: {"in_channels": "size", "out_channels": "size", "kernel": "pair",
+                    "padding": "padpair", "stride": "size"},
+           Linear: {"in_features": "size", "out_features": "size"},
+           MaxPool2d: {"size": "size", "stride": "optional"},
+           ReLU: {}, SoftmaxCrossEntropy: {}}
+
+
+def _is_size(value, low=1):
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and low <= value <= MAX_SIZE)
+
+
+def _check_fields(layer, where):
+    """Raise FpdeepError naming the field unless ``layer``'s fields have their types."""
+    if not isinstance(layer.name, str) or not layer.name:
+        raise FpdeepError(f"{where}: name must be a non-empty string, not {layer.name!r}")
+    for name, kind in _FIELDS[type(layer)].items():
+        value = getattr(layer, name)
+        low = 0 if kind in ("pad", "padpair") else 1
+        if kind == "optional" and value is None:
+            continue
+        if kind in ("pair", "padpair") and isinstance(value, (list, tuple)):
+            ok = len(value) == 2 and all(_is_size(v, low) for v in value)
+        else:
+            ok = _is_size(value, low)
+        if not ok:
+            want = (f"an int from {low} to {MAX_SIZE}" +
+                    (" or a pair of them" if kind in ("pair", "padpair") else ""))
+            raise FpdeepError(f"{where} ({layer.name!r}): {name} must be {want}, "
+                              f"not {value!r}")
 
 
 def load_network(path):
@@ -266,23 +314,27 @@ def load_network(path):
         If the file is missing, cannot be parsed, or describes a bad network.
     """
     path = os.fspath(path)
-    try:
-        with open(path) as file:
-            text = file.read()
-    except OSError as error:
-        raise FpdeepError(f"cannot read network file {path!r}: {error.strerror}") from None
+    text = read_text(path, what="network file")
+    check_nesting(text, what="network file", path=path)
     try:
         if path.endswith((".yaml", ".yml")):
             import yaml
             spec = yaml.safe_load(text)
         else:
-            spec = json.loads(text)
-    except Exception as error:     # json.JSONDecodeError, yaml.YAMLError
+            spec = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise FpdeepError(f"malformed network file {path!r}: nested too deeply") from None
+    except Exception as error:     # json.JSONDecodeError, yaml.YAMLError, ValueError
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise FpdeepError(f"malformed network file {path!r}: {first}") from None
     if not isinstance(spec, dict):
         raise FpdeepError(f"malformed network file {path!r}: expected a mapping at top level")
     return Network.from_dict(spec, source=path)
+
+
+def _refuse_constant(name):
+    # json accepts NaN, Infinity and -Infinity, which are not JSON and never a size.
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def save_network(network, path):
@@ -294,22 +346,6 @@ def save_network(network, path):
     else:
         text = json.dumps(network.to_dict(), indent=1) + "\n"
     atomic_write_text(path, text)
-
-
-def atomic_write_text(path, text):
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".fpdeep-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
 
 
 def digits_cnn():

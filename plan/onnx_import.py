@@ -66,6 +66,11 @@ def import_onnx(model_or_path, name=None):
         if op not in SUPPORTED_OPS:
             raise FpdeepError(f"ONNX model {name!r}: node {node.name or '(unnamed)'!r} has "
                               f"unsupported op type {op!r}")
+        wanted = 2 if op in ("Conv", "Gemm", "MatMul", "Add") else 1
+        if len(node.input) < wanted or not all(node.input[:wanted]):
+            raise FpdeepError(f"ONNX model {name!r}: node {node.name or '(unnamed)'!r} "
+                              f"({op}) has {len([i for i in node.input if i])} inputs, "
+                              f"needs {wanted}")
         attrs = _attrs(node)
         if op == "Conv":
             w = inits.get(node.input[1])

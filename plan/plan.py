@@ -115,15 +115,16 @@ from :func:`.model.simulate`::
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import FpdeepError
-from .network import Network, atomic_write_text
+from .files import atomic_write_text, check_nesting, read_text
+from .network import Network
 from .paper_partition import partition, ACT_BITS
 from . import perf
 from .boards import Cluster
 
-__all__ = ["Plan", "plan_network", "PLAN_VERSION", "TARGETS"]
+__all__ = ["Plan", "plan_network", "validate", "PLAN_VERSION", "TARGETS"]
 
 PLAN_VERSION = 1
 
@@ -132,6 +133,8 @@ PLAN_VERSION = 1
 class Plan:
     """A saved plan: a JSON-compatible dict with accessors (see module docstring)."""
     data: dict
+    #: Modelled run cycles per batch count beyond the saved ones (:meth:`run_cycles`).
+    _runs: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def summary(self):
@@ -205,6 +208,76 @@ class Plan:
             out.append(slices)
         return out
 
+    def model_chain(self):
+        """The chips and layers of this gateware plan as the model (:mod:`.model`) takes
+        them: ``(chips, layers, timing)``, read from the plan, not re-planned.
+
+        Raises
+        ------
+        FpdeepError
+            If this is not a gateware plan or does not describe a buildable chain.
+        """
+        from .layers import gateware_layers
+        from .model import ChipSpec, GatewareTiming, SliceSpec
+        network = self.network
+        self.check_network(network)
+        layers = {layer.name: layer for layer in gateware_layers(network)}
+        timing = GatewareTiming.from_dict(self.summary["gateware"]["timing"])
+        chips = []
+        for index, (chip, slices) in enumerate(zip(self.chips, self.gateware_slices())):
+            # Every engine parameter the slices give (WU lanes, where the plan has them).
+            specs = [SliceSpec(layers[name], lo, hi, **rows)
+                     for name, (lo, hi), rows in slices]
+            chips.append(ChipSpec(index, specs, slots=chip["buffers"]["feature_slots"]))
+        # A split layer's chips: their part and the layer's number of parts.
+        start = 0
+        while start < len(chips):
+            s = chips[start].slices[0]
+            stop = start + 1
+            if (s.lo, s.hi) != (0, s.layer.geometry.cout):
+                while stop < len(chips) and chips[stop].slices[0].layer is s.layer:
+                    stop += 1
+                for part, c in enumerate(range(start, stop)):
+                    chips[c].part, chips[c].parts = part, stop - start
+            start = stop
+        for index, chip in enumerate(self.chips):
+            for place in chip["weights"]["stored_at"]:
+                mine = [s for s in chips[index].slices if s.layer.name == place["layer"]]
+                if (place.get("chip") != index + 1 or index + 1 >= len(chips) or not mine
+                        or chips[index].remote is not None):
+                    raise FpdeepError(f"plan: chip {index}: weights stored at {place!r}: the "
+                                      f"gateware stores one of a chip's layers on the next "
+                                      f"chip")
+                chips[index].remote = place["layer"]
+                chips[index + 1].held = mine[0]
+        return chips, list(layers.values()), timing
+
+    def run_cycles(self, batches):
+        """Modelled cycles from a cold start to the end of batch ``batches``' SGD step
+        on every chip (``summary.gateware.run_cycles``, which holds 1 to 4 batches; the
+        model runs any other count).
+
+        Raises
+        ------
+        FpdeepError
+            If ``batches`` is not a positive int, or as :meth:`model_chain`.
+        """
+        from .model import simulate
+        if not isinstance(batches, int) or isinstance(batches, bool) or batches < 1:
+            raise FpdeepError(f"batches must be a positive int, not {batches!r}")
+        saved = self.summary["gateware"]["run_cycles"]
+        if str(batches) in saved:
+            return saved[str(batches)]
+        if batches in self._runs:
+            return self._runs[batches]
+        chips, layers, timing = self.model_chain()
+        # Later samples never delay earlier ones, so a longer run's first batches are
+        # the short run's; the model needs at least 3 batches for its steady state.
+        result = simulate(chips, layers, batch_size=self.data["batch_size"],
+                          batches=max(3, batches), timing=timing)
+        self._runs.update(result["run_cycles"])
+        return result["run_cycles"][batches]
+
     def _require_gateware(self):
         if self.target != "gateware":
             raise FpdeepError(f"the plan is for the {self.target!r} target, not the "
@@ -214,25 +287,203 @@ class Plan:
         return self.data
 
     def save(self, path):
-        """Write the plan as JSON through a temporary file and a rename."""
-        atomic_write_text(os.fspath(path), json.dumps(self.data, indent=1) + "\n")
+        """Write the plan as JSON through a temporary file and a rename.
+
+        Raises
+        ------
+        FpdeepError
+            If the plan holds a NaN or infinite number (JSON has none), or the path
+            cannot be written (:func:`.files.output_target`).
+        """
+        try:
+            text = json.dumps(self.data, indent=1, allow_nan=False) + "\n"
+        except ValueError:
+            raise FpdeepError(f"plan for {path!r} holds a NaN or infinite number; "
+                              f"not written") from None
+        atomic_write_text(os.fspath(path), text, what="plan")
 
     @classmethod
     def load(cls, path):
+        """Read and validate a plan file (:func:`validate`).
+
+        Raises
+        ------
+        FpdeepError
+            In one line naming the file and the offending key: unreadable, not UTF-8,
+            not JSON, NaN or Infinity, nested too deeply, or not a valid plan.
+        """
         path = os.fspath(path)
+        text = read_text(path, what="plan")
+        check_nesting(text, what="plan", path=path)
         try:
-            with open(path) as file:
-                data = json.load(file)
-        except OSError as error:
-            raise FpdeepError(f"cannot read plan {path!r}: {error.strerror}") from None
-        except json.JSONDecodeError as error:
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise FpdeepError(f"malformed plan {path!r}: nested too deeply") from None
+        except ValueError as error:     # json.JSONDecodeError is one
             raise FpdeepError(f"malformed plan {path!r}: {error}") from None
-        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
-            raise FpdeepError(f"plan {path!r}: not a version {PLAN_VERSION} plan")
-        for key in ("network", "cluster", "chips", "summary"):
-            if key not in data:
-                raise FpdeepError(f"plan {path!r}: missing {key!r}")
+        validate(data, source=f"plan {path!r}")
         return cls(data)
+
+    def check_resources(self):
+        """Check that every chip's engines fit its board's multipliers and its memories
+        (with their feature slots) its block RAM, as the model counts them: an absurd
+        engine or slot count is refused here rather than elaborated.
+
+        Raises
+        ------
+        FpdeepError
+            Naming the chip, what it needs and what its board has.
+        """
+        from .model import memory_bits
+        chips, layers, timing = self.model_chain()
+        boards = Cluster.from_dict(self.data["cluster"]).boards
+        for c, (chip, board) in enumerate(zip(chips, boards)):
+            need = chip.multipliers(last=c == len(chips) - 1, timing=timing)
+            if need > board.multipliers:
+                raise FpdeepError(f"plan: chip {c} ({chip.describe()}) needs {need} "
+                                  f"multipliers for its engines, {board.name} has "
+                                  f"{board.multipliers}")
+            bits = memory_bits(chip, layers)["total"]
+            if bits > board.bram_bits:
+                raise FpdeepError(f"plan: chip {c} ({chip.describe()}) needs {bits} bits "
+                                  f"of memory with {chip.slots} feature slots, "
+                                  f"{board.name} has {board.bram_bits}")
+
+
+def _refuse_constant(name):
+    # json accepts NaN, Infinity and -Infinity, which JSON itself does not.
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+#: The largest engine row count, feature-slot count or timing constant a plan may
+#: give before its board is even consulted (each is far below what fits a board).
+PLAN_LIMIT = 1 << 20
+
+
+def _need(value, kind, where):
+    """``value`` if it is of ``kind``, else FpdeepError naming ``where``.
+
+    Kinds: ``"size"`` (int 1..PLAN_LIMIT), ``"count"`` (int 0..PLAN_LIMIT), ``"number"``
+    (finite int or float), ``"str"``, ``"dict"``, ``"list"``, ``"range"`` (two counts).
+    """
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = {"size": is_int and 1 <= value <= PLAN_LIMIT,
+          "count": is_int and 0 <= value <= PLAN_LIMIT,
+          "number": (is_int or isinstance(value, float)) and math.isfinite(value),
+          "str": isinstance(value, str),
+          "dict": isinstance(value, dict),
+          "list": isinstance(value, list),
+          "range": isinstance(value, list) and len(value) == 2 and all(
+              isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= PLAN_LIMIT
+              for v in value)}[kind]
+    if not ok:
+        want = {"size": f"an int from 1 to {PLAN_LIMIT}",
+                "count": f"an int from 0 to {PLAN_LIMIT}", "number": "a finite number",
+                "str": "a string", "dict": "a mapping", "list": "a list",
+                "range": "a pair of ints [lo, hi]"}[kind]
+        shown = repr(value)
+        raise FpdeepError(f"{where} must be {want}, not "
+                          f"{shown if len(shown) <= 40 else shown[:37] + '...'}")
+    return value
+
+
+def _key(mapping, key, kind, where):
+    if key not in mapping:
+        raise FpdeepError(f"{where} lacks {key!r}")
+    return _need(mapping[key], kind, f"{where}.{key}")
+
+
+def validate(data, *, source="plan"):
+    """The one validator of a plan's JSON: raise FpdeepError in one line, naming
+    ``source`` and the key, unless ``data`` has every key of the schema (module
+    docstring) that the tools downstream read, with its type. A gateware plan is
+    checked through: its network, cluster, chips, slices, engines, weights, feature
+    slots, predictions and timing."""
+    _need(data, "dict", source)
+    if data.get("version") != PLAN_VERSION:
+        raise FpdeepError(f"{source}: not a version {PLAN_VERSION} plan "
+                          f"(version {data.get('version')!r})")
+    for key in ("network", "cluster", "summary"):
+        _key(data, key, "dict", source)
+    chips = _key(data, "chips", "list", source)
+    target = data.get("target", "paper")
+    if target not in TARGETS:
+        raise FpdeepError(f"{source}: unknown target {target!r}")
+    if target != "gateware":
+        return
+    try:
+        Network.from_dict(data["network"], source="network")
+        cluster = Cluster.from_dict(data["cluster"])
+    except FpdeepError as error:
+        raise FpdeepError(f"{source}: {error}") from None
+    if len(cluster) != len(chips) or not chips:
+        raise FpdeepError(f"{source}: {len(chips)} chips for a cluster of {len(cluster)}")
+    _key(data, "batch_size", "size", source)
+    for c, chip in enumerate(chips):
+        where = f"{source}: chips[{c}]"
+        _need(chip, "dict", where)
+        if chip.get("index") != c:
+            raise FpdeepError(f"{where}.index must be {c}, not {chip.get('index')!r}")
+        _key(chip, "board", "str", where)
+        names = set()
+        for k, sl in enumerate(_key(chip, "slices", "list", where)):
+            at = f"{where}.slices[{k}]"
+            _need(sl, "dict", at)
+            layer = _key(sl, "layer", "str", at)
+            _key(sl, "out_channels", "range", at)
+            for kind, engine in _key(sl, "engines", "dict", at).items():
+                if kind not in ("fp", "bp", "wu"):
+                    raise FpdeepError(f"{at}.engines has unknown engine {kind!r}")
+                _need(engine, "dict", f"{at}.engines.{kind}")
+                _key(engine, "rows", "size", f"{at}.engines.{kind}")
+                _key(engine, "cols", "size", f"{at}.engines.{kind}")
+                if "lanes" in engine:
+                    _key(engine, "lanes", "size", f"{at}.engines.{kind}")
+                names.add(f"{layer}.{kind}")
+        weights = _key(chip, "weights", "dict", where)
+        for key in ("local", "stored_for", "stored_at"):
+            for k, place in enumerate(_key(weights, key, "list", f"{where}.weights")):
+                at = f"{where}.weights.{key}[{k}]"
+                _need(place, "dict", at)
+                _key(place, "layer", "str", at)
+                _key(place, "count", "count", at)
+                if key != "local" and not (isinstance(place.get("chip"), int)
+                                           or place.get("chip") == "dram"):
+                    raise FpdeepError(f"{at}.chip must be a chip index, not "
+                                      f"{place.get('chip')!r}")
+        _key(_key(chip, "buffers", "dict", where), "feature_slots", "size",
+             f"{where}.buffers")
+        g = _key(_key(chip, "predicted", "dict", where), "gateware", "dict",
+                 f"{where}.predicted")
+        at = f"{where}.predicted.gateware"
+        engines = _key(g, "engines", "dict", at)
+        if set(engines) != names:
+            raise FpdeepError(f"{at}.engines names {sorted(engines)}, the slices' engines "
+                              f"are {sorted(names)}")
+        for name, engine in engines.items():
+            _need(engine, "dict", f"{at}.engines.{name}")
+            _key(engine, "busy_cycles_per_sample", "number", f"{at}.engines.{name}")
+        _key(g, "feature_slots_peak", "number", at)
+        for key, figure in (("link_down", "words_per_sample"), ("link_up", "words_per_sample"),
+                            ("wgt_down", "words_per_batch"), ("wgt_up", "words_per_batch")):
+            if g.get(key) is not None:
+                _key(_need(g[key], "dict", f"{at}.{key}"), figure, "number", f"{at}.{key}")
+            elif key.startswith("link") and c + 1 < len(chips):
+                raise FpdeepError(f"{at}.{key} is missing for the link to chip {c + 1}")
+    summary = _key(data["summary"], "gateware", "dict", f"{source}: summary")
+    at = f"{source}: summary.gateware"
+    for key, value in _key(summary, "run_cycles", "dict", at).items():
+        _need(value, "number", f"{at}.run_cycles[{key!r}]")
+    timing = _key(summary, "timing", "dict", at)
+    from .model import TIMING, GatewareTiming
+    for key, value in timing.items():
+        _need(value, "count", f"{at}.timing.{key}")
+        if value == 0 and getattr(TIMING, key, 0) > 0:
+            raise FpdeepError(f"{at}.timing.{key} must be at least 1, not 0")
+    try:
+        GatewareTiming.from_dict(timing)
+    except FpdeepError as error:
+        raise FpdeepError(f"{at}: {error}") from None
 
 
 def _chip_weights(chip):

@@ -36,11 +36,14 @@ from .toolchain import toolchain_env
 
 __all__ = ["HostedCore", "BoardTop", "BuildReport", "BuildError", "parse_nextpnr_log",
            "parse_critical_path", "build", "verilog", "build_core", "core_verilog", "make_core",
-           "REPORT_FILE"]
+           "REPORT_FILE", "VERILOG_MARKER"]
 
 #: Written into every finished build directory; its presence marks the
 #: directory as ours, so that a later build may replace it.
 REPORT_FILE = "fpdeep-build.json"
+#: The file ``fpdeep build --verilog-only`` leaves beside ``<name>.v``, marking the
+#: directory as ours too.
+VERILOG_MARKER = ".fpdeep-verilog"
 
 # Which nextpnr cell types count as LUTs, multipliers and block RAMs.
 _CELLS = {
@@ -381,7 +384,7 @@ def _prepare_target(build_dir, name):
             raise FpdeepError(f"build directory {str(build_dir)!r} is a file")
         # Ours: an earlier build, or what `fpdeep build --verilog-only` leaves (<name>.v).
         entries = {entry.name for entry in build_dir.iterdir()}
-        if entries - {f"{name}.v"} and REPORT_FILE not in entries:
+        if entries - {f"{name}.v", VERILOG_MARKER} and REPORT_FILE not in entries:
             raise FpdeepError(f"build directory {str(build_dir)!r} is not empty and is not "
                               f"an earlier fpdeep build; choose another or remove it")
     build_dir.parent.mkdir(parents=True, exist_ok=True)

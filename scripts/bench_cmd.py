@@ -16,7 +16,7 @@ included, so short runs understate it.
 
 import statistics
 
-from ..plan.errors import FpdeepError
+from .args import network_arg, positive_int
 
 __all__ = ["register"]
 
@@ -26,10 +26,15 @@ def register(subparsers):
         "bench", help="measure cycles per sample, PE utilization and link bandwidth",
         description="Benchmarks run in Amaranth's simulator; figures are medians over repeats.")
     parser.add_argument("what", choices=("core", "link", "plan"), help="what to measure")
-    parser.add_argument("--net", default="digits", metavar="NAME|FILE")
-    parser.add_argument("--batches", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--net", default="digits", type=network_arg, metavar="NAME|FILE",
+                        help="bench core: built-in network (any case) or network file")
+    parser.add_argument("--data", metavar="FILE.npz",
+                        help="bench core: samples to feed (default: the digits resized to "
+                             "the network's input)")
+    parser.add_argument("--batches", type=positive_int, default=2)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="runs per figure (median)")
     parser.add_argument("--backend", choices=("pysim", "verilator", "both"), default="pysim",
                         help="simulator to measure; 'both' compares their speeds")
     parser.set_defaults(handler=run)
@@ -42,13 +47,13 @@ def run(args):
         return 0
     if args.what == "plan":
         return bench_plan(args.repeats)
-    from ..sim.harness import CoreRun, digits_samples
-    from .sim_cmd import format_utilization, network_from_arg
-    if args.repeats < 1 or args.batches < 1 or args.batch_size < 1:
-        raise FpdeepError("--repeats, --batches and --batch-size must be at least 1")
-    network = network_from_arg(args.net)
+    from ..sim.data import dataset_for
+    from ..sim.harness import CoreRun
+    from .args import load_network_arg
+    from .sim_cmd import format_utilization
+    network = load_network_arg(args.net)
     count = args.batches * args.batch_size
-    floats, labels = digits_samples(count, seed=0)
+    floats, labels = dataset_for(network, args.data).samples(count, seed=0)
     results = []
     if args.backend in ("pysim", "both"):
         for repeat in range(args.repeats):

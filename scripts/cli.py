@@ -3,15 +3,20 @@
 Each subcommand lives in its own module of this package and registers itself in
 ``SUBCOMMANDS``: a module exposing ``register(subparsers)``, which adds its parser
 and sets ``handler=`` to a function taking the parsed arguments and returning an
-exit status. Bad input is reported as one line, ``fpdeep: error: ...``, with exit
-status 2 and no traceback.
+exit status. Options are parsed with the types of :mod:`.args`.
+
+Bad input (a usage error, a bad value, file or plan: :class:`.args.UsageError` or
+:class:`~fpdeep.plan.errors.FpdeepError`) is reported as one line, ``fpdeep: error:
+...``, with exit status 2 and no traceback; outputs are written atomically
+(:mod:`fpdeep.plan.files`), so nothing is left behind. Ctrl-C prints one line,
+``fpdeep: interrupted``, removes partial output the same way and exits with 130.
 """
 
-import argparse
 import importlib
 import sys
 
 from ..plan.errors import FpdeepError
+from .args import Parser, UsageError
 
 __all__ = ["main", "console_main", "SUBCOMMANDS"]
 
@@ -20,7 +25,7 @@ SUBCOMMANDS = ["plan_cmd", "sim_cmd", "train_cmd", "build_cmd", "waves_cmd", "be
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fpdeep",
         description="Plan, simulate and build CNN training on a 1-D chain of FPGAs.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,16 +40,24 @@ def make_parser():
     return parser
 
 
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
 def main(argv=None):
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 0
+    """Run ``fpdeep`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     try:
+        parser = make_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit:      # --help
+            return exit.code or 0
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 0
         return args.handler(args) or 0
-    except FpdeepError as error:
-        print(f"fpdeep: error: {error}", file=sys.stderr)
+    except (FpdeepError, UsageError) as error:
+        print(f"fpdeep: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fpdeep: interrupted", file=sys.stderr)
@@ -52,7 +65,15 @@ def main(argv=None):
 
 
 def console_main():
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``fpdeep ... | head``): stop quietly, as a pipe would.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 141
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ use per chip.
 import os
 
 from ..plan.errors import FpdeepError
+from .args import finite_float, load_network_arg, network_arg, output_file, positive_int
 
 __all__ = ["register"]
 
@@ -24,22 +25,23 @@ __all__ = ["register"]
 def register(subparsers):
     parser = subparsers.add_parser("plan", help="partition a network over N FPGAs",
                                    description=__doc__.splitlines()[0])
-    parser.add_argument("--net", default="digits",
-                        help="built-in network (digits, lenet5, alexnet, vgg16, vgg19) or a "
-                             ".json/.yaml/.onnx file")
+    parser.add_argument("--net", default="digits", type=network_arg,
+                        help="built-in network (digits, lenet5, alexnet, vgg16, vgg19; any "
+                             "case) or a .json/.yaml/.onnx file")
     parser.add_argument("--board", default="ulx3s-85f",
                         help="board kind, or a comma-separated list of one per chip")
-    parser.add_argument("--chips", type=int, default=1, help="number of chips in the chain")
-    parser.add_argument("--link-gbps", type=float, default=None,
+    parser.add_argument("--chips", type=positive_int, default=1,
+                        help="number of chips in the chain")
+    parser.add_argument("--link-gbps", type=finite_float(0, low_open=True), default=None,
                         help="total link bandwidth per FPGA, per direction (overrides board)")
-    parser.add_argument("--link-latency-ns", type=float, default=500.0)
-    parser.add_argument("--batch", type=int, default=None,
+    parser.add_argument("--link-latency-ns", type=finite_float(0), default=500.0)
+    parser.add_argument("--batch", type=positive_int, default=None,
                         help="mini-batch size (default 64; 8 with --target gateware, the "
                              "training core's default)")
     parser.add_argument("--target", choices=("paper", "gateware"), default="paper",
                         help="paper-scale engines (default), or what the gateware builds, "
                              "with its predicted timing")
-    parser.add_argument("-o", "--output", help="write the plan JSON here")
+    parser.add_argument("-o", "--output", type=output_file, help="write the plan JSON here")
     parser.add_argument("--compare", action="store_true",
                         help="also print the baselines' balance and throughput")
     parser.add_argument("--sweep", action="store_true",
@@ -47,27 +49,14 @@ def register(subparsers):
     parser.add_argument("--balance", nargs="*", metavar="NET",
                         help="print max/mean chip cycles for N = 1..64 of these built-in "
                              "networks (all if none given)")
-    parser.add_argument("--max-chips", type=int, default=None,
+    parser.add_argument("--max-chips", type=positive_int, default=None,
                         help="largest N of the sweep (128) or of --balance (64)")
     parser.add_argument("--out-dir", default="docs/scaling", help="where --sweep writes")
     parser.set_defaults(handler=run)
 
 
-def load_net(spec):
-    from ..plan import zoo
-    from ..plan.network import load_network
-    if spec.endswith(".onnx"):
-        from ..plan.onnx_import import import_onnx
-        return import_onnx(spec)
-    if spec.endswith((".json", ".yaml", ".yml")):
-        return load_network(spec)
-    return zoo.get(spec)
-
-
 def make_cluster(args):
     from ..plan.boards import Cluster, get_board
-    if args.chips is None or args.chips < 1:
-        raise FpdeepError(f"--chips must be a positive integer, not {args.chips}")
     names = [name.strip() for name in args.board.split(",")]
     boards = [get_board(name) for name in names]
     if len(boards) == 1:
@@ -178,7 +167,14 @@ def print_gateware(plan):
 
 def run_sweep(args):
     from ..plan.scaling import sweep, summarise
+    from ..plan.files import output_target
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise FpdeepError(f"--out-dir {args.out_dir!r} is not a directory")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out_dir))):
+        raise FpdeepError(f"--out-dir {args.out_dir!r}: its parent directory does not exist")
     os.makedirs(args.out_dir, exist_ok=True)
+    for name in ("scaling.md", "scaling.png"):
+        output_target(os.path.join(args.out_dir, name))
     args.max_chips = args.max_chips or 128
     rows = sweep(chips=range(1, args.max_chips + 1), batch_size=args.batch or 64)
     table = os.path.join(args.out_dir, "scaling.md")
@@ -213,9 +209,9 @@ def run_sweep(args):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     png = os.path.join(args.out_dir, "scaling.png")
-    temp = png + ".tmp.png"
-    fig.savefig(temp, dpi=110, bbox_inches="tight")
-    os.replace(temp, png)
+    from ..plan.files import atomic_output
+    with atomic_output(png) as temp:
+        fig.savefig(temp, dpi=110, bbox_inches="tight", format="png")
     print("\n".join(lines))
     print(f"wrote {table} and {png}")
     return 0
@@ -235,14 +231,17 @@ def run_balance(args):
 
 
 def run(args):
+    if args.balance is not None or args.sweep:
+        which = "--balance" if args.balance is not None else "--sweep"
+        for option, value in (("-o", args.output), ("--compare", args.compare)):
+            if value:
+                raise FpdeepError(f"{option} does nothing with {which}; drop one of them")
     if args.balance is not None:
         return run_balance(args)
     if args.sweep:
         return run_sweep(args)
     from ..plan.plan import plan_network
-    if args.chips < 1:
-        raise FpdeepError(f"--chips must be a positive integer, not {args.chips}")
-    network = load_net(args.net)
+    network = load_network_arg(args.net)
     cluster = make_cluster(args)
     if args.target == "gateware" and args.compare:
         raise FpdeepError("--compare compares paper-target plans; drop it or --target gateware")

@@ -12,17 +12,28 @@ of batches; its results equal pysim's cycle for cycle.
 """
 
 from ..plan.errors import FpdeepError
+from .args import (finite_float, load_network_arg, network_arg, nonnegative_int,
+                   output_file, positive_int, refuse_with_plan)
 
-__all__ = ["register", "network_from_arg", "plan_for"]
+__all__ = ["register", "add_training_options", "plan_for"]
 
 
-def network_from_arg(value):
-    """A built-in network name, or a .json/.yaml network file."""
-    from ..plan import zoo
-    from ..plan.network import load_network
-    if value.lower().endswith((".json", ".yaml", ".yml")):
-        return load_network(value)
-    return zoo.get(value)
+def add_training_options(parser):
+    """``--net``, ``--data``, ``--lr``, ``--momentum`` and ``--seed``: shared by the
+    commands that train."""
+    parser.add_argument("--net", default="digits", type=network_arg, metavar="NAME|FILE",
+                        help="built-in network (digits, lenet5, ...; any case) or a "
+                             ".json/.yaml/.onnx network file (default %(default)s)")
+    parser.add_argument("--data", metavar="FILE.npz",
+                        help="training data: arrays x (N, C, H, W) and y (N,), optionally "
+                             "x_test and y_test; by default the 8x8 digits resized to the "
+                             "network's input (fpdeep.sim.data)")
+    parser.add_argument("--lr", type=finite_float(0, low_open=True), default=0.02,
+                        help="learning rate (default %(default)s)")
+    parser.add_argument("--momentum", type=finite_float(0), default=0.9,
+                        help="momentum, in [0, 1) (default %(default)s)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="initial weights and data order (default %(default)s)")
 
 
 def register(subparsers):
@@ -30,59 +41,49 @@ def register(subparsers):
         "sim", help="simulate training on the gateware against the NumPy reference",
         description="Train a network on the simulated gateware and compare every weight with "
                     "the bit-exact integer reference.")
-    parser.add_argument("--net", default="digits", metavar="NAME|FILE",
-                        help="built-in network or network file (default %(default)s)")
-    parser.add_argument("--chips", type=int, default=None,
+    add_training_options(parser)
+    parser.add_argument("--chips", type=positive_int, default=None,
                         help="FPGAs in the chain (default 1, or the plan's)")
     parser.add_argument("--plan", metavar="FILE",
                         help="a gateware plan (fpdeep plan --target gateware -o FILE); by "
                              "default the network is planned here for --chips --board")
-    parser.add_argument("--board", default="ulx3s-85f",
-                        help="board of every chip, when planning here (default %(default)s)")
-    parser.add_argument("--batches", type=int, default=2, help="mini-batches to train (default 2)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--board", default=None,
+                        help="board of every chip, when planning here (default ulx3s-85f)")
+    parser.add_argument("--batches", type=positive_int, default=2,
+                        help="mini-batches to train (default 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="samples per mini-batch (default 8, or the plan's)")
-    parser.add_argument("--lr", type=float, default=0.02, help="learning rate (default 0.02)")
-    parser.add_argument("--momentum", type=float, default=0.9, help="momentum (default 0.9)")
-    parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
     parser.add_argument("--backend", choices=("pysim", "verilator"), default="pysim",
                         help="simulator: Amaranth's (default) or Verilator, built once per "
                              "design into ~/.cache/fpdeep/verilator ($FPDEEP_CACHE)")
-    parser.add_argument("--vcd", metavar="FILE",
+    parser.add_argument("--vcd", metavar="FILE", type=output_file,
                         help="write a VCD and a GTKWave save file (FILE with .gtkw) beside it")
     parser.set_defaults(handler=run)
 
 
 def run(args):
-    from ..sim.harness import CoreRun, compare_weights, digits_samples
+    from ..sim.harness import CoreRun, compare_weights
     from ..sim.compare import format_model_rows, model_rows
+    from ..sim.data import dataset_for
     from ..rtl.elaborate import chain_from_plan
-    if args.chips is not None and args.chips < 1:
-        raise FpdeepError(f"--chips must be at least 1, not {args.chips}")
-    if args.batches < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise FpdeepError("--batches and --batch-size must be at least 1")
+    from ..plan.files import output_target
+    refuse_with_plan(args, ["board"])
     if args.backend == "verilator" and args.vcd:
         raise FpdeepError("--vcd needs --backend pysim: the Verilator backend does not write "
                           "waveforms yet")
     if args.vcd:
         from pathlib import Path
-        if not Path(args.vcd).resolve().parent.is_dir():
-            raise FpdeepError(f"cannot write waveforms to {args.vcd!r}: its directory does "
-                              f"not exist")
-    network = network_from_arg(args.net)
-    if network.input_shape != (1, 8, 8) or network.num_classes != 10:
-        raise FpdeepError(f"network {network.name!r}: simulation feeds 8x8 digits, so it needs "
-                          f"a (1, 8, 8) input and 10 classes")
+        output_target(Path(args.vcd).with_suffix(".gtkw"), what="waveforms")
+    network = load_network_arg(args.net)
+    dataset = dataset_for(network, args.data)
     plan = plan_for(args, network)
     chips = len(plan.chips)
     layout = chain_from_plan(plan, network)
     args.batch_size = plan.data["batch_size"]
     count = args.batches * args.batch_size
-    floats, labels = digits_samples(count, seed=args.seed)
-    if len(labels) < count:
-        # More samples than the 1,797 digits: go round them again, epoch after epoch.
-        order = [k % len(labels) for k in range(count)]
-        floats, labels = floats[order], labels[order]
+    # The model's run, before the simulation: a plan it cannot model fails now.
+    plan.run_cycles(args.batches)
+    floats, labels = dataset.samples(count, seed=args.seed)
     run = CoreRun(network, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   seed=args.seed, splits=layout.splits, engines=layout.engines,
                   slots=layout.slots, held=layout.held)
@@ -90,7 +91,7 @@ def run(args):
     samples = [reference.quantize_input(x) for x in floats]
     simulator = "Verilator" if args.backend == "verilator" else "Amaranth simulator"
     print(f"fpdeep sim: {network.name} on {chips} chip(s), {args.batches} batches of "
-          f"{args.batch_size}, {simulator}")
+          f"{args.batch_size}, {simulator}, data: {dataset.source}")
     for k, chip in enumerate(run.chips):
         held = ", ".join(spec.name + (f"[{chip.lo}:{chip.hi}]" if chip.split else "")
                          for spec in chip.specs)
@@ -159,6 +160,7 @@ def plan_for(args, network):
     if args.plan:
         plan = Plan.load(args.plan)
         plan.check_network(network)
+        plan.check_resources()
         if args.chips is not None and args.chips != len(plan.chips):
             raise FpdeepError(f"--chips {args.chips}: the plan {args.plan!r} is for "
                               f"{len(plan.chips)} chips")
@@ -167,7 +169,7 @@ def plan_for(args, network):
                               f"made for batches of {plan.data['batch_size']}")
         return plan
     chips = args.chips or 1
-    cluster = Cluster([get_board(args.board)] * chips)
+    cluster = Cluster([get_board(args.board or "ulx3s-85f")] * chips)
     return plan_network(network, cluster, batch_size=args.batch_size or 8, target="gateware")
 
 

@@ -12,7 +12,6 @@ samples. Each epoch visits the training samples in an order drawn from ``seed``;
 a last partial mini-batch is dropped (synchronous SGD needs whole batches).
 """
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,29 +22,20 @@ from ..plan.errors import FpdeepError
 from ..plan.network import digits_cnn
 from ..sim.reference import Reference, init_masters
 
-__all__ = ["SPLIT_SEED", "TRAIN_SIZE", "DEFAULTS", "NETWORKS", "load_digits_split",
+__all__ = ["SPLIT_SEED", "TRAIN_SIZE", "DEFAULTS", "load_digits_split",
            "ModeRun", "train_side_by_side", "add_arguments", "run_from_args", "main"]
 
 SPLIT_SEED = 0
 TRAIN_SIZE = 1400
 #: Measured good for both modes (see "Measured accuracy" in README.md).
 DEFAULTS = {"epochs": 10, "lr": 0.02, "momentum": 0.9, "batch": 8, "seed": 1}
-#: Networks that have a training data set here.
-NETWORKS = {"digits": digits_cnn}
 MODES = ("int", "float")
 
 
 def load_digits_split(*, train_size=TRAIN_SIZE, split_seed=SPLIT_SEED):
     """``(x_train, y_train, x_test, y_test)``: float (N, 1, 8, 8) maps in [0, 1], int labels."""
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    images = digits.images.astype(np.float64)[:, None] / 16.0
-    labels = digits.target.astype(np.int64)
-    if not 1 <= train_size < len(images):
-        raise FpdeepError(f"train size must be from 1 to {len(images) - 1}, not {train_size}")
-    order = np.random.default_rng(split_seed).permutation(len(images))
-    train, test = order[:train_size], order[train_size:]
-    return images[train], labels[train], images[test], labels[test]
+    from ..sim.data import digits_dataset
+    return digits_dataset((1, 8, 8), 10).split(train_size=train_size, split_seed=split_seed)
 
 
 @dataclass
@@ -67,7 +57,8 @@ def _accuracy(ref, xs, labels):
 
 def train_side_by_side(*, modes=MODES, epochs=DEFAULTS["epochs"], lr=DEFAULTS["lr"],
                        momentum=DEFAULTS["momentum"], batch=DEFAULTS["batch"],
-                       seed=DEFAULTS["seed"], train_samples=None, net="digits", out=None):
+                       seed=DEFAULTS["seed"], train_samples=None, network=None, data=None,
+                       out=None):
     """Train one reference per mode, epoch by epoch, from the same initial masters.
 
     Parameters
@@ -76,6 +67,11 @@ def train_side_by_side(*, modes=MODES, epochs=DEFAULTS["epochs"], lr=DEFAULTS["l
     epochs, lr, momentum, batch, seed :
         The same hyper-parameters for every mode; ``seed`` draws the initial weights
         and the sample order.
+    network : Network, optional
+        The digits CNN by default.
+    data : str, optional
+        An ``.npz`` data file (:func:`fpdeep.sim.data.load_npz`); by default the
+        digits, resized to the network's input (:func:`fpdeep.sim.data.dataset_for`).
     train_samples : int, optional
         Train on only the first ``train_samples`` of the training split (quick runs);
         the held-out set is always the full 397 samples.
@@ -90,11 +86,10 @@ def train_side_by_side(*, modes=MODES, epochs=DEFAULTS["epochs"], lr=DEFAULTS["l
     Raises
     ------
     FpdeepError
-        For an unknown network or mode, or an impossible hyper-parameter.
+        For an unknown mode, data that do not fit the network, or an impossible
+        hyper-parameter.
     """
-    if net not in NETWORKS:
-        raise FpdeepError(f"no training data set for network {net!r}; "
-                          f"choose from {', '.join(NETWORKS)}")
+    from ..sim.data import dataset_for
     modes = tuple(modes)
     for mode in modes:
         if mode not in MODES:
@@ -103,11 +98,12 @@ def train_side_by_side(*, modes=MODES, epochs=DEFAULTS["epochs"], lr=DEFAULTS["l
         raise FpdeepError(f"epochs must be a positive int, not {epochs!r}")
     if not lr > 0:
         raise FpdeepError(f"learning rate must be positive, not {lr!r}")
-    network = NETWORKS[net]()
-    x_train, y_train, x_test, y_test = load_digits_split()
+    network = network if network is not None else digits_cnn()
+    dataset = dataset_for(network, data)
+    x_train, y_train, x_test, y_test = dataset.split()
     if train_samples is not None:
         if not isinstance(train_samples, int) or not 1 <= train_samples <= len(x_train):
-            raise FpdeepError(f"train samples must be from 1 to {len(x_train)}, "
+            raise FpdeepError(f"--train-samples must be from 1 to {len(x_train)}, "
                               f"not {train_samples!r}")
         x_train, y_train = x_train[:train_samples], y_train[:train_samples]
     if isinstance(batch, int) and batch > len(x_train):
@@ -125,7 +121,7 @@ def train_side_by_side(*, modes=MODES, epochs=DEFAULTS["epochs"], lr=DEFAULTS["l
         if out is not None:
             print(text, file=out, flush=True)
 
-    say(f"{network.name} CNN on sklearn digits: {len(x_train)} training / {len(x_test)} "
+    say(f"{network.name} on {dataset.source}: {len(x_train)} training / {len(x_test)} "
         f"held-out samples; lr {lr}, momentum {momentum}, batch {batch}, seed {seed}")
     say("epoch  " + "  ".join(f"{mode:>7}" for mode in modes))
     for epoch in range(1, epochs + 1):
@@ -154,39 +150,41 @@ def train_side_by_side(*, modes=MODES, epochs=DEFAULTS["epochs"], lr=DEFAULTS["l
 
 def add_arguments(parser):
     """The options shared by this script and ``fpdeep train``."""
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"],
+    from .args import finite_float, nonnegative_int, positive_int
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"],
                         help="passes over the training split (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"],
+    parser.add_argument("--lr", type=finite_float(0, low_open=True), default=DEFAULTS["lr"],
                         help="learning rate of the batch-mean gradient (default %(default)s)")
-    parser.add_argument("--momentum", type=float, default=DEFAULTS["momentum"],
-                        help="SGD momentum, 0 to disable (default %(default)s)")
-    parser.add_argument("--batch", type=int, default=DEFAULTS["batch"],
+    parser.add_argument("--momentum", type=finite_float(0), default=DEFAULTS["momentum"],
+                        help="SGD momentum, in [0, 1), 0 to disable (default %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=DEFAULTS["batch"],
                         help="mini-batch size (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+    parser.add_argument("--seed", type=nonnegative_int, default=DEFAULTS["seed"],
                         help="seed of the initial weights and sample order "
                              "(default %(default)s)")
-    parser.add_argument("--train-samples", type=int, default=None, metavar="N",
+    parser.add_argument("--train-samples", type=positive_int, default=None, metavar="N",
                         help="train on only the first N training samples (quick runs)")
 
 
-def run_from_args(args, *, modes=MODES, net="digits", out=None):
+def run_from_args(args, *, modes=MODES, network=None, data=None, out=None):
     """Run :func:`train_side_by_side` with parsed options, printing to ``out`` or stdout."""
     return train_side_by_side(modes=modes, epochs=args.epochs, lr=args.lr,
                               momentum=args.momentum, batch=args.batch, seed=args.seed,
-                              train_samples=args.train_samples, net=net,
+                              train_samples=args.train_samples, network=network, data=data,
                               out=out if out is not None else sys.stdout)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    from .args import Parser, UsageError
+    parser = Parser(
         prog="python -m fpdeep.scripts.train_quality",
         description="Train the digits CNN with the int and float references side by side "
                     "and compare held-out accuracy.")
     add_arguments(parser)
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         run_from_args(args)
-    except FpdeepError as error:
+    except (FpdeepError, UsageError) as error:
         print(f"train_quality: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -4,7 +4,8 @@
 with the ``predicted.gateware`` and ``summary.gateware`` entries of a gateware
 :class:`~fpdeep.plan.plan.Plan` (:mod:`fpdeep.plan.model`), quantity by quantity:
 the cycles per sample from a cold start (the same number of mini-batches as the
-run), each engine's busy cycles per sample (its chip's busy share), the payload
+run, from :meth:`~fpdeep.plan.plan.Plan.run_cycles`, which runs the model for counts
+the plan does not hold), each engine's busy cycles per sample (its chip's busy share), the payload
 words per sample on each link in each direction (and per batch on the WGT channel
 of a link whose far chip holds masters), and each chip's deepest feature-memory use.
 """
@@ -32,11 +33,9 @@ class ModelRow:
 
 def model_rows(result, plan, batches):
     """:class:`ModelRow` per measured quantity of ``result`` (``batches`` mini-batches)."""
-    summary = plan.data["summary"]["gateware"]
     samples = max(1, result.samples)
-    key = str(batches)
     rows = [ModelRow("cycles per sample (cold start)", result.run_cycles / samples,
-                     summary["run_cycles"][key] / samples)]
+                     plan.run_cycles(batches) / samples)]
     for index, chip in enumerate(plan.chips):
         predicted = chip["predicted"]["gateware"]
         prefix = f"chip{index}." if len(plan.chips) > 1 else ""

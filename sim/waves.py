@@ -1,10 +1,8 @@
 """VCD and GTKWave save files with signals grouped by chip and by engine."""
 
 import contextlib
-import os
 from pathlib import Path
 
-from ..plan.errors import FpdeepError
 
 __all__ = ["write_waves", "core_traces"]
 
@@ -36,27 +34,18 @@ def write_waves(sim, cores, vcd_path):
     """Record ``sim`` into ``vcd_path`` and a ``.gtkw`` beside it, one group per chip.
 
     ``cores`` is one core or a list of them (chip 0 first). Both files are written
-    under temporary names and renamed only when the simulation finishes.
+    under temporary names and renamed only when the simulation finishes
+    (:func:`fpdeep.plan.files.atomic_output`).
     """
+    from ..plan.files import atomic_output
     vcd_path = Path(vcd_path)
     gtkw_path = vcd_path.with_suffix(".gtkw")
-    if not vcd_path.parent.is_dir():
-        raise FpdeepError(f"cannot write waveforms to {str(vcd_path)!r}: "
-                          f"no directory {str(vcd_path.parent)!r}")
     if not isinstance(cores, (list, tuple)):
         cores = [cores]
     traces = {f"chip{index}": core_traces(core) for index, core in enumerate(cores)}
-    vcd_tmp = vcd_path.with_name(vcd_path.name + ".partial")
-    gtkw_tmp = gtkw_path.with_name(gtkw_path.name + ".partial")
-    try:
-        with sim.write_vcd(str(vcd_tmp), str(gtkw_tmp), traces=traces):
+    with atomic_output(vcd_path, gtkw_path, what="waveforms") as (vcd_tmp, gtkw_tmp):
+        with sim.write_vcd(vcd_tmp, gtkw_tmp, traces=traces):
             yield
         # The save file names the VCD it was written beside; point it at the final name.
-        text = gtkw_tmp.read_text().replace(str(vcd_tmp), str(vcd_path))
-        gtkw_tmp.write_text(text)
-        os.replace(vcd_tmp, vcd_path)
-        os.replace(gtkw_tmp, gtkw_path)
-    finally:
-        for leftover in (vcd_tmp, gtkw_tmp):
-            if leftover.exists():
-                leftover.unlink()
+        text = Path(gtkw_tmp).read_text().replace(vcd_tmp, str(vcd_path))
+        Path(gtkw_tmp).write_text(text)

@@ -51,3 +51,45 @@ def test_missing_file(tmp_path):
 def test_bad_pool():
     with pytest.raises(FpdeepError, match="pool"):
         Network("x", (1, 6, 6), [MaxPool2d("pool", size=4), SoftmaxCrossEntropy()])
+
+
+def _conv_net(**conv):
+    layer = {"type": "Conv2d", "name": "c", "in_channels": 1, "out_channels": 2,
+             "kernel": 3, **conv}
+    return {"name": "n", "input_shape": [1, 8, 8],
+            "layers": [layer, {"type": "Linear", "name": "fc", "in_features": 72,
+                               "out_features": 10},
+                       {"type": "SoftmaxCrossEntropy", "name": "loss"}]}
+
+
+@pytest.mark.parametrize("spec, words", [
+    (_conv_net(out_channels=0), "out_channels must be an int from 1"),
+    (_conv_net(out_channels=-2), "out_channels must be an int from 1"),
+    (_conv_net(out_channels=2.5), "out_channels must be an int from 1"),
+    (_conv_net(out_channels=True), "out_channels must be an int from 1"),
+    (_conv_net(kernel=[3, "3"]), "kernel must be an int from 1"),
+    (_conv_net(padding=-1), "padding must be an int from 0"),
+    (_conv_net(out_channels=1 << 30), "out_channels must be an int from 1 to 16777216"),
+    ({**_conv_net(), "input_shape": [1, 8, 8.0]}, "input shape must be three positive"),
+    ({**_conv_net(), "name": ["x"]}, "name must be a non-empty string"),
+    ({**_conv_net(), "layers": [{"type": ["Conv2d"]}]}, "unsupported type ['Conv2d']"),
+])
+def test_bad_sizes_and_types_are_refused_naming_the_field(tmp_path, spec, words):
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(FpdeepError) as info:
+        load_network(path)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert "net.json" in str(info.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"name": "\xff"}', "not UTF-8 text"),
+    (b'{"name": "n", "input_shape": [1, 8, NaN], "layers": []}', "NaN is not a number"),
+])
+def test_deep_nesting_bad_utf8_and_nan_are_refused(tmp_path, text, words):
+    path = tmp_path / "net.json"
+    path.write_bytes(text)
+    with pytest.raises(FpdeepError, match=words):
+        load_network(path)

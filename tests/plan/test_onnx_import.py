@@ -52,3 +52,11 @@ def test_unreadable(tmp_path):
     path.write_bytes(b"not onnx")
     with pytest.raises(FpdeepError, match="cannot read ONNX"):
         import_onnx(path)
+
+
+@pytest.mark.parametrize("op, inputs", [("Conv", ["x"]), ("Gemm", ["x", ""]), ("Relu", []),
+                                        ("MatMul", ["x"])])
+def test_node_missing_inputs_is_refused_by_name(op, inputs):
+    model = _model([helper.make_node(op, inputs, ["y"], name="lonely")], {})
+    with pytest.raises(FpdeepError, match=f"node 'lonely' \\({op}\\) has .* inputs, needs"):
+        import_onnx(model)

@@ -136,3 +136,99 @@ def test_gateware_schema_and_round_trip(tmp_path):
     chosen = s["candidates"][0]
     assert chosen["slots"] == s["slots"] and chosen["cycles_per_sample"] == \
         s["cycles_per_sample"]
+
+
+def _small_boards():
+    """Three boards on which digits' conv1 and a slice of fc1 keep their masters on the
+    next chip (their memories just short of them), so the plan has held layers."""
+    from dataclasses import replace
+    from fpdeep.plan import model
+    from fpdeep.plan.layers import gateware_layers
+    layers = gateware_layers(zoo.get("digits"))
+
+    def alone(layer):
+        spec = model.SliceSpec(layer, 0, layer.geometry.cout, bp=1 if layer.index else 0)
+        return model.memory_bits(model.ChipSpec(0, [spec], slots=1), layers)["total"]
+    conv, fc = layers
+    sizes = [alone(conv) - model.master_bits(conv.geometry) // 2,
+             int(0.42 * alone(fc)), int(0.72 * alone(fc))]
+    board = get_board("ulx3s-85f")
+    return [replace(board, name=f"small{c}", bram_bits=bits) for c, bits in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("boards", ["1", "2", "4", "held"])
+def test_run_cycles_for_any_number_of_batches(boards, tmp_path):
+    """The model rebuilt from a saved plan gives the run cycles the planner saved for
+    1-4 batches, and runs the model for more (fpdeep sim --batches 100 compares them)."""
+    from fpdeep.plan import model
+    chain = (Cluster(_small_boards()) if boards == "held"
+             else Cluster([get_board("ulx3s-85f")] * int(boards)))
+    batch = 4 if boards == "held" else 8
+    made = plan_network(zoo.get("digits"), chain, batch_size=batch, target="gateware")
+    made.save(tmp_path / "p.json")
+    plan = Plan.load(tmp_path / "p.json")
+    chips, layers, timing = plan.model_chain()
+    if boards == "held":
+        assert [chip.remote for chip in chips] == ["conv1", "fc1", None]
+    result = model.simulate(chips, layers, batch_size=batch, batches=6, timing=timing)
+    saved = plan.summary["gateware"]["run_cycles"]
+    assert {str(k): result["run_cycles"][k] for k in range(1, 5)} == saved
+    assert [plan.run_cycles(k) for k in (1, 5, 6)] == [saved["1"], result["run_cycles"][5],
+                                                       result["run_cycles"][6]]
+    assert result["run_cycles"][6] > result["run_cycles"][5] > saved["4"]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(FpdeepError, match="batches"):
+            plan.run_cycles(bad)
+
+
+@pytest.fixture(scope="module")
+def gateware_dict():
+    plan = plan_network(zoo.get("digits"), Cluster.uniform("ulx3s-85f", 2), batch_size=8,
+                        target="gateware")
+    return json.loads(json.dumps(plan.data))
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["chips"][0]["slices"][0]["engines"]["fp"].update(rows=100_000),
+     "chip 0 (conv1) needs 800"),
+    (lambda d: d["chips"][1]["buffers"].update(feature_slots=1_000_000),
+     "with 1000000 feature slots, ulx3s-85f has"),
+    (lambda d: d["chips"][0]["slices"][0]["engines"]["fp"].update(rows=10**9),
+     "engines.fp.rows must be an int from 1 to"),
+    (lambda d: d["chips"][0]["buffers"].update(feature_slots=2.5),
+     "buffers.feature_slots must be an int"),
+    (lambda d: d["chips"][0].pop("weights"), "chips[0] lacks 'weights'"),
+    (lambda d: d["summary"]["gateware"]["timing"].update(max_payload=0),
+     "timing.max_payload must be at least 1"),
+    (lambda d: d.update(batch_size="8"), "batch_size must be an int"),
+    (lambda d: d["chips"][0]["predicted"]["gateware"]["engines"].pop("conv1.fp"),
+     "the slices' engines are"),
+    (lambda d: d["chips"][1]["weights"]["stored_at"].append(
+        {"chip": 2, "layer": "fc1", "count": 650}), "stores one of a chip's layers on the next"),
+    (lambda d: d["chips"][0]["weights"]["stored_at"].append(
+        {"chip": 1, "layer": "fc1", "count": 650}), "stores one of a chip's layers on the next"),
+])
+def test_absurd_or_mistyped_plans_are_refused_before_elaborating(gateware_dict, tmp_path,
+                                                                  change, words):
+    data = json.loads(json.dumps(gateware_dict))
+    change(data)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(FpdeepError) as info:
+        plan = Plan.load(path)
+        plan.check_network(plan.network)
+        plan.check_resources()
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_is_refused_on_read_and_never_written(gateware_dict, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(gateware_dict).replace('"batch_size": 8', '"batch_size": NaN',
+                                                      1))
+    with pytest.raises(FpdeepError, match="NaN is not a number JSON allows"):
+        Plan.load(path)
+    data = json.loads(json.dumps(gateware_dict))
+    data["summary"]["gateware"]["cycles_per_sample"] = float("inf")
+    with pytest.raises(FpdeepError, match="NaN or infinite"):
+        Plan(data).save(tmp_path / "q.json")
+    assert not (tmp_path / "q.json").exists()

@@ -18,8 +18,8 @@ def test_plan_writes_json(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--net", "nope"], "unknown network"),
     (["--board", "nope"], "unknown board"),
-    (["--chips", "0"], "positive integer"),
-    (["--chips", "-3"], "positive integer"),
+    (["--chips", "0"], "--chips: '0' must be at least 1"),
+    (["--chips", "-3"], "--chips: '-3' must be at least 1"),
     (["--net", "vgg16", "--board", "icebreaker", "--chips", "2"], ""),
     (["--net", "MISSING.json"], "cannot read"),
 ])

@@ -1,3 +1,5 @@
+import pytest
+
 from fpdeep.plan.network import (Conv2d, Linear, MaxPool2d, Network, ReLU,
                                  SoftmaxCrossEntropy)
 from fpdeep.plan.plan import plan_network
@@ -64,3 +66,31 @@ def test_waves_writes_vcd_and_save_file(tmp_path, capsys):
     assert main(["waves", "--batch-size", "1", "-o", str(vcd)]) == 0
     assert "gtkwave" in capsys.readouterr().out
     assert vcd.stat().st_size > 0 and "-chip0" in vcd.with_suffix(".gtkw").read_text()
+
+
+@pytest.mark.slow
+def test_lenet5_fits_four_chips_not_three(capsys, monkeypatch):
+    """LeNet-5 (32x32, 10 classes) plans onto 4 ULX3S-85F but not 3, and sim feeds it
+    the digits resized to 32x32: it gets as far as the simulation (stopped there; the
+    run itself is the next test). Slow: planning LeNet-5 takes about 30 s here."""
+    from fpdeep.sim import harness
+
+    class Started(Exception):
+        pass
+
+    def stop(self, network, **kwargs):
+        assert network.name == "lenet5" and len(kwargs["splits"]) == 4
+        raise Started
+    assert main(["sim", "--net", "lenet5", "--chips", "3"]) == 2
+    assert "does not fit the gateware on 3 x ulx3s-85f" in capsys.readouterr().err
+    monkeypatch.setattr(harness.CoreRun, "__init__", stop)
+    with pytest.raises(Started):
+        main(["sim", "--net", "LeNet5", "--chips", "4"])
+
+
+@pytest.mark.slow
+def test_lenet5_on_four_chips_trains_bit_exactly_in_verilator(capsys):
+    assert main(["sim", "--net", "lenet5", "--chips", "4", "--batches", "1",
+                 "--batch-size", "2", "--backend", "verilator"]) == 0
+    out = capsys.readouterr().out
+    assert "equal the integer reference bit for bit" in out

@@ -62,11 +62,13 @@ def test_script_main_prints_both_modes(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--net", "vgg16"], "no training data set for network 'vgg16'"),
-    (["train", "--batch", "0"], "batch size must be a positive int, not 0"),
-    (["train", "--epochs", "0"], "epochs must be a positive int, not 0"),
-    (["train", "--lr", "0"], "learning rate must be positive, not 0.0"),
-    (["train", "--train-samples", "5000"], "train samples must be from 1 to 1400, not 5000"),
+    (["train", "--net", "vgg16"], "the digits have 10 classes, the network 1000"),
+    (["train", "--batch", "0"], "argument --batch: '0' must be at least 1"),
+    (["train", "--epochs", "0"], "argument --epochs: '0' must be at least 1"),
+    (["train", "--lr", "0"], "argument --lr: '0' must be above 0"),
+    (["train", "--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+    (["train", "--seed", "-2"], "argument --seed: '-2' must be at least 0"),
+    (["train", "--train-samples", "5000"], "--train-samples must be from 1 to 1400, not 5000"),
     (["train", "--train-samples", "4", "--batch", "8"], "batch size 8 exceeds the 4 training"),
 ])
 def test_fpdeep_train_refuses_bad_options(argv, message, capsys):

@@ -1,0 +1,155 @@
+"""Every ``fpdeep ...`` command in the ``sh`` blocks of README.md and docs/*.md runs
+and exits with status 0.
+
+The commands are parsed from whatever the files hold (a trailing ``# comment`` is
+dropped), and each file's run in order, in one fresh directory, so that ``-o
+p.json`` comes before ``--plan p.json``. An input file a command names that no
+earlier command of its file made comes from :data:`PREPARED`. Skipped, with the
+reason: commands with ``--port /dev/tty...`` (a board on a serial port) and
+``gtkwave`` (a viewer); lines not starting with ``fpdeep ``.
+
+Costs: the default run takes the quick ones (:func:`cost`: planning, but the
+gateware planning of anything bigger than digits, and help); the
+``slow`` marker runs every command but bitstream builds, the ``build`` marker
+those. Commands run in process (``fpdeep.scripts.cli.main``).
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from fpdeep.scripts.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+SKIPS = [(re.compile(r"--port\s+/dev/tty"), "needs a board on a serial port"),
+         (re.compile(r"^gtkwave\b"), "opens a waveform viewer")]
+
+
+def _plan_p(path):
+    assert main(["plan", "--net", "digits", "--chips", "4", "--target", "gateware",
+                 "-o", str(path)]) == 0
+
+
+def _network(path):
+    from fpdeep.plan.network import digits_cnn, save_network
+    save_network(digits_cnn(), path)
+
+
+def _npz(path):
+    import numpy as np
+    from fpdeep.sim.data import digits_dataset
+    data = digits_dataset((1, 8, 8), 10)
+    np.savez(path, x=data.x[:200], y=data.y[:200])
+
+
+#: Input files commands may name without making them first: name -> maker(path).
+PREPARED = {"p.json": _plan_p, "plan.json": _plan_p, "net.json": _network,
+            "mynet.json": _network, "digits.npz": _npz, "data.npz": _npz}
+
+#: Options whose value is a file the command reads.
+INPUTS = ("--plan", "--net", "--data")
+
+
+def commands(path):
+    """``(line number, text)`` of each command line in ``path``'s ``sh`` blocks."""
+    found, block = [], False
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            block = not block and stripped[3:].strip() in ("sh", "shell", "bash", "console")
+            continue
+        if block and stripped and not stripped.startswith("#"):
+            text = stripped.removeprefix("$ ")
+            found.append((number, text))
+    return found
+
+
+def split(text):
+    """The argv of a command line, without its trailing comment."""
+    return shlex.split(text, comments=True)
+
+
+def cost(argv):
+    """``"fast"``, ``"slow"`` or ``"build"`` for ``fpdeep`` arguments ``argv``."""
+    if not argv or "--help" in argv or "-h" in argv:
+        return "fast"
+    if argv[0] == "build":
+        return "slow" if "--verilog-only" in argv else "build"
+    if argv[0] == "plan" and "--sweep" not in argv and "--balance" not in argv:
+        # The gateware planner simulates candidate chains: quick for digits only.
+        gateware = "gateware" in argv and argv[argv.index("--target") + 1] == "gateware"
+        net = argv[argv.index("--net") + 1].lower() if "--net" in argv else "digits"
+        return "slow" if gateware and net != "digits" else "fast"
+    return "slow"
+
+
+def skip_reason(text):
+    for pattern, reason in SKIPS:
+        if pattern.search(text):
+            return reason
+    if not text.startswith("fpdeep "):
+        return "not an fpdeep command"
+    return None
+
+
+def run_file(doc, directory, kinds, capsys):
+    """Run ``doc``'s commands whose cost is in ``kinds``, in order, in ``directory``."""
+    ran = []
+    for number, text in commands(doc):
+        if skip_reason(text):
+            continue
+        argv = split(text)[1:]
+        if cost(argv) not in kinds:
+            continue
+        for option, value in zip(argv, argv[1:]):
+            if option in INPUTS and value.endswith((".json", ".yaml", ".npz", ".onnx")) \
+                    and not (directory / value).exists():
+                assert value in PREPARED, (f"{doc.name}:{number}: {text!r} reads {value}, "
+                                           f"which no earlier command makes; add it to "
+                                           f"PREPARED")
+                PREPARED[value](directory / value)
+        status = main(argv)
+        captured = capsys.readouterr()
+        assert status == 0, f"{doc.name}:{number}: {text!r} exited {status}: {captured.err}"
+        ran.append(text)
+    return ran
+
+
+def test_the_parser_finds_and_classifies_commands(tmp_path):
+    doc = tmp_path / "x.md"
+    doc.write_text("text\n```sh\nfpdeep plan --net digits -o p.json   # a plan\n"
+                   "fpdeep sim --plan p.json\ngtkwave run.gtkw\n```\n"
+                   "```python\nfpdeep not a command\n```\n")
+    found = commands(doc)
+    assert [number for number, _ in found] == [3, 4, 5]
+    assert split(found[0][1]) == ["fpdeep", "plan", "--net", "digits", "-o", "p.json"]
+    assert [cost(split(text)[1:]) for _, text in found[:2]] == ["fast", "slow"]
+    assert skip_reason(found[2][1]) == "opens a waveform viewer"
+    assert cost(["build", "--board", "x"]) == "build"
+    assert cost(["plan", "--net", "LeNet5", "--target", "gateware"]) == "slow"
+    assert cost(["plan", "--net", "lenet5"]) == "fast"
+    assert skip_reason("fpdeep link-test --port /dev/ttyUSB0") == "needs a board on a serial port"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_quick_commands_run(doc, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_file(doc, tmp_path, {"fast"}, capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_command_runs(doc, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_file(doc, tmp_path, {"fast", "slow"}, capsys)
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_build_commands_run(doc, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_file(doc, tmp_path, {"fast", "build"}, capsys)
