@@ -8,6 +8,11 @@ earlier command of its file made comes from :data:`PREPARED`. Skipped, with the
 reason: commands with ``--port /dev/tty...`` (a board on a serial port) and
 ``gtkwave`` (a viewer); lines not starting with ``fpdeep ``.
 
+The README and the tutorial walk the same path, so they run as one journey in one
+directory (the README first) and a command that both print runs once: the bitstream
+build alone takes about 16 minutes. The other pages (results, the CLI notes, the
+schema) reproduce measurements; they run one directory each, under the same markers.
+
 Costs: the default run takes the quick ones (:func:`cost`: planning, but the
 gateware planning of anything bigger than digits, and help); the
 ``slow`` marker runs every command but bitstream builds, the ``build`` marker
@@ -23,7 +28,15 @@ import pytest
 from fpdeep.scripts.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: The user's path from installed to bitstream, run as one sequence.
+JOURNEY = [ROOT / "README.md", ROOT / "docs" / "tutorial.md"]
+#: Every page with commands: the journey as one entry, then each other page alone.
+DOCS = [JOURNEY, *([page] for page in sorted((ROOT / "docs").glob("*.md"))
+                   if page not in JOURNEY)]
+
+
+def _ids(pages):
+    return "+".join(page.name for page in pages)
 
 SKIPS = [(re.compile(r"--port\s+/dev/tty"), "needs a board on a serial port"),
          (re.compile(r"^gtkwave\b"), "opens a waveform viewer")]
@@ -96,11 +109,12 @@ def skip_reason(text):
     return None
 
 
-def run_file(doc, directory, kinds, capsys):
-    """Run ``doc``'s commands whose cost is in ``kinds``, in order, in ``directory``."""
+def run_file(docs, directory, kinds, capsys):
+    """Run the commands of the pages ``docs`` whose cost is in ``kinds``, in order, in
+    ``directory``; a command that an earlier page printed the same runs once."""
     ran = []
-    for number, text in commands(doc):
-        if skip_reason(text):
+    for doc, number, text in ((doc, n, t) for doc in docs for n, t in commands(doc)):
+        if skip_reason(text) or text in ran:
             continue
         argv = split(text)[1:]
         if cost(argv) not in kinds:
@@ -135,21 +149,28 @@ def test_the_parser_finds_and_classifies_commands(tmp_path):
     assert skip_reason("fpdeep link-test --port /dev/ttyUSB0") == "needs a board on a serial port"
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
-def test_quick_commands_run(doc, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("docs", DOCS, ids=_ids)
+def test_quick_commands_run(docs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_file(doc, tmp_path, {"fast"}, capsys)
+    run_file(docs, tmp_path, {"fast"}, capsys)
+
+
+# The journey's long commands run in CI (slow, build); the other pages reproduce
+# measurements (a sweep, link benchmarks, LeNet-5 in Verilator), which would not fit
+# CI's 90 minutes beside them: they run under `-m reproduce`.
+LONG = [pytest.param(docs, marks=pytest.mark.reproduce if docs is not JOURNEY else (),
+                     id=_ids(docs)) for docs in DOCS]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
-def test_every_command_runs(doc, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("docs", LONG)
+def test_every_command_runs(docs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_file(doc, tmp_path, {"fast", "slow"}, capsys)
+    run_file(docs, tmp_path, {"fast", "slow"}, capsys)
 
 
 @pytest.mark.build
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
-def test_build_commands_run(doc, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("docs", LONG)
+def test_build_commands_run(docs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_file(doc, tmp_path, {"fast", "build"}, capsys)
+    run_file(docs, tmp_path, {"fast", "build"}, capsys)
