@@ -358,9 +358,8 @@ class ErrorLink(wiring.Component):
         if passed_up is not None and err_sink is not None:
             # Both run at once (BP takes the errors as they pass): whole frames from
             # one or the other. A serializer offers a frame's words exactly while it
-            # is busy, and is idle only between frames (it sends waiting rows back to
-            # back), so the link changes hands only when its holder has no row, and
-            # the other's frame starts whole.
+            # is busy and idles a cycle between frames, so the link changes hands only
+            # when its holder is between frames, and the other's frame starts whole.
             passed_owns = Signal()
             keep = Mux(passed_owns, passed_up.busy, err_sink.busy)
             choose_passed = Mux(keep, passed_owns, passed_up.busy)
