@@ -75,9 +75,8 @@ class RowSerializer(wiring.Component):
     """Rows in, words out: one row frame per row (see the module's *Row frames*).
 
     Throughput: one word per cycle, ``w + 2`` cycles per error row and
-    ``PARTIAL_WORDS * w + 2`` per partial row. A row is accepted when the serializer
-    is empty or in the cycle the previous one's last word leaves; its first word is
-    offered the cycle after, so rows offered in time leave without a gap.
+    ``PARTIAL_WORDS * w + 2`` per partial row. A row is accepted when the previous
+    one's last word leaves; its first word is offered the cycle after.
 
     Parameters
     ----------
@@ -119,12 +118,9 @@ class RowSerializer(wiring.Component):
         held = Signal(self.i.payload.shape())
         full = Signal()
         index = Signal(range(last + 1))
-        # The next row is taken in the cycle the last word leaves, so rows that wait
-        # leave back to back and the link packs them into one frame (a pause in the
-        # source closes a frame, and each frame costs its header, CRC and idle).
-        leaving = Signal()
-        m.d.comb += [leaving.eq(self.o.valid & self.o.ready & (index == last)),
-                     self.i.ready.eq(~full | leaving)]
+        m.d.comb += self.i.ready.eq(~full)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [held.eq(self.i.payload), full.eq(1), index.eq(0)]
 
         header = Signal(ROW_HEADER)
         m.d.comb += [header.row.eq(held.row), header.partial.eq(self._partial)]
@@ -148,8 +144,6 @@ class RowSerializer(wiring.Component):
             m.d.sync += index.eq(index + 1)
             with m.If(index == last):
                 m.d.sync += full.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [held.eq(self.i.payload), full.eq(1), index.eq(0)]
         return m
 
 

@@ -53,9 +53,8 @@ class GatewareTiming:
             A framed row whose last word is taken from the link in cycle ``n``
             leaves the :class:`RowDeserializer` in ``n + deser_latency``.
         serializer_gap
-            :class:`RowSerializer` offers a waiting row's first word this many
-            cycles after the last word of the previous one left (none: it takes the
-            next row in that cycle, so rows that wait share one link frame).
+            :class:`RowSerializer` takes a new row this many cycles after the last
+            word of the previous one left.
         partial_words
             Words per value of a partial-sum row (a 48-bit sum).
         partial_latency
@@ -159,7 +158,7 @@ class GatewareTiming:
     deriv_pool: int = 4
     deriv_latency: int = 2
     deser_latency: int = 1
-    serializer_gap: int = 0
+    serializer_gap: int = 1
     partial_words: int = 3
     partial_latency: int = 2
     engine_overhead: int = 4

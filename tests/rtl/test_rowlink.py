@@ -110,44 +110,6 @@ def test_serializer_frames(partial, fmt, seed):
     assert got == expect
 
 
-@pytest.mark.parametrize("partial", [False, True])
-def test_serializer_sends_waiting_rows_back_to_back(partial):
-    """With rows always offered and words always taken, a word leaves every cycle: the
-    link sees no pause between rows, so they share its frames (``serializer_gap`` 0)."""
-    fmt = ACC if partial else N.error
-    layout = RowLayout(5, 4, 3, fmt)
-    rows = random_rows(random.Random(3), layout, 6)
-    dut = RowSerializer(channels=layout.channels, h=layout.h, w=layout.w, fmt=fmt,
-                        partial=partial)
-    expect = [w for r in rows for w in encode_row(*r, partial=partial)]
-    got = []
-
-    async def tb(ctx):
-        ctx.set(dut.o.ready, 1)
-        pending = list(rows)
-        ctx.set(dut.i.valid, 1)
-        ctx.set(dut.i.payload, row_payload(*pending[0]))
-        await ctx.tick()                    # the first row is taken
-        pending.pop(0)
-        for _ in expect:
-            assert ctx.get(dut.o.valid)
-            got.append(signed16(ctx.get(dut.o.payload)))
-            took = ctx.get(dut.i.ready)
-            await ctx.tick()
-            if took and pending:
-                pending.pop(0)
-            ctx.set(dut.i.valid, bool(pending))
-            if pending:
-                ctx.set(dut.i.payload, row_payload(*pending[0]))
-        assert not ctx.get(dut.o.valid) and not pending
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
-    assert got == expect
-
-
 def run_deserializer(dut, words, counts, *, seed, stall=0.4):
     """Feed words; return the rows that left on ``o`` and (if present) ``partial``."""
     driver = StreamDriver(random.Random(seed), gap=0.3, stall=stall)
