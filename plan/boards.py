@@ -29,6 +29,7 @@ Assumptions (ours, stated so that measurements can replace them)
   ``lanes / 2 * lane_gbps`` in *each* direction (see :meth:`Board.link_gbps`).
 """
 
+import math
 from dataclasses import dataclass, field, asdict, replace
 
 from .errors import FpdeepError
@@ -176,10 +177,14 @@ class Cluster:
     link_gbps : float or None
         If given, overrides every board's total per-FPGA link bandwidth (per
         direction, summed over its lanes); each neighbour link gets half.
+    link_ber : float
+        Bit-error rate of every link, in [0, 1): the paper planner's link payload is
+        the raw rate times :func:`fpdeep.plan.model.timing.link_efficiency` of it.
     """
     boards: list
     link_latency_ns: float = 500.0
     link_gbps: float | None = None
+    link_ber: float = 0.0
     _effective: list = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -188,6 +193,10 @@ class Cluster:
             raise FpdeepError("a cluster needs at least one chip")
         if self.link_latency_ns < 0:
             raise FpdeepError(f"link latency must not be negative, not {self.link_latency_ns!r}")
+        ber = self.link_ber
+        if (isinstance(ber, bool) or not isinstance(ber, (int, float))
+                or not math.isfinite(ber) or not 0 <= ber < 1):
+            raise FpdeepError(f"link bit-error rate must be a number in [0, 1), not {ber!r}")
         if self.link_gbps is not None:
             self._effective = [b.with_link_gbps(self.link_gbps) for b in self.boards]
         else:
@@ -220,6 +229,7 @@ class Cluster:
             "link_gbps_per_neighbour": [self.board(i).link_gbps for i in range(len(self))],
             "link_latency_ns": self.link_latency_ns,
             "link_gbps_override": self.link_gbps,
+            "link_ber": self.link_ber,
         }
 
     @classmethod
@@ -228,6 +238,8 @@ class Cluster:
             specs = spec["board_specs"]
             boards = [Board.from_dict(specs[name]) for name in spec["boards"]]
             return cls(boards, link_latency_ns=spec["link_latency_ns"],
-                       link_gbps=spec.get("link_gbps_override"))
+                       link_gbps=spec.get("link_gbps_override"),
+                       # Plans written before the BER was recorded assumed none.
+                       link_ber=spec.get("link_ber", 0.0))
         except (KeyError, TypeError) as error:
             raise FpdeepError(f"cluster: missing field {error}") from None

@@ -21,8 +21,10 @@ Weights stored elsewhere (weight balancing)
     buffering the batch's input and error vectors (in DRAM where the board has
     some, else on chip).
 Links
-    Per direction, a link carries ``LINK_EFFICIENCY`` of its raw rate as payload
-    (64b/66b coding, framing, CRC, ACK/credits).
+    Per direction, a link carries ``link_efficiency(ber)`` of its raw rate as payload
+    (:func:`fpdeep.plan.model.timing.link_efficiency`, the gateware link layer's own
+    figure: its framing bound times the chance that a full frame arrives intact, with
+    selective repeat; ACKs and credits ride in the headers). The cluster gives the BER.
 Pipelining
     A chip's stage latency is its cycles per sample times the fraction of its input
     it must see before producing output (kh rows of the map for a conv, all of it
@@ -33,14 +35,14 @@ Pipelining
 
 import math
 
-__all__ = ["ENGINE_EFFICIENCY", "LINK_EFFICIENCY", "ACT_BITS", "LOCAL_WEIGHT_BITS",
+from .model.timing import link_efficiency
+
+__all__ = ["ENGINE_EFFICIENCY", "ACT_BITS", "LOCAL_WEIGHT_BITS",
            "REMOTE_CONV_BITS", "REMOTE_LINEAR_BITS", "OPS_PER_MAC", "CACHE_SAMPLES",
-           "throughput", "latency", "stage_fraction"]
+           "link_payload_bps", "throughput", "latency", "stage_fraction"]
 
 #: Fraction of peak MAC rate each engine kind achieves. 1.0 until measured.
 ENGINE_EFFICIENCY = {"fp": 1.0, "bp": 1.0, "wu": 1.0}
-#: Payload fraction of a link's raw bit rate.
-LINK_EFFICIENCY = 0.9
 ACT_BITS = 16
 ERR_BITS = 16
 #: Bits per weight held by the chip that uses it: 16 copy + 32 master + 48 accumulator.
@@ -55,6 +57,12 @@ ROW_REDUCE_BITS = {"bwd": 48, "fwd": 16}
 #: the round trip under one sample; the simulator checks this).
 CACHE_SAMPLES = 1
 OPS_PER_MAC = 2
+
+
+def link_payload_bps(raw_bps, ber):
+    """Payload bits per second of one link direction of raw rate ``raw_bps`` at
+    bit-error rate ``ber``, as the gateware's link layer carries them."""
+    return raw_bps * link_efficiency(ber)
 
 
 def stage_fraction(tile):

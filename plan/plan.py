@@ -8,7 +8,7 @@ Schema (``version`` 1; keys are stable)::
 
     {"version": 1,
      "network": Network.to_dict(),
-     "cluster": Cluster.to_dict(),           # boards, link Gb/s, latency
+     "cluster": Cluster.to_dict(),           # boards, link Gb/s, latency, BER
      "batch_size": B,
      "chips": [{
         "index": i, "board": name,
@@ -409,6 +409,12 @@ def validate(data, *, source="plan"):
     target = data.get("target", "paper")
     if target not in TARGETS:
         raise FpdeepError(f"{source}: unknown target {target!r}")
+    # Every target: the BER sets the paper planner's link payload; absent in plans
+    # written before it was recorded, which assumed none.
+    if "link_ber" in data["cluster"]:
+        ber = _key(data["cluster"], "link_ber", "number", f"{source}: cluster")
+        if not 0 <= ber < 1:
+            raise FpdeepError(f"{source}: cluster.link_ber must be in [0, 1), not {ber!r}")
     if target != "gateware":
         return
     try:
@@ -759,7 +765,7 @@ def _model(layers, chips, boards, cluster, batch_size):
     for c, cut in enumerate(cuts):
         fwd = cut["act"] + cut["w_fwd"]
         bwd = cut["err"] + cut["w_bwd"]
-        bps = cluster.link_bps(c) * perf.LINK_EFFICIENCY
+        bps = perf.link_payload_bps(cluster.link_bps(c), cluster.link_ber)
         if max(fwd, bwd) > 0:
             link = min(link, bps / max(fwd, bwd))
         link_use.append((fwd, bwd, bps))
@@ -886,7 +892,8 @@ def plan_network(network, cluster, batch_size=64, *, efficiency=None, target="pa
         "input_split_layers": {lu.work.name: lu.reason for lu in layers
                                if lu.mode == "inputs"},
         "efficiency": efficiency,
-        "assumptions": {"link_efficiency": perf.LINK_EFFICIENCY,
+        "assumptions": {"link_ber": cluster.link_ber,
+                        "link_efficiency": perf.link_efficiency(cluster.link_ber),
                         "local_weight_bits": perf.LOCAL_WEIGHT_BITS,
                         "cache_samples": perf.CACHE_SAMPLES},
     }

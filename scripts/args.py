@@ -38,9 +38,9 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(" ".join(message.split()))
 
 
-def finite_float(low=None, high=None, *, low_open=False):
-    """An argparse type: a finite float within ``[low, high]`` (``(low, high]`` with
-    ``low_open``); the bounds are optional."""
+def finite_float(low=None, high=None, *, low_open=False, high_open=False):
+    """An argparse type: a finite float within ``[low, high]`` (open at ``low`` with
+    ``low_open``, at ``high`` with ``high_open``); the bounds are optional."""
     def parse(text):
         try:
             value = float(text)
@@ -51,8 +51,9 @@ def finite_float(low=None, high=None, *, low_open=False):
         if low is not None and (value <= low if low_open else value < low):
             raise argparse.ArgumentTypeError(
                 f"{text!r} must be {'above' if low_open else 'at least'} {low:g}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g}")
+        if high is not None and (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'below' if high_open else 'at most'} {high:g}")
         return value
     parse.__name__ = "number"
     return parse

@@ -35,6 +35,10 @@ def register(subparsers):
     parser.add_argument("--link-gbps", type=finite_float(0, low_open=True), default=None,
                         help="total link bandwidth per FPGA, per direction (overrides board)")
     parser.add_argument("--link-latency-ns", type=finite_float(0), default=500.0)
+    parser.add_argument("--link-ber", type=finite_float(0, 1, high_open=True), default=0.0,
+                        help="bit-error rate of every link, in [0, 1) (default 0); the paper "
+                             "target's link payload is the raw rate times the link layer's "
+                             "efficiency at this rate")
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="mini-batch size (default 64; 8 with --target gateware, the "
                              "training core's default)")
@@ -63,7 +67,8 @@ def make_cluster(args):
         boards = boards * args.chips
     elif len(boards) != args.chips:
         raise FpdeepError(f"--board lists {len(boards)} boards for {args.chips} chips")
-    return Cluster(boards, link_latency_ns=args.link_latency_ns, link_gbps=args.link_gbps)
+    return Cluster(boards, link_latency_ns=args.link_latency_ns, link_gbps=args.link_gbps,
+                   link_ber=args.link_ber)
 
 
 def _fmt(x):
@@ -233,7 +238,8 @@ def run_balance(args):
 def run(args):
     if args.balance is not None or args.sweep:
         which = "--balance" if args.balance is not None else "--sweep"
-        for option, value in (("-o", args.output), ("--compare", args.compare)):
+        for option, value in (("-o", args.output), ("--compare", args.compare),
+                              ("--link-ber", args.link_ber)):
             if value:
                 raise FpdeepError(f"{option} does nothing with {which}; drop one of them")
     if args.balance is not None:
@@ -245,6 +251,11 @@ def run(args):
     cluster = make_cluster(args)
     if args.target == "gateware" and args.compare:
         raise FpdeepError("--compare compares paper-target plans; drop it or --target gateware")
+    if args.target == "gateware" and args.link_ber:
+        # The gateware model times error-free links to the cycle; a BER it ignored
+        # would mislead.
+        raise FpdeepError("--link-ber applies to paper-target plans; the gateware model "
+                          "times error-free links")
     batch = args.batch if args.batch is not None else (8 if args.target == "gateware" else 64)
     plan = plan_network(network, cluster, batch_size=batch, target=args.target)
     if args.target == "gateware":

@@ -36,3 +36,14 @@ def test_errors():
         get_board("nope")
     with pytest.raises(FpdeepError, match="positive integer"):
         Cluster.uniform("vc709", 0)
+
+
+def test_link_ber_round_trip_and_refusals():
+    cluster = Cluster.uniform("vc709", 2, link_ber=1e-4)
+    assert Cluster.from_dict(cluster.to_dict()).link_ber == 1e-4
+    spec = cluster.to_dict()
+    del spec["link_ber"]            # a plan written before the BER was recorded
+    assert Cluster.from_dict(spec).link_ber == 0.0
+    for bad in (-1e-9, 1.0, 2, float("nan"), float("inf"), True, "0"):
+        with pytest.raises(FpdeepError, match=r"bit-error rate must be a number in \[0, 1\)"):
+            Cluster.uniform("vc709", 2, link_ber=bad)

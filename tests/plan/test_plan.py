@@ -232,3 +232,61 @@ def test_nan_is_refused_on_read_and_never_written(gateware_dict, tmp_path):
     with pytest.raises(FpdeepError, match="NaN or infinite"):
         Plan(data).save(tmp_path / "q.json")
     assert not (tmp_path / "q.json").exists()
+
+
+def _link_bound_plan(ber):
+    # AlexNet over 16 VC709s at 6 x 10 Gb/s is link bound (docs/scaling/scaling.md).
+    return plan_network(zoo.get("alexnet"), Cluster.uniform("vc709", 16, link_ber=ber))
+
+
+@pytest.fixture(scope="module")
+def link_plans():
+    return {ber: _link_bound_plan(ber) for ber in (0.0, 1e-5, 1e-4, 1e-3, 1e-2)}
+
+
+@pytest.mark.parametrize("ber", [0.0, 1e-4, 1e-3, 1e-2])
+def test_link_payload_is_raw_rate_times_the_gateware_efficiency(link_plans, ber):
+    from fpdeep.plan.model.timing import link_efficiency
+    plan = link_plans[ber]
+    cluster = Cluster.from_dict(plan.data["cluster"])
+    assert cluster.link_ber == ber
+    s = plan.summary
+    assert s["assumptions"]["link_ber"] == ber
+    assert s["assumptions"]["link_efficiency"] == link_efficiency(ber)
+    bounds = []
+    for c, chip in enumerate(plan.chips[:-1]):
+        link = chip["predicted"]["link_bits_per_sample"]
+        need = max(link["fwd"]["act"] + link["fwd"]["weights"],
+                   link["bwd"]["err"] + link["bwd"]["weights"])
+        payload = cluster.link_bps(c) * link_efficiency(ber)
+        assert chip["predicted"]["link_utilisation"] == pytest.approx(
+            need * s["images_per_s_steady"] / payload)
+        if need:
+            bounds.append(payload / need)
+    assert s["bounds_images_per_s"]["link"] == pytest.approx(min(bounds))
+    assert s["limiting_factor"] == "link"
+
+
+def test_a_higher_ber_never_makes_a_plan_faster(link_plans):
+    bers = sorted(link_plans)
+    for low, high in zip(bers, bers[1:]):
+        for key in ("images_per_s", "images_per_s_steady"):
+            assert link_plans[high].summary[key] <= link_plans[low].summary[key]
+    assert link_plans[1e-2].summary["images_per_s"] < link_plans[0.0].summary["images_per_s"]
+
+
+@pytest.mark.parametrize("ber, words", [
+    (-0.1, "cluster.link_ber must be in [0, 1)"), (1.0, "cluster.link_ber must be in [0, 1)"),
+    ("0", "cluster.link_ber must be a finite number"),
+    (True, "cluster.link_ber must be a finite number"),
+])
+def test_plan_files_refuse_a_bad_ber(link_plans, tmp_path, ber, words):
+    data = json.loads(json.dumps(link_plans[1e-4].data))
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    assert Plan.load(path).to_dict() == data
+    data["cluster"]["link_ber"] = ber
+    path.write_text(json.dumps(data))
+    with pytest.raises(FpdeepError) as info:
+        Plan.load(path)
+    assert words in str(info.value) and "\n" not in str(info.value)

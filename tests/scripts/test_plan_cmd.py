@@ -36,3 +36,13 @@ def test_malformed_file(tmp_path, capsys):
     bad.write_text("name: [unclosed")
     assert main(["plan", "--net", str(bad)]) == 2
     assert "malformed" in capsys.readouterr().err
+
+
+def test_link_ber_reaches_the_plan(tmp_path, capsys):
+    from fpdeep.plan.model.timing import link_efficiency
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--net", "lenet5", "--board", "vc709", "--chips", "2",
+                 "--link-ber", "1e-4", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["cluster"]["link_ber"] == 1e-4
+    assert data["summary"]["assumptions"]["link_efficiency"] == link_efficiency(1e-4)
