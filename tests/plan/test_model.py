@@ -817,6 +817,17 @@ def test_loss_cycles(classes):
     assert got["transfers"] == [gw.loss_emit_cycle(classes, k) for k in range(classes)]
 
 
+@pytest.mark.parametrize("classes", [10, 3])
+def test_replay_cycles(classes):
+    from fpdeep.rtl.loss import ErrorBuffer
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+    buffer = ErrorBuffer(classes=classes, numerics=N)
+    got = run_until_idle(buffer, buffer.start, buffer.busy, sink=buffer.o)
+    assert got["busy"] == gw.replay_cycles(classes)
+    # A split last layer relays the other slices' errors as the buffer replays them.
+    assert got["transfers"] == [gw.replay_emit_cycle(classes, k) for k in range(classes)]
+
+
 def test_map_sender_cycles():
     from fpdeep.rtl.conv import RowLayout
     from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
