@@ -487,11 +487,12 @@ def test_held_masters_cost_what_the_model_says():
     assert measured[0] - measured[1] == model[0] - model[1] > 0
 
 
-@pytest.mark.parametrize("slots, lanes", [(1, 1), (2, 1), (2, 4)])
+@pytest.mark.parametrize("slots, lanes", [(1, 1), (2, 1), (2, 4), (3, 1)])
 def test_model_predicts_one_chip_exactly(slots, lanes):
     """One chip, one mini-batch from a cold start in Amaranth's simulator: the model's
-    cycles are the gateware's, to the cycle. With one slot the schedule is serial;
-    with two, the FP of a sample overlaps the BP and WU of the one before. Within a
+    cycles are the gateware's, to the cycle. With one slot the schedule is serial
+    (the loss writes the error store directly); with two or three, the FP of a sample
+    overlaps the BP and WU of the one before, and its loss fills the error buffer. Within a
     sample, the FC layer's FP takes the conv layer's pooled rows as they are written."""
     from fpdeep.rtl.core import EngineSizes
     from fpdeep.sim.harness import CoreRun, digits_samples
