@@ -13,7 +13,7 @@ from .conv import RowLayout
 from .host import HostSignature
 from .layer import EngineSizes, LayerDatapath
 from .loader import SampleLoader
-from .loss import LossUnit
+from .loss import ErrorBuffer, LossUnit
 from .masters import init_masters
 from .numerics import DEFAULT_NUMERICS, saturating_add_hw
 from .rowlink import WORD
@@ -197,7 +197,8 @@ class TrainingCore(wiring.Component):
                 spec, sizes=size, numerics=n, masters=(weights, biases),
                 rate_q=self.rate_q, momentum_q=self.momentum_q, batch_size=batch_size,
                 slots=slots, bp=self.has_bp(index), remote=spec.name in remote,
-                front=lo if index == len(self.specs) - 1 else 0, partial=self.split))
+                front=lo if index == len(self.specs) - 1 else 0, partial=self.split,
+                loss=self.has_loss and index == len(self.specs) - 1))
         self.units = [layer.unit for layer in self.layers]
         # Weight balancing: a neighbour may hold the masters (and velocities) of one of
         # this chip's layers, and run its SGD step: gradient sums go out on the link's
@@ -264,7 +265,7 @@ class TrainingCore(wiring.Component):
         self.input_layout = RowLayout(*self.input_shape, n.act)
         self.sequencer = Sequencer(layers=len(self.layers), slots=slots,
                                    batch_size=self.batch_size, classes=classes,
-                                   loss=self.has_loss)
+                                   loss=self.has_loss, buffered=not self.split)
         self.act_link = ActivationLink(channels=self.slice, in_layout=self.input_layout,
                                        out_layout=last.out_layout, classes=classes,
                                        sends=not self.has_loss)
@@ -275,6 +276,7 @@ class TrainingCore(wiring.Component):
             errors=RowLayout(self.hi, last.out_layout.h, last.out_layout.w, n.error),
             bp=first.bp.out_layout if first.bp is not None else None)
         self.loss_unit = LossUnit(classes=classes, numerics=n) if self.has_loss else None
+        self.loss_buffer = ErrorBuffer(classes=classes, numerics=n) if self.has_loss else None
 
     def has_bp(self, index):
         """Whether local layer ``index`` back-propagates (every layer but the network's first)."""
@@ -364,11 +366,18 @@ class TrainingCore(wiring.Component):
             wiring.connect(m, err_link.err_out, wiring.flipped(self.err_out))
         loss = self.loss_unit
         if loss is not None:
+            # The loss is a stage of its own: it reads the logits in the loss slot and
+            # fills the buffer while BP and WU of the sample before run on the errors
+            # already in the last layer's store; the backward path replays the buffer.
             m.submodules.loss_unit = loss
+            m.submodules.loss_buffer = buffer = self.loss_buffer
             wiring.connect(m, last.o_act.backward, loss.z_rd)
-            wiring.connect(m, loss.o, err_link.i_loss)
+            wiring.connect(m, loss.o, buffer.i)
+            wiring.connect(m, buffer.o, err_link.i_loss)
             m.d.comb += [loss.start.eq(seq.loss.start), loss.label.eq(seq.loss.label),
-                         seq.loss.busy.eq(loss.busy)]
+                         seq.loss.busy.eq(loss.busy),
+                         buffer.start.eq(seq.replay.start), seq.replay.busy.eq(buffer.busy),
+                         buffer.through.eq(seq.through)]
         else:
             wiring.connect(m, wiring.flipped(self.err_in), err_link.err_in)
 

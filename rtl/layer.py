@@ -99,6 +99,9 @@ class LayerDatapath(wiring.Component):
         BP emits exact accumulator sums (a slice of a split layer).
     remote : bool
         A neighbour holds the masters (:class:`~fpdeep.rtl.weight_holder.WeightHolder`).
+    loss : bool
+        The loss reads the output map (the layer ends the chain): ``o_act.backward``
+        reaches the slot's ``loss`` copy, a sample ahead of the backward path.
 
     Members
     -------
@@ -130,7 +133,7 @@ class LayerDatapath(wiring.Component):
     """
 
     def __init__(self, layer, *, sizes, numerics, masters, rate_q, momentum_q, batch_size,
-                 slots, bp, front=0, partial=False, remote=False):
+                 slots, bp, front=0, partial=False, remote=False, loss=False):
         if not isinstance(sizes, EngineSizes):
             raise TypeError(f"sizes must be an EngineSizes, not {sizes!r}")
         if not isinstance(front, int) or front < 0:
@@ -138,6 +141,7 @@ class LayerDatapath(wiring.Component):
         self.layer, self.name = layer, layer.name
         self._n, self._sizes, self._slots = numerics, sizes, slots
         self._bp, self._front, self._partial = bool(bp), front, bool(partial)
+        self._loss = bool(loss)
         g, n = layer.geometry, numerics
         self.fp, self.unit, self.bp = self._engines(
             layer, sizes, numerics, masters=masters, remote=remote, rate_q=rate_q,
@@ -244,7 +248,8 @@ class LayerDatapath(wiring.Component):
         else:
             out_ports = full_ports
         out_ports.update({"forward": FeaturePort(False, "forward", self.out_layout),
-                          "backward": FeaturePort(False, "backward", self.out_layout)})
+                          "backward": FeaturePort(False, "loss" if self._loss else "backward",
+                                                  self.out_layout)})
         if front:
             out_ports["gather"] = FeaturePort(True, "forward", self.out_layout)
         m.submodules.act = full = FeatureMemory(layout=full_layout, slots=self._slots,

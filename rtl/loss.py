@@ -9,7 +9,7 @@ from .numerics import (EXP2_LUT, EXP2_LUT_BITS, EXP2_LUT_FRAC, LOG2E_FRAC, LOG2E
                        LOG2_LUT, LOG2_LUT_FRAC, LOSS_WIDTH, cross_entropy_hw, log2_parts_hw,
                        shift_round_hw)
 
-__all__ = ["LossUnit"]
+__all__ = ["LossUnit", "ErrorBuffer"]
 
 
 class LossUnit(wiring.Component):
@@ -218,4 +218,90 @@ class LossUnit(wiring.Component):
             self.o.payload.values[0].eq(done.quotient - Mux(done.index == self.label, one, 0)),
         ]
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
+class ErrorBuffer(wiring.Component):
+    """Holds one sample's output errors from the :class:`LossUnit` and replays them.
+
+    The loss is a pipeline stage of its own: it fills this buffer for the next sample
+    while the backward path runs BP and WU on the errors already copied into the last
+    layer's error store, the second of the two buffers. ``replay`` then streams the
+    words out again, in the order and with the payloads they came in (classes ``0 ..
+    classes - 1``), so what the error store receives is the loss's own stream.
+
+    With ``through`` high the words pass straight from ``i`` to ``o`` (the last
+    layer's store is free: the backward path waits for them) and nothing is stored.
+    Otherwise writes are always accepted (``i.ready`` is high). With ``o.ready`` held high,
+    ``busy`` is high for ``classes + 1`` cycles after ``start``, and class ``k``
+    leaves in cycle ``k + 2`` after it; each cycle ``o.ready`` is low adds one.
+
+    Parameters
+    ----------
+    classes : int
+    numerics : Numerics
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"channel", "row", "values": ArrayLayout(error, 1)})))
+        The loss unit's errors.
+    through : In(1)
+        Pass ``i`` to ``o``; never while replaying.
+    start : In(1)
+        Pulse to replay the stored errors.
+    busy : Out(1)
+    o : Out(stream.Signature(...))
+        The stored errors, as they came in.
+    """
+
+    def __init__(self, *, classes, numerics):
+        if classes < 2:
+            raise ValueError(f"classes must be at least 2, not {classes}")
+        self._classes = classes
+        self._values = data.ArrayLayout(numerics.error.shape, 1)
+        layout = data.StructLayout({
+            "channel": range(classes),
+            "row": range(1),
+            "values": self._values,
+        })
+        super().__init__({
+            "i": In(stream.Signature(layout)),
+            "through": In(1),
+            "start": In(1),
+            "busy": Out(1),
+            "o": Out(stream.Signature(layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        classes = self._classes
+        m.submodules.words = words = memory.Memory(shape=self._values,
+                                                   depth=classes, init=[])
+        wr = words.write_port()
+        rd = words.read_port()
+        m.d.comb += [wr.addr.eq(self.i.payload.channel), wr.data.eq(self.i.payload.values)]
+
+        # One word read per cycle the output moves; the read port holds its data (en
+        # low) while the output waits, so the payload is held until the transfer.
+        feed = Signal(range(classes))
+        replaying = Signal()
+        channel = Signal(range(classes))
+        replay_valid = Signal()
+        advance = ~replay_valid | self.o.ready
+        m.d.comb += [rd.addr.eq(feed), rd.en.eq(advance)]
+        with m.If(self.start):
+            m.d.sync += [feed.eq(0), replaying.eq(1)]
+        with m.Elif(advance & replaying):
+            m.d.sync += [feed.eq(feed + 1), replaying.eq(feed != classes - 1)]
+        with m.If(advance):
+            m.d.sync += [replay_valid.eq(replaying), channel.eq(feed)]
+        with m.If(self.through):
+            m.d.comb += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload),
+                         self.i.ready.eq(self.o.ready)]
+        with m.Else():
+            m.d.comb += [self.o.valid.eq(replay_valid),
+                         self.o.payload.channel.eq(channel),
+                         self.o.payload.values.eq(rd.data),
+                         self.i.ready.eq(1), wr.en.eq(self.i.valid)]
+        m.d.comb += self.busy.eq(replaying | replay_valid)
         return m

@@ -129,21 +129,33 @@ class Sequencer(wiring.Component):
     """The forward and backward sequencers of a chip, and its sample and batch counts.
 
     The forward path loads a sample, runs every layer's FP at once (a row pipeline) and
-    sends the output map on; the backward path runs the loss (or takes the errors from
-    the chip behind), then every layer's BP and weight gradients at once, and after
-    each mini-batch the SGD step. Each walks the samples in order, in its own feature
-    slot: forward runs at most ``slots`` samples ahead of backward (``ahead``), so it
-    never overwrites a copy that BP or WU still reads, and it waits at the end of a
-    mini-batch until the SGD step is done, so every FP of a batch sees the same weights
+    sends the output map on; the backward path takes the errors (from the loss, or
+    from the chip behind), then runs every layer's BP and weight gradients at once,
+    and after each mini-batch the SGD step. On the chip that ends the chain the loss
+    is a stage of its own between them: as soon as a sample's FP is done and the error
+    buffer is free, it computes that sample's errors into the buffer while the
+    backward path still runs BP and WU of the sample before on the errors in the last
+    layer's store (the other buffer); the backward path replays the buffer into the
+    store as its BP starts (the engines take rows as they are stored, as from a
+    link). If the backward path is idle as the loss starts, waiting for that very
+    sample, the loss writes the store directly (``through``). Every sample still
+    passes through BP and WU before the batch's SGD step: the barrier is unchanged.
+    Each path walks the samples in order, in its own feature slot: forward runs at
+    most ``slots`` samples ahead of backward (``ahead``), so it never overwrites a copy
+    that the loss, BP or WU still reads, and it waits at the end of a mini-batch until
+    the SGD step is done, so every FP of a batch sees the same weights
     (synchronous mini-batch SGD).
 
     Forward states: ``LOAD`` (a free slot and the last SGD step done: take a sample;
     or, when the host wrote masters and a sample arrives, ``REFRESH`` the 16-bit
     copies), ``FP_START``, ``FP_WAIT`` (every FP and the sends done, and two settling
     cycles: the writer's pooled row lands one cycle after its engine goes idle),
-    ``DONE``. Backward states: ``IDLE``, ``LOSS_START``, ``LOSS_WAIT`` (with the loss),
-    ``BACK_START``, ``BACK_WAIT`` (every layer's BP and the errors' traffic done, and
-    two settling cycles), ``WU_WAIT``, ``UPDATE_WAIT`` (after the batch's last sample).
+    ``DONE``. Loss states (with ``loss``): ``IDLE`` (a sample forwarded but not through
+    the loss, and the buffer free: replayed), ``WAIT``. Backward states: ``IDLE`` (with
+    the loss, until the buffer is filled or the loss starts ``through``), ``LOSS_WAIT``
+    (with the loss, ``through``), ``BACK_START`` (with the buffer's replay),
+    ``BACK_WAIT`` (every layer's BP and the errors' traffic done, and two settling
+    cycles), ``WU_WAIT``, ``UPDATE_WAIT`` (after the batch's last sample).
 
     Parameters
     ----------
@@ -154,6 +166,12 @@ class Sequencer(wiring.Component):
     classes : int
     loss : bool
         The chip runs the loss (it ends the chain).
+    buffered : bool
+        With ``loss``: the loss may run a sample ahead into the error buffer. Without,
+        it runs only while the backward path waits for it, straight into the store:
+        on a slice of a split last layer, the errors passed up would reach the link
+        while the chip in front still takes the sample before, and the BP rows behind
+        them stall (see ``plan/model/chain.py``).
 
     Members
     -------
@@ -164,7 +182,15 @@ class Sequencer(wiring.Component):
         Sending the forward slot's output map (and relaying its input) down the chain.
     errors : Out(ErrorControlSignature())
     loss : Out(LabelledTaskSignature(classes))
-        Only with ``loss``; ``busy`` is the loss unit's.
+        Only with ``loss``; ``busy`` is the loss unit's. It fills the error buffer with
+        the errors of the sample in the ``loss`` slot.
+    replay : Out(TaskSignature())
+        Only with ``loss``: the error buffer streams its errors into the last layer's
+        error store (from BACK_START), and is free again once ``busy`` falls.
+    through : Out(1)
+        Only with ``loss``: from the cycle after the loss's ``start`` until it is done,
+        its errors go straight to the last layer's store, not into the buffer (the
+        backward path was idle, waiting for that sample).
     weights_written : In(1)
         The host wrote masters (here or on the neighbour holding this chip's): refresh
         the copies before the next sample.
@@ -181,12 +207,13 @@ class Sequencer(wiring.Component):
         If ``layers``, ``slots`` or ``batch_size`` is not a positive int.
     """
 
-    def __init__(self, *, layers, slots, batch_size, classes, loss):
+    def __init__(self, *, layers, slots, batch_size, classes, loss, buffered=True):
         for name, value in (("layers", layers), ("slots", slots), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
         self._layers, self._slots, self._batch_size = layers, slots, batch_size
         self._classes, self._loss = classes, bool(loss)
+        self._buffered = bool(buffered)
         members = {
             "slot": Out(SlotSignature(slots)),
             "loader": Out(LoaderControlSignature(classes)),
@@ -196,6 +223,8 @@ class Sequencer(wiring.Component):
         }
         if self._loss:
             members["loss"] = Out(LabelledTaskSignature(classes))
+            members["replay"] = Out(TaskSignature())
+            members["through"] = Out(1)
         members.update({
             "weights_written": In(1),
             "samples": Out(32),
@@ -205,7 +234,7 @@ class Sequencer(wiring.Component):
         })
         super().__init__(members)
         #: The two FSMs (after elaboration), for waveforms and for debugging a stalled run.
-        self.forward_fsm = self.backward_fsm = None
+        self.forward_fsm = self.backward_fsm = self.loss_fsm = None
 
     def elaborate(self, platform):
         m = Module()
@@ -281,24 +310,69 @@ class Sequencer(wiring.Component):
                     m.d.sync += fwd_in_batch.eq(fwd_in_batch + 1)
                 m.next = "LOAD"
 
+        # The loss stage: samples forwarded but not through the loss (``lossless``), the
+        # slot of the next one, and the error buffer's state (``buffered``: it holds a
+        # sample's errors the backward path has not yet replayed).
+        lslot = Signal(range(slots))
+        lossless = Signal(range(slots + 1))
+        lossed = Signal()                   # pulses as the loss finishes a sample
+        buffered = Signal()
+        draining = Signal()                 # the buffer is replaying into the store
+        replayed = Signal()                 # pulses as the replay is done: the buffer is free
+        loss_now = Signal()                 # the loss starts this cycle
+        bwd_idle = Signal()
+        lfsm = None
+        if self._loss:
+            m.d.sync += lossless.eq(lossless + forwarded - lossed)
+            # The replay's busy rises the cycle after its start, as ``draining`` does.
+            m.d.comb += replayed.eq(draining & ~self.replay.busy)
+            with m.If(replayed):
+                m.d.sync += draining.eq(0)
+            with m.If(lossed & ~self.through):
+                m.d.sync += buffered.eq(1)
+            with m.Elif(replayed):
+                m.d.sync += buffered.eq(0)
+            with m.FSM(name="loss") as lfsm:
+                with m.State("IDLE"):
+                    with m.If((lossless != 0) & ~buffered & (bwd_idle | self._buffered)):
+                        m.d.comb += [self.loss.start.eq(1), self.loss.label.eq(labels[lslot]),
+                                     loss_now.eq(1)]
+                        # With the backward path idle, waiting for this very sample (the
+                        # buffer is empty), the errors go straight into the store.
+                        m.d.sync += self.through.eq(bwd_idle)
+                        m.next = "WAIT"
+                with m.State("WAIT"):
+                    m.d.comb += self.loss.label.eq(labels[lslot])
+                    with m.If(~self.loss.busy):
+                        m.d.comb += lossed.eq(1)
+                        m.d.sync += [lslot.eq(next_slot(lslot)), self.through.eq(0)]
+                        m.next = "IDLE"
+            m.d.comb += self.slot.loss.eq(lslot)
+        else:
+            m.d.comb += self.slot.loss.eq(bslot)
+
         with m.FSM(name="backward") as bwd:
             with m.State("IDLE"):
-                with m.If(ahead != 0):
+                # With the loss, the sample's errors must be in the buffer (which implies
+                # ``ahead != 0``); elsewhere they come from the chip behind.
+                # Or, with the loss, the loss starts on it and writes the store directly.
+                with m.If((buffered | loss_now) if self._loss else ahead != 0):
                     # This sample's error maps begin: every store counts rows afresh.
                     for layer in layers:
                         m.d.comb += layer.backward.clear.eq(1)
-                    if self._loss:
-                        m.next = "LOSS_START"
-                    else:
+                    if not self._loss:
                         m.d.comb += self.errors.begin.eq(1)
                         m.next = "BACK_START"
+                    else:
+                        with m.If(loss_now):
+                            m.next = "LOSS_WAIT"
+                        with m.Else():
+                            m.next = "BACK_START"
             if self._loss:
-                with m.State("LOSS_START"):
-                    m.d.comb += [self.loss.start.eq(1), self.loss.label.eq(labels[bslot])]
-                    m.next = "LOSS_WAIT"
                 with m.State("LOSS_WAIT"):
-                    m.d.comb += self.loss.label.eq(labels[bslot])
-                    with m.If(~self.loss.busy & ~self.errors.relaying):
+                    # The loss done (``through`` falls a cycle after), and the other
+                    # slices' errors passed up.
+                    with m.If((lossed | ~self.through) & ~self.errors.relaying):
                         m.next = "BACK_START"
             # Every layer's BP and WU start at once, as a row pipeline back through the
             # layers: each takes the error rows of its layer's output as they are stored,
@@ -306,11 +380,21 @@ class Sequencer(wiring.Component):
             with m.State("BACK_START"):
                 for layer in layers:
                     m.d.comb += layer.backward.start.eq(1)
+                if self._loss:
+                    # The buffer replays into the last layer's store as BP starts (unless
+                    # the loss wrote it): the engines take the rows as they are stored,
+                    # as from a link.
+                    with m.If(buffered):
+                        m.d.comb += self.replay.start.eq(1)
+                        m.d.sync += draining.eq(1)
                 m.d.sync += bsettle.eq(0)
                 m.next = "BACK_WAIT"
             with m.State("BACK_WAIT"):
-                done = ~Cat(*[layer.backward.busy for layer in layers],
-                            self.errors.busy).any()
+                working = [layer.backward.busy for layer in layers] + [self.errors.busy]
+                if self._loss:
+                    # The other slices' errors passed up, and the buffer replayed.
+                    working += [self.errors.relaying, self.replay.busy]
+                done = ~Cat(*working).any()
                 with m.If(done & (bsettle == 2)):
                     m.next = "WU_WAIT"
                 with m.Elif(done):
@@ -334,11 +418,13 @@ class Sequencer(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += bsettle.eq(1)
-        self.forward_fsm, self.backward_fsm = fwd, bwd
+        self.forward_fsm, self.backward_fsm, self.loss_fsm = fwd, bwd, lfsm
+        m.d.comb += bwd_idle.eq(bwd.ongoing("IDLE"))
+        loss_busy = ~lfsm.ongoing("IDLE") if lfsm is not None else C(0)
         m.d.comb += [
             self.errors.take.eq(bwd.ongoing("BACK_START") | bwd.ongoing("BACK_WAIT")),
             self.busy.eq(~fwd.ongoing("LOAD") | loader.pending | ~bwd.ongoing("IDLE") |
-                         (ahead != 0)),
+                         (ahead != 0) | loss_busy),
         ]
         # The feature memories' occupancy: the most slots ever in use. The forward
         # path cannot overwrite a slot the backward path still reads (it waits at

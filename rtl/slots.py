@@ -33,7 +33,10 @@ class SlotSignature(wiring.Signature):
     forward : Out(range(slots))
         The copy the forward path fills (loader, FP, activation writers, senders).
     backward : Out(range(slots))
-        The copy the backward path reads (loss, error derivatives, WU).
+        The copy the backward path reads (error derivatives, WU).
+    loss : Out(range(slots))
+        The copy the loss reads the logits from: a stage of its own on the chip that
+        ends the chain, a sample ahead of the backward path; ``backward`` elsewhere.
 
     Raises
     ------
@@ -45,7 +48,8 @@ class SlotSignature(wiring.Signature):
         if not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be a positive int, not {slots!r}")
         self.slots = slots
-        super().__init__({"forward": Out(range(slots)), "backward": Out(range(slots))})
+        super().__init__({"forward": Out(range(slots)), "backward": Out(range(slots)),
+                          "loss": Out(range(slots))})
 
 
 class FeatureMapSignature(wiring.Signature):
@@ -89,7 +93,7 @@ class FeaturePort:
     write : bool
         A write port (else a read port).
     side : str
-        ``"forward"`` or ``"backward"``: whose slot it reaches.
+        ``"forward"``, ``"backward"`` or ``"loss"``: whose slot it reaches.
     layout : RowLayout
         The map as the port's user sees it (its address width): the whole map, or the
         channels from ``base`` on.
@@ -143,8 +147,8 @@ class FeatureMemory(wiring.Component):
         for name, port in ports.items():
             if not isinstance(port, FeaturePort):
                 raise TypeError(f"port {name!r} must be a FeaturePort, not {port!r}")
-            if port.side not in ("forward", "backward"):
-                raise ValueError(f"port {name!r}: side must be 'forward' or 'backward', "
+            if port.side not in ("forward", "backward", "loss"):
+                raise ValueError(f"port {name!r}: side must be 'forward', 'backward' or 'loss', "
                                  f"not {port.side!r}")
             if port.layout.shape != layout.shape or \
                     not 0 <= port.base <= layout.depth - port.layout.depth:

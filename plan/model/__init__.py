@@ -27,10 +27,15 @@ all of them are idle. A chip with a slice of a split layer that has more of the
 layer behind it loads its whole input first and sends it on (with the label) as
 its FP starts, then the channels up to its own (no label).
 
-A *backward* sequencer: LOSS on the last chip (with a split last layer, the last
-slice's chip takes the loss over all logits and sends the other slices' errors
-up), then every local layer's BP and WU engine at once, each taking the rows of
-its error map as they are stored: from the loss (all in by then), from the BP
+A *loss* stage on the last chip (with a split last layer, the last slice's chip
+takes the loss over all logits): once a sample is forwarded and the loss's error
+buffer is free, the loss fills the buffer, overlapping BP and WU of the sample
+before; if the backward path is idle as the loss starts (it waits for that very
+sample), the loss writes the last layer's error store directly (LOSS_WAIT), as it
+always does on a slice of a split last layer. A *backward* sequencer: every local
+layer's BP and WU engine at once (on the last chip with the buffer's replay into
+the store, which frees the buffer as it ends), each taking the rows of its error
+map as they are stored: from the replay or the loss, from the BP
 behind it on the chip, or, on a chip that does not end the chain, framed from
 the link as they come (``w + 2`` words a row; partial-sum rows of a split layer's
 BP are ``3w + 2``). BACK_WAIT ends when every BP is done and the whole error map
@@ -51,8 +56,9 @@ The model
 :func:`fp_run`, :func:`bp_run`, :func:`wu_run` give an engine's exact busy cycles
 from the tile-by-tile behaviour of :class:`~fpdeep.rtl.systolic.SystolicArray`
 (:func:`array_run`), an FP engine's steps waiting for their input rows included
-(:func:`fp_run` with ``enter``); :func:`loss_cycles` and :func:`sgd_cycles` those of the loss
-and the SGD walk. :class:`LinkDirection` follows words through one direction of
+(:func:`fp_run` with ``enter``); :func:`loss_cycles`, :func:`replay_cycles` and
+:func:`sgd_cycles` those of the loss, its buffer's replay and the SGD walk.
+:class:`LinkDirection` follows words through one direction of
 a link (packer, credits, replay slots, framer, receiver); :func:`exchange_step`
 follows a held layer's exchange through both directions at once, cycle for cycle.
 :func:`simulate` runs the

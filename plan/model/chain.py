@@ -2,9 +2,9 @@
 
 import itertools
 
-from .chips import (backward_runs, chip_runs, errors_arriving, fp_streamed, input_shape,
-                    messages, rows_visible)
-from .engines import loss_emit_cycle
+from .chips import (backward_runs, chip_runs, errors_arriving, errors_replayed, fp_streamed,
+                    input_shape, messages, rows_visible)
+from .engines import loss_emit_cycle, replay_emit_cycle
 from .links import LinkDirection, exchange_cached
 from .timing import TIMING
 
@@ -85,6 +85,10 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
     bp_stall = [0] * n                 # cycles the first layer's BP waited for the link
     backward_cache = {}                # (chip, error rows' arrival pattern): backward_runs
     slot_wait = [0] * n
+    # The last chip's loss stage: the first cycle it may start the next sample (the
+    # buffer freed by the backward path's BACK_START the cycle before).
+    loss_free = 0
+    lossed = [0] * samples             # when the buffer shows sample s's errors
     phase_names = ("load", "fp", "done", "idle", "loss", "bp", "wu_wait", "sgd")
     phases = [dict.fromkeys(phase_names, 0) for _ in range(n)]
 
@@ -156,25 +160,60 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
             fdone[c][s] = t
             p["done"] += timing.done_cycles
             fwd_free[c] = t + timing.done_cycles
-        # ---- backward: from the last chip to the first.
-        begin = [max(idle_from[c], fdone[c][s] + 1) + timing.idle_cycles for c in range(n)]
+        # ---- the loss stage (last chip): it sees the sample forwarded a cycle after
+        # DONE and runs once the buffer is free; the buffer is full two cycles after
+        # the loss unit's busy ends (see Sequencer).
+        # With the backward path idle as it starts (waiting for this sample), the loss
+        # writes the store itself and the backward path waits in LOSS_WAIT.
+        # A slice of a split last layer runs the loss only so (see Sequencer).
+        r = runs[n - 1]
+        start = max(fdone[n - 1][s] + 1, loss_free)
+        if chips[n - 1].split:
+            start = max(start, idle_from[n - 1])
+        through = idle_from[n - 1] <= start
+        lossed[s] = start + r.loss + timing.loss_overhead
+        loss_free = lossed[s]
+        # ---- backward: from the last chip to the first; the last chip's IDLE waits
+        # for the sample's errors in the buffer.
+        begin = [max(idle_from[c], (lossed[s] if c == n - 1 else fdone[c][s] + 1))
+                 + timing.idle_cycles for c in range(n)]
+        if through:
+            begin[n - 1] = start + timing.idle_cycles
         arrived = None
         for c in reversed(range(n)):
             chip, r, p = chips[c], runs[c], phases[c]
             t = begin[c]
             p["idle"] += t - idle_from[c]
             relay = []                  # rows of other slices' errors, sent on up
-            if c == n - 1:
-                if chip.split:
-                    classes = layers[-1].geometry.cout
-                    relay = [(t + loss_emit_cycle(classes, k, timing=timing) + 1, 3,
-                              timing.serializer_gap) for k in range(chip.slices[0].lo)]
-                t += r.loss + timing.loss_overhead
-                p["loss"] += r.loss + timing.loss_overhead
             bp_span, wu_end, up_offsets = r.bp_span, r.wu_end, r.up_offsets
             received = t
             rows_in, row_ends = [], []       # the error rows this chip takes, and when
-            if c < n - 1:
+            if c == n - 1 and through:
+                # LOSS_WAIT: the loss's errors straight into the store, all in by
+                # BACK_START (it sees the loss idle the cycle the loss stage does).
+                if chip.split:
+                    classes = layers[-1].geometry.cout
+                    relay = [(t + loss_emit_cycle(classes, k, timing=timing), 3,
+                              timing.serializer_gap) for k in range(chip.slices[0].lo)]
+                t += r.loss + timing.loss_overhead - 1
+                p["loss"] += r.loss + timing.loss_overhead - 1
+                received = t
+            elif c == n - 1:
+                # BACK_START with the buffer's replay: the engines take its rows as
+                # they are stored; BACK_WAIT waits for the replay too.
+                classes = layers[-1].geometry.cout
+                if chip.split:
+                    relay = [(t + replay_emit_cycle(classes, k, timing=timing) + 1, 3,
+                              timing.serializer_gap) for k in range(chip.slices[0].lo)]
+                enter = errors_replayed(chip, classes, timing)
+                if (c, enter) not in backward_cache:
+                    backward_cache[c, enter] = backward_runs(chip, enter, timing)
+                bp_span, wu_end, up_offsets, _ = backward_cache[c, enter]
+                received = t + r.replay + ox
+                # The buffer is free as the replay's busy falls; the loss sees it a
+                # cycle later.
+                loss_free = t + r.replay + 2
+            else:
                 # BACK_START right away: the engines take the error rows as they come.
                 rows_in = msgs[c]["err_in_rows"]
                 row_ends = [arrived[end - 1] for end in

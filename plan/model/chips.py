@@ -4,10 +4,11 @@ import functools
 from dataclasses import dataclass
 
 from ..layers import ConvGeometry, GatewareLayer
-from .engines import bp_run, fp_run, loss_cycles, sgd_cycles, wu_run
+from .engines import (bp_run, fp_run, loss_cycles, replay_cycles, replay_emit_cycle,
+                      sgd_cycles, wu_run)
 from .timing import TIMING
 
-__all__ = ["SliceSpec", "DEFAULT_SLOTS", "ChipSpec", "input_shape", "messages", "fp_streamed", "rows_visible", "ChipRuns", "backward_runs", "errors_arriving", "chip_runs", "max_chips", "feature_bits", "memory_bits", "master_bits", "max_slots"]
+__all__ = ["SliceSpec", "DEFAULT_SLOTS", "ChipSpec", "input_shape", "messages", "fp_streamed", "rows_visible", "ChipRuns", "backward_runs", "errors_arriving", "errors_replayed", "chip_runs", "max_chips", "feature_bits", "memory_bits", "master_bits", "max_slots"]
 
 
 @dataclass
@@ -222,6 +223,7 @@ class ChipRuns:
     up_words: int
     up_rows: list             # per BP row sent up: (channel, row), the BP's output order
     recv_period: int          # period of the derivative behind the link
+    replay: int = 0           # the error buffer's replay, with the loss
 
 
 def _errors_stored(run, s, prev, timing):
@@ -312,6 +314,18 @@ def errors_arriving(chip, rows, row_ends, start, timing):
     return tuple(written[r] + timing.row_visible + 1 - start for r in range(len(written)))
 
 
+def errors_replayed(chip, classes, timing):
+    """``enter`` (for :func:`backward_runs`) of the error map the loss's buffer replays
+    from BACK_START on the chip that ends the chain (a 1x1 map: one row, complete with
+    the last class; it passes the last layer's derivative into its store)."""
+    last = chip.last_layer
+    post = last.relu or last.pool
+    rows_out = 2 if last.pool else 1
+    end = replay_emit_cycle(classes, classes - 1, timing=timing) + (
+        timing.deriv_latency if post else 0)
+    return tuple(end + k + timing.row_visible + 1 for k in range(rows_out))
+
+
 def chip_runs(chip, layers, *, chain_last, timing):
     fp = [_fp_cached(s.geometry, s.fp, timing) for s in chip.slices]
     wu = [_wu_cached(s.geometry, s.wu, timing, None, s.wu_lanes) for s in chip.slices]
@@ -325,10 +339,13 @@ def chip_runs(chip, layers, *, chain_last, timing):
     sgd = max((sgd_cycles(s.geometry, timing=timing) for s in chip.slices
                if s.layer.name != chip.remote), default=0)
     exchange = next((s.geometry for s in chip.slices if s.layer.name == chip.remote), None)
-    loss = loss_cycles(layers[-1].geometry.cout, timing=timing) if chain_last else 0
+    classes = layers[-1].geometry.cout
+    loss = loss_cycles(classes, timing=timing) if chain_last else 0
+    replay = replay_cycles(classes, timing=timing) if chain_last else 0
     last = chip.last_layer
     return ChipRuns(fp, bp, bp_span, wu, wu_end, sgd, exchange, loss, up_offsets,
-                     _up_words(chip, timing), up_rows, timing.deriv(last.relu, last.pool))
+                    _up_words(chip, timing), up_rows, timing.deriv(last.relu, last.pool),
+                    replay)
 
 
 def max_chips(layers):
@@ -360,9 +377,10 @@ def memory_bits(chip, layers, *, slots=None):
     """Block RAM bits one chip needs, roughly, by use.
 
     ``features``: ``slots`` (by default the chip's) feature slots
-    (:func:`feature_bits`); ``errors``: the error stores (lane and row layouts);
-    ``weights``: per weight the FP and BP 16-bit copies and the 48-bit gradient sum,
-    and unless the layer is the chip's ``remote`` one its masters and velocities
+    (:func:`feature_bits`); ``errors``: the error stores (lane and row layouts) and,
+    on the chip that ends the chain, the loss's error buffer (the next sample's
+    errors, while BP and WU read the store's); ``weights``: per weight the FP and BP
+    16-bit copies and the 48-bit gradient sum, and unless the layer is the chip's ``remote`` one its masters and velocities
     (:func:`master_bits`); ``relay``: on a slice chip after the first of a layer with
     BP, the 48-bit partial sums it adds; ``held``: the masters and velocities it holds
     for the previous chip.
@@ -383,6 +401,9 @@ def memory_bits(chip, layers, *, slots=None):
         out["weights"] += sums * (g.cin * g.kh + 1) * g.kw * 48
         if s.layer.name != chip.remote:
             out["weights"] += master_bits(g)
+    last = chip.slices[-1]
+    if last.layer.index == len(layers) - 1 and last.hi == last.layer.geometry.cout:
+        out["errors"] += last.layer.geometry.cout * 16       # the loss's error buffer
     if chip.split and chip.first_layer.index > 0:
         g = chip.first_layer.geometry
         out["relay"] += g.cin * g.h * g.w * 48

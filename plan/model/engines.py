@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from .timing import TIMING
 
-__all__ = ["EngineRun", "array_run", "fp_tiles", "fp_waits", "wu_groups", "wu_tiles", "wu_waits", "fp_run", "bp_run", "fc_bp_tiles", "wu_run", "loss_cycles", "loss_emit_cycle", "sgd_cycles", "map_sender_cycles", "exchange_runs"]
+__all__ = ["EngineRun", "array_run", "fp_tiles", "fp_waits", "wu_groups", "wu_tiles", "wu_waits", "fp_run", "bp_run", "fc_bp_tiles", "wu_run", "loss_cycles", "loss_emit_cycle", "replay_cycles", "replay_emit_cycle", "sgd_cycles", "map_sender_cycles", "exchange_runs"]
 
 
 @dataclass(frozen=True)
@@ -263,6 +263,17 @@ def loss_emit_cycle(classes, index, *, timing=TIMING):
     """Cycle (after ``start``) at which the loss emits class ``index``'s error: the
     division pipeline delivers one class per cycle, the last in the last busy cycle."""
     return loss_cycles(classes, timing=timing) - classes + 1 + index
+
+
+def replay_cycles(classes, *, timing=TIMING):
+    """Cycles :class:`~fpdeep.rtl.loss.ErrorBuffer` is busy replaying (no stalls)."""
+    return classes + timing.replay_tail
+
+
+def replay_emit_cycle(classes, index, *, timing=TIMING):
+    """Cycle (after ``start``) at which the replay emits class ``index``'s error, the
+    last in the last busy cycle."""
+    return replay_cycles(classes, timing=timing) - classes + 1 + index
 
 
 def sgd_cycles(g, *, timing=TIMING):

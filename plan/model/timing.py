@@ -67,7 +67,9 @@ class GatewareTiming:
             FP_WAIT moves on to DONE this many cycles after the forward path's
             parts (FP engines, loader, senders, receiver) are all idle.
         loss_overhead
-            LOSS_START plus the cycle LOSS_WAIT sees the loss unit idle.
+            The loss stage's start cycle plus the cycle its WAIT sees the loss unit
+            idle (the buffer shows the errors the cycle after; the backward path's
+            LOSS_WAIT, writing straight into the store, sees it idle with the stage).
         done_cycles
             The forward DONE state.
         idle_cycles
@@ -85,6 +87,9 @@ class GatewareTiming:
             The :class:`LossUnit` is busy ``loss_base + error_frac + classes *
             loss_per_class`` cycles: three passes of one class per cycle, the last
             through a divider pipeline of ``error_frac + 2`` stages.
+        replay_tail
+            :class:`ErrorBuffer` replays the ``classes`` stored errors in ``classes +
+            replay_tail`` busy cycles (one read cycle before the first word leaves).
         error_frac
             Fraction bits of the error format (``DEFAULT_NUMERICS.error.frac``).
     SGD walk (``WeightUpdateUnit.start_update``)
@@ -172,6 +177,7 @@ class GatewareTiming:
     sgd_overhead: int = 2
     loss_base: int = 7
     loss_per_class: int = 3
+    replay_tail: int = 1
     error_frac: int = 13
     sgd_drain: int = 5
     exchange_words: int = 2

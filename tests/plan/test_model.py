@@ -487,11 +487,12 @@ def test_held_masters_cost_what_the_model_says():
     assert measured[0] - measured[1] == model[0] - model[1] > 0
 
 
-@pytest.mark.parametrize("slots, lanes", [(1, 1), (2, 1), (2, 4)])
+@pytest.mark.parametrize("slots, lanes", [(1, 1), (2, 1), (2, 4), (3, 1)])
 def test_model_predicts_one_chip_exactly(slots, lanes):
     """One chip, one mini-batch from a cold start in Amaranth's simulator: the model's
-    cycles are the gateware's, to the cycle. With one slot the schedule is serial;
-    with two, the FP of a sample overlaps the BP and WU of the one before. Within a
+    cycles are the gateware's, to the cycle. With one slot the schedule is serial
+    (the loss writes the error store directly); with two or three, the FP of a sample
+    overlaps the BP and WU of the one before, and its loss fills the error buffer. Within a
     sample, the FC layer's FP takes the conv layer's pooled rows as they are written."""
     from fpdeep.rtl.core import EngineSizes
     from fpdeep.sim.harness import CoreRun, digits_samples
@@ -815,6 +816,17 @@ def test_loss_cycles(classes):
     assert got["busy"] == gw.loss_cycles(classes)
     # A split last layer relays the other slices' errors as the loss emits them.
     assert got["transfers"] == [gw.loss_emit_cycle(classes, k) for k in range(classes)]
+
+
+@pytest.mark.parametrize("classes", [10, 3])
+def test_replay_cycles(classes):
+    from fpdeep.rtl.loss import ErrorBuffer
+    from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
+    buffer = ErrorBuffer(classes=classes, numerics=N)
+    got = run_until_idle(buffer, buffer.start, buffer.busy, sink=buffer.o)
+    assert got["busy"] == gw.replay_cycles(classes)
+    # A split last layer relays the other slices' errors as the buffer replays them.
+    assert got["transfers"] == [gw.replay_emit_cycle(classes, k) for k in range(classes)]
 
 
 def test_map_sender_cycles():

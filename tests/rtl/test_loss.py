@@ -1,12 +1,16 @@
+import random
+
 import numpy as np
 import pytest
 from amaranth import *
 from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
+from hypothesis import given, settings, strategies as st
 
-from fpdeep.rtl.loss import LossUnit
+from fpdeep.rtl.loss import ErrorBuffer, LossUnit
 from fpdeep.rtl.numerics import (DEFAULT_NUMERICS as N, FixedFormat, LOSS_MAX, Numerics,
                                  cross_entropy_np, softmax_error_np)
+from tests.stream_helpers import stream_get, stream_put
 
 
 class LossBench(Elaboratable):
@@ -124,3 +128,87 @@ def test_loss_saturates_and_takes_no_extra_cycles():
     assert losses == [[LOSS_MAX], [cross_entropy_np(cases[1], 0, numerics)], [406]]
     assert cross_entropy_np(cases[0], 1, numerics) == LOSS_MAX
     assert cycles == [3 * classes + N.error.frac + 8] * len(cases)
+
+
+@settings(max_examples=8, deadline=None)
+@given(classes=st.integers(2, 12), seed=st.integers(0, 2**16))
+def test_error_buffer_replays_the_stored_errors_in_order(classes, seed):
+    """What the loss wrote comes out again, class by class, under random ``ready``
+    stalls, and nothing else: twice, the second time after new writes."""
+    rng = random.Random(seed)
+    buffer = ErrorBuffer(classes=classes, numerics=N)
+    lo, hi = -N.error.one, N.error.one
+    rounds = [[rng.randint(lo, hi) for _ in range(classes)] for _ in range(2)]
+    got = []
+
+    async def tb(ctx):
+        for values in rounds:
+            for channel in rng.sample(range(classes), classes):
+                await stream_put(ctx, buffer.i, {"channel": channel, "row": 0,
+                                                 "values": [values[channel]]},
+                                 rng=rng, gap=0.3)
+            ctx.set(buffer.start, 1)
+            await ctx.tick()
+            ctx.set(buffer.start, 0)
+            out = []
+            while len(out) < classes:
+                payload = await stream_get(ctx, buffer.o, rng=rng, stall=0.4)
+                out.append((payload.channel, payload.values[0]))
+            for _ in range(3):
+                assert not ctx.get(buffer.o.valid), "nothing extra"
+                await ctx.tick()
+            assert not ctx.get(buffer.busy)
+            got.append(out)
+
+    sim = Simulator(buffer)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert got == [list(enumerate(values)) for values in rounds]
+
+
+def test_error_buffer_passes_words_through():
+    """With ``through``, the loss's words go straight out, under the output's stalls,
+    and are not stored: a replay afterwards returns what was stored before."""
+    rng = random.Random(7)
+    classes = 4
+    buffer = ErrorBuffer(classes=classes, numerics=N)
+    stored = [rng.randint(-N.error.one, N.error.one) for _ in range(classes)]
+    passed = [rng.randint(-N.error.one, N.error.one) for _ in range(classes)]
+    got = {}
+
+    async def tb(ctx):
+        for channel, value in enumerate(stored):
+            await stream_put(ctx, buffer.i, {"channel": channel, "row": 0, "values": [value]})
+        ctx.set(buffer.through, 1)
+
+        async def sink():
+            out = []
+            while len(out) < classes:
+                payload = await stream_get(ctx, buffer.o, rng=rng, stall=0.4)
+                out.append((payload.channel, payload.values[0]))
+            return out
+
+        for channel, value in enumerate(passed):
+            ctx.set(buffer.i.payload, {"channel": channel, "row": 0, "values": [value]})
+            ctx.set(buffer.i.valid, 1)
+            ctx.set(buffer.o.ready, rng.random() < 0.6)
+            while True:
+                moved = ctx.get(buffer.i.ready) and ctx.get(buffer.o.valid)
+                assert ctx.get(buffer.o.payload.values[0]) == value
+                await ctx.tick()
+                if moved:
+                    break
+                ctx.set(buffer.o.ready, rng.random() < 0.6)
+        ctx.set(buffer.i.valid, 0)
+        ctx.set(buffer.through, 0)
+        ctx.set(buffer.start, 1)
+        await ctx.tick()
+        ctx.set(buffer.start, 0)
+        got["replayed"] = await sink()
+
+    sim = Simulator(buffer)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert got["replayed"] == list(enumerate(stored))
