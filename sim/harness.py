@@ -199,7 +199,7 @@ class CoreRun:
         sim.add_testbench(testbench)
         if vcd:
             from .waves import write_waves
-            with write_waves(sim, chips, vcd):
+            with write_waves(sim, top, vcd):
                 sim.run()
         else:
             sim.run()

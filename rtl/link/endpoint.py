@@ -90,6 +90,8 @@ class LinkEndpoint(wiring.Component):
             "phy_rx": In(phy),
             "status": Out(LinkStatus),
         })
+        #: The transmitter, receiver and receive buffers (after elaboration), for waveforms.
+        self.transmitter = self.receiver = self.buffers = None
 
     @property
     def config(self):
@@ -106,6 +108,7 @@ class LinkEndpoint(wiring.Component):
             wiring.connect(m, wiring.flipped(self.i[v]), tx.i[v])
             wiring.connect(m, bufs.o[v], wiring.flipped(self.o[v]))
         wiring.connect(m, rx.o, bufs.i)
+        self.transmitter, self.receiver, self.buffers = tx, rx, bufs
         m.d.comb += [
             self.phy_tx.valid.eq(tx.o.valid),
             self.phy_tx.payload.eq(tx.o.payload),
@@ -177,6 +180,8 @@ class LinkPair(wiring.Component):
             "a_status": Out(LinkStatus),
             "b_status": Out(LinkStatus),
         })
+        #: The endpoints ``(a, b)`` (after elaboration), for waveforms.
+        self.endpoints = None
 
     @property
     def config(self):
@@ -189,6 +194,7 @@ class LinkPair(wiring.Component):
         m.submodules.b = b = LinkEndpoint(self._cfg, **kw)
         m.submodules.ab = ab = SimPhy(**kw, latency=self._latency)
         m.submodules.ba = ba = SimPhy(**kw, latency=self._latency)
+        self.endpoints = (a, b)
         wiring.connect(m, a.phy_tx, ab.i)
         wiring.connect(m, ab.o, b.phy_rx)
         wiring.connect(m, b.phy_tx, ba.i)

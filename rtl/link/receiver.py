@@ -105,6 +105,8 @@ class LinkReceiver(wiring.Component):
             "bad_frames": Out(16),
             "duplicates": Out(16),
         })
+        #: Internal signals by name (after elaboration), for waveforms (:mod:`fpdeep.sim.waves`).
+        self.trace_signals = None
 
     def elaborate(self, platform):
         m = Module()
@@ -360,4 +362,6 @@ class LinkReceiver(wiring.Component):
                            held=held, buffer=buffer, lengths=lengths, state=state, idx=idx,
                            header=header, writable=writable, write_slot=write_slot,
                            takes_ack=takes_ack)
+        self.trace_signals = dict(good=good, bad=bad, header=header, expected=expected,
+                                  schedule_nak=schedule_nak)
         return m

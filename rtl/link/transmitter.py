@@ -115,6 +115,8 @@ class LinkTransmitter(wiring.Component):
             "replays": Out(16),
             "timeouts": Out(16),
         })
+        #: Internal signals by name (after elaboration), for waveforms (:mod:`fpdeep.sim.waves`).
+        self.trace_signals = None
 
     def elaborate(self, platform):
         m = Module()
@@ -417,4 +419,10 @@ class LinkTransmitter(wiring.Component):
         self._probe = dict(next_seq=next_seq, ack_ptr=ack_ptr, tx_ptr=tx_ptr, packing=packing,
                            pack_count=pack_count, grant=grant, replay=replay, meta=meta,
                            state=state, idx=idx, header=header, tx_slot=tx_slot)
+        # A frame starts on the wire with send_data (DATA, start_seq) or send_ctrl (CTRL);
+        # resend marks a DATA frame sent before; taken, a word packed from pack_vc.
+        self.trace_signals = dict(send_data=send_data, send_ctrl=send_ctrl, resend=resend,
+                                  start_seq=start_seq, header=header, taken=taken,
+                                  pack_vc=pack_vc, next_seq=next_seq, ack_ptr=ack_ptr,
+                                  tx_ptr=tx_ptr, timed_out=timed_out, credit=credit)
         return m
