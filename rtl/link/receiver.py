@@ -3,7 +3,7 @@
 import enum
 
 from amaranth import *
-from amaranth.lib import wiring, stream, data, memory, crc
+from amaranth.lib import wiring, stream, memory, crc
 from amaranth.lib.wiring import In, Out
 
 from .frame import FrameKind, LinkConfig

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from fpdeep.plan.errors import FpdeepError
-from fpdeep.plan.network import (Network, Conv2d, ReLU, MaxPool2d, Linear, SoftmaxCrossEntropy,
+from fpdeep.plan.network import (Network, MaxPool2d, SoftmaxCrossEntropy,
                                  digits_cnn, load_network, save_network)
 from fpdeep.plan import zoo
 

@@ -257,7 +257,7 @@ def test_random_shapes_gradients(seed):
 
 
 from hypothesis import given, settings, strategies as st
-from fpdeep.rtl.weight_update import MasterStore, WeightWalk
+from fpdeep.rtl.weight_update import MasterStore
 
 
 @settings(max_examples=8, deadline=None)
@@ -285,7 +285,6 @@ def test_master_store_steps_every_weight_as_the_reference(cin, cout, kh, kw, mom
     ref_b, _, sat_b = sgd_step_np(b, velocity_b, gb, N, rate_q, momentum_q)
     copy_w, copy_sat_w = master_to_weight_np(ref_w, N)
     copy_b, copy_sat_b = master_to_weight_np(ref_b, N)
-    layout = WeightWalk.position_layout(g)
     weights = []                                  # (position, grad, copy) in walk order
     for o in range(cout):
         for i in range(cin + 1):
