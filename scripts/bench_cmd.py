@@ -26,21 +26,37 @@ def register(subparsers):
         "bench", help="measure cycles per sample, PE utilization and link bandwidth",
         description="Benchmarks run in Amaranth's simulator; figures are medians over repeats.")
     parser.add_argument("what", choices=("core", "link", "plan"), help="what to measure")
-    parser.add_argument("--net", default="digits", type=network_arg, metavar="NAME|FILE",
-                        help="bench core: built-in network (any case) or network file")
+    parser.add_argument("--net", type=network_arg, metavar="NAME|FILE",
+                        help="bench core: built-in network (any case) or network file "
+                             "(default: digits)")
     parser.add_argument("--data", metavar="FILE.npz",
                         help="bench core: samples to feed (default: the digits resized to "
                              "the network's input)")
-    parser.add_argument("--batches", type=positive_int, default=2)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batches", type=positive_int, help="bench core (default: 2)")
+    parser.add_argument("--batch-size", type=positive_int, help="bench core (default: 8)")
     parser.add_argument("--repeats", type=positive_int, default=3,
                         help="runs per figure (median)")
-    parser.add_argument("--backend", choices=("pysim", "verilator", "both"), default="pysim",
-                        help="simulator to measure; 'both' compares their speeds")
+    parser.add_argument("--backend", choices=("pysim", "verilator", "both"),
+                        help="bench core: simulator to measure; 'both' compares their "
+                             "speeds (default: pysim)")
     parser.set_defaults(handler=run)
 
 
+#: Options only ``bench core`` reads, and their defaults (None until then, so that one
+#: given to ``bench link`` or ``bench plan`` is refused rather than silently ignored).
+CORE_OPTIONS = {"net": "digits", "data": None, "batches": 2, "batch_size": 8,
+                "backend": "pysim"}
+
+
 def run(args):
+    from ..plan.errors import FpdeepError
+    for name, default in CORE_OPTIONS.items():
+        if args.what != "core" and getattr(args, name) is not None:
+            option = "--" + name.replace("_", "-")
+            raise FpdeepError(f"bench {args.what} does not take {option} (only bench core "
+                              f"does); drop it")
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.what == "link":
         from .bench_link import bench
         bench(seeds=args.repeats)
