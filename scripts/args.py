@@ -24,7 +24,7 @@ import math
 from ..plan.errors import FpdeepError
 
 __all__ = ["Parser", "UsageError", "finite_float", "positive_int", "nonnegative_int",
-           "output_file", "network_arg", "load_network_arg", "refuse_with_plan"]
+           "output_file", "network_arg", "load_network_arg", "option_name", "refuse_with_plan"]
 
 
 class UsageError(Exception):
@@ -116,6 +116,11 @@ def load_network_arg(value):
     return zoo.get(value)
 
 
+def option_name(dest):
+    """The command-line spelling of an argparse destination: ``batch_size`` -> ``--batch-size``."""
+    return "--" + dest.replace("_", "-")
+
+
 def refuse_with_plan(args, names):
     """Raise FpdeepError if ``args.plan`` is given with any option in ``names`` (their
     defaults are None): the plan decides them, and silently ignoring one misleads."""
@@ -123,7 +128,6 @@ def refuse_with_plan(args, names):
         return
     for name in names:
         if getattr(args, name) is not None:
-            option = "--" + name.replace("_", "-")
-            raise FpdeepError(f"{option} is decided by the plan {args.plan!r}; drop it "
+            raise FpdeepError(f"{option_name(name)} is decided by the plan {args.plan!r}; drop it "
                               f"or plan again with it")
 

@@ -16,7 +16,7 @@ included, so short runs understate it.
 
 import statistics
 
-from .args import network_arg, positive_int
+from .args import network_arg, option_name, positive_int
 
 __all__ = ["register"]
 
@@ -52,8 +52,7 @@ def run(args):
     from ..plan.errors import FpdeepError
     for name, default in CORE_OPTIONS.items():
         if args.what != "core" and getattr(args, name) is not None:
-            option = "--" + name.replace("_", "-")
-            raise FpdeepError(f"bench {args.what} does not take {option} (only bench core "
+            raise FpdeepError(f"bench {args.what} does not take {option_name(name)} (only bench core "
                               f"does); drop it")
         if getattr(args, name) is None:
             setattr(args, name, default)
