@@ -316,7 +316,8 @@ class ErrorLink(wiring.Component):
         passed_up = None
         if part.lo:
             m.submodules.errors_up = passed_up = RowSerializer(
-                channels=part.hi, h=errors.h, w=errors.w, fmt=error_fmt)
+                channels=part.hi, h=errors.h, w=errors.w, fmt=error_fmt,
+                map_channels=part.channels)
 
         # Up the chain, the first layer's BP rows: on a split layer, exact partial sums
         # over this slice's channels, to which the chip behind's are added first; the
@@ -358,7 +359,7 @@ class ErrorLink(wiring.Component):
         if passed_up is not None and err_sink is not None:
             # Both run at once (BP takes the errors as they pass): whole frames from
             # one or the other. A serializer offers a frame's words exactly while it
-            # is busy and idles a cycle between frames, so the link changes hands only
+            # is busy, and is idle only between frames, so the link changes hands only
             # when its holder is between frames, and the other's frame starts whole.
             passed_owns = Signal()
             keep = Mux(passed_owns, passed_up.busy, err_sink.busy)
@@ -384,7 +385,8 @@ class ErrorLink(wiring.Component):
         # chip behind sends them per sample; only this sample's rows are taken.
         partial_rows = self.partial_rows
         m.submodules.err_in = err_source = RowDeserializer(
-            channels=part.hi, h=errors.h, w=errors.w, fmt=error_fmt, partial=partial_rows)
+            channels=part.hi, h=errors.h, w=errors.w, fmt=error_fmt, partial=partial_rows,
+            map_channels=part.channels)
         wiring.connect(m, wiring.flipped(self.err_in), err_source.i)
         receiving = Signal()            # the backward path takes error rows from the link
         receiving_partials = Signal()   # ... and partial-sum rows

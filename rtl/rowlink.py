@@ -12,14 +12,20 @@ it), because the error derivative takes rows in any order.
 
 Row frames
 ----------
-A frame is a channel word (the channel number, unsigned), a row header word
-(:data:`ROW_HEADER`: the row number in bits 0-14, the ``partial`` kind flag in bit
-15), then the row's values in order:
+A frame is a header, then the row's values in order. The header's first word has
+the ``partial`` kind flag in bit 15 (:data:`ROW_HEADER`):
 
-* an **error row** (``partial`` clear) carries one word per value;
+* an **error row** (``partial`` clear) carries one word per value. Its header is one
+  word, the row number in the low bits and the channel number above it, when both
+  fit in 15 bits (:func:`~fpdeep.plan.model.timing.row_header_words`, from the map's
+  size: the rule both ends of a link share); else a channel word and a row word.
 * a **partial row** (``partial`` set) carries the exact accumulator sums of a layer
   split across chips (:mod:`fpdeep.rtl.partial`), each value sign-extended to 48
-  bits and sent as :data:`PARTIAL_WORDS` words, low word first.
+  bits and sent as :data:`PARTIAL_WORDS` words, low word first. Its header is a
+  channel word and a row word.
+
+A row is 4 to 28 values in the networks we plan, so a second header word costs a
+link 4 to 25 % of an error row's words.
 
 The two kinds may follow each other frame by frame on one word stream, and each
 kind has its own channel count and row size, so one link channel carries the
@@ -32,6 +38,7 @@ from amaranth.lib import wiring, stream, data, memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from ..plan.model.timing import row_header_words
 from .conv import RowLayout
 from .numerics import FixedFormat
 
@@ -41,8 +48,9 @@ __all__ = ["WORD", "ROW_HEADER", "PARTIAL_WORDS", "RowSerializer", "RowDeseriali
 #: The link word: one 16-bit fixed-point value, label or row header.
 WORD = signed(16)
 
-#: The second word of a row frame: the row number and the frame's kind.
-ROW_HEADER = data.StructLayout({"row": 15, "partial": 1})
+#: The first word of a row frame: the frame's kind above 15 bits of channel, or of
+#: row and channel (an error row's one-word header, :func:`_header_fields`).
+ROW_HEADER = data.StructLayout({"fields": 15, "partial": 1})
 
 #: Words per value of a partial row: a 48-bit sum, low word first.
 PARTIAL_WORDS = 3
@@ -54,15 +62,33 @@ def map_words(feature_map):
     return [int(v) for v in np.asarray(feature_map).transpose(1, 0, 2).reshape(-1)]
 
 
+def _header_fields(map_channels, h):
+    """``(one_word, row_bits)``: whether an error row's header is one word on a link
+    whose error rows are those of a ``map_channels`` x ``h`` map, and the bits of its
+    row field (the channel lies above them)."""
+    return row_header_words(map_channels, h) == 1, (h - 1).bit_length()
+
+
+def _check_map_channels(map_channels, channels):
+    if map_channels is None:
+        return channels
+    if not isinstance(map_channels, int) or map_channels < channels:
+        raise ValueError(f"map_channels must be an int of at least channels = {channels}, "
+                         f"not {map_channels!r}")
+    if map_channels > 1 << 15:
+        raise ValueError(f"map_channels {map_channels} do not fit the 15-bit channel field")
+    return map_channels
+
+
 def _check_frame(channels, h, w, fmt, *, partial, name="fmt"):
     """Validate one row kind's geometry against the frame's header fields."""
     for pname, value in (("channels", channels), ("h", h), ("w", w)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{pname} must be a positive int, not {value!r}")
-    if channels > 1 << 16:
-        raise ValueError(f"channels {channels} do not fit the 16-bit channel word")
-    if h > 1 << 15:
-        raise ValueError(f"h {h} does not fit the 15-bit row field of the row header")
+    if channels > 1 << 15:
+        raise ValueError(f"channels {channels} do not fit the 15-bit channel field")
+    if h > 1 << 16:
+        raise ValueError(f"h {h} does not fit the 16-bit row word")
     if not isinstance(fmt, FixedFormat):
         raise TypeError(f"{name} must be a FixedFormat, not {fmt!r}")
     limit = PARTIAL_WORDS * WORD.width if partial else WORD.width
@@ -74,20 +100,26 @@ def _check_frame(channels, h, w, fmt, *, partial, name="fmt"):
 class RowSerializer(wiring.Component):
     """Rows in, words out: one row frame per row (see the module's *Row frames*).
 
-    Throughput: one word per cycle, ``w + 2`` cycles per error row and
-    ``PARTIAL_WORDS * w + 2`` per partial row. A row is accepted when the previous
-    one's last word leaves; its first word is offered the cycle after.
+    Throughput: one word per cycle, ``w`` plus the header's words per error row and
+    ``PARTIAL_WORDS * w + 2`` per partial row. The next row is taken in the cycle the
+    last word of the one before leaves, so rows that wait leave back to back, with no
+    idle word between frames: the link's packer fills whole frames with them.
 
     Parameters
     ----------
     channels, h, w : int
-        The map's size; ``channels`` sets the width of the channel field only, the
-        channel numbers are the map's own (global).
+        The map's size; ``channels`` bounds the channel numbers only, which are the
+        map's own (global).
     fmt : FixedFormat
         Format of the values: at most 16 bits, or with ``partial`` at most 48 (the
         accumulator format, e.g. :attr:`ConvEngine.acc_fmt`).
     partial : bool
         Send partial rows (kind flag set, 3 words per value) instead of error rows.
+    map_channels : int, optional
+        All the channels of the map whose error rows this link carries (``channels``
+        by default; more when ``channels`` is a slice's): with ``h`` it sets the
+        error rows' header (:func:`~fpdeep.plan.model.timing.row_header_words`), as it
+        does on the receiving :class:`RowDeserializer`.
 
     Members
     -------
@@ -101,29 +133,48 @@ class RowSerializer(wiring.Component):
         If the map does not fit the frame's fields or ``fmt`` is too wide.
     """
 
-    def __init__(self, *, channels, h, w, fmt, partial=False):
+    def __init__(self, *, channels, h, w, fmt, partial=False, map_channels=None):
         _check_frame(channels, h, w, fmt, partial=partial)
+        map_channels = _check_map_channels(map_channels, channels)
         self._w, self._partial = w, bool(partial)
+        one_word, self._row_bits = _header_fields(map_channels, h)
+        self._one_word = one_word and not self._partial
         super().__init__({
             "i": In(RowLayout(channels, h, w, fmt).row_stream()),
             "o": Out(stream.Signature(WORD)),
             "busy": Out(1),
         })
 
+    @property
+    def header_words(self):
+        """Words of a frame's header."""
+        return 1 if self._one_word else 2
+
     def elaborate(self, platform):
         m = Module()
         w = self._w
         per_value = PARTIAL_WORDS if self._partial else 1
+        # Word ``index`` of the frame: the header at 0 (and 1), value k at k + 2; a
+        # one-word header goes from 0 straight to 2.
         last = per_value * w + 1
         held = Signal(self.i.payload.shape())
         full = Signal()
         index = Signal(range(last + 1))
-        m.d.comb += self.i.ready.eq(~full)
+        sent = self.o.valid & self.o.ready
+        m.d.comb += self.i.ready.eq(~full | (sent & (index == last)))
+        with m.If(sent):
+            m.d.sync += index.eq(Mux(index == 0, 3 - self.header_words, index + 1))
+            with m.If(index == last):
+                m.d.sync += full.eq(0)
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [held.eq(self.i.payload), full.eq(1), index.eq(0)]
 
         header = Signal(ROW_HEADER)
-        m.d.comb += [header.row.eq(held.row), header.partial.eq(self._partial)]
+        m.d.comb += header.partial.eq(self._partial)
+        if self._one_word:
+            m.d.comb += header.fields.eq(Cat(held.row[:self._row_bits], held.channel))
+        else:
+            m.d.comb += header.fields.eq(held.channel)
         if self._partial:
             wide = Signal(data.ArrayLayout(signed(PARTIAL_WORDS * WORD.width), w))
             for x in range(w):
@@ -133,17 +184,13 @@ class RowSerializer(wiring.Component):
             words = held.values
         with m.Switch(index):
             with m.Case(0):
-                m.d.comb += self.o.payload.eq(held.channel)
-            with m.Case(1):
                 m.d.comb += self.o.payload.eq(header.as_value())
+            with m.Case(1):
+                m.d.comb += self.o.payload.eq(held.row)
             for k in range(per_value * w):
                 with m.Case(k + 2):
                     m.d.comb += self.o.payload.eq(words[k])
         m.d.comb += [self.o.valid.eq(full), self.busy.eq(full)]
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += index.eq(index + 1)
-            with m.If(index == last):
-                m.d.sync += full.eq(0)
         return m
 
 
@@ -154,7 +201,7 @@ class RowDeserializer(wiring.Component):
     looked at). With ``partial``, frames of either kind may follow each other: error
     rows leave on ``o``, partial rows on ``partial``.
 
-    Throughput: one word per cycle. The two header words of a frame are taken even
+    Throughput: one word per cycle. The header words of a frame are taken even
     while the previous row of either kind waits to leave; the values of a frame
     wait until the previous row of the same kind has left. A row is offered the
     cycle after its last word is taken.
@@ -167,6 +214,9 @@ class RowDeserializer(wiring.Component):
     partial : RowLayout or None
         The partial rows (channels, size and accumulator format, at most 48 bits),
         which need not match the error rows'.
+    map_channels : int, optional
+        All the channels of the error rows' map (``channels`` by default): with ``h``
+        it sets their header, as on the sending :class:`RowSerializer`.
 
     Members
     -------
@@ -183,8 +233,10 @@ class RowDeserializer(wiring.Component):
         is not a :class:`RowLayout`.
     """
 
-    def __init__(self, *, channels, h, w, fmt, partial=None):
+    def __init__(self, *, channels, h, w, fmt, partial=None, map_channels=None):
         _check_frame(channels, h, w, fmt, partial=False)
+        self._one_word, self._row_bits = _header_fields(
+            _check_map_channels(map_channels, channels), h)
         if partial is not None:
             if not isinstance(partial, RowLayout):
                 raise TypeError(f"partial must be a RowLayout or None, not {partial!r}")
@@ -223,15 +275,23 @@ class RowDeserializer(wiring.Component):
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += o_full.eq(0)
 
+        # Word ``index`` of the frame as RowSerializer numbers them: a one-word header
+        # goes from 0 straight to the first value, at 2.
+        header_partial = header.partial if partial is not None else C(0)
+        one_word = C(self._one_word) & ~header_partial
         last = Mux(kind, PARTIAL_WORDS * pw + 1, w + 1)
         with m.If(take):
-            m.d.sync += index.eq(Mux(index == last, 0, index + 1))
+            m.d.sync += index.eq(Mux(index == last, 0, Mux((index == 0) & one_word, 2,
+                                                           index + 1)))
             with m.If(index == 0):
-                m.d.sync += channel.eq(word.as_unsigned())
+                m.d.sync += kind.eq(header_partial)
+                with m.If(one_word):
+                    m.d.sync += [row.eq(header.fields[:self._row_bits]),
+                                 channel.eq(header.fields[self._row_bits:])]
+                with m.Else():
+                    m.d.sync += channel.eq(header.fields)
             with m.If(index == 1):
-                m.d.sync += row.eq(header.row)
-                if partial is not None:
-                    m.d.sync += kind.eq(header.partial)
+                m.d.sync += row.eq(word.as_unsigned())
             with m.If(~kind):
                 with m.Switch(index):
                     for x in range(w):

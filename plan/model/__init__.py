@@ -37,8 +37,8 @@ layer's BP and WU engine at once (on the last chip with the buffer's replay into
 the store, which frees the buffer as it ends), each taking the rows of its error
 map as they are stored: from the replay or the loss, from the BP
 behind it on the chip, or, on a chip that does not end the chain, framed from
-the link as they come (``w + 2`` words a row; partial-sum rows of a split layer's
-BP are ``3w + 2``). BACK_WAIT ends when every BP is done and the whole error map
+the link as they come (``w`` words a row and a header of one or two,
+:func:`row_header_words`; partial-sum rows of a split layer's BP are ``3w + 2``). BACK_WAIT ends when every BP is done and the whole error map
 is in, then wait for every WU engine. Per mini-batch of B samples, an SGD walk over every local weight;
 for a layer whose masters and velocities the next chip holds (``Cluster(held=...)``)
 an exchange instead, which the owner waits for: its saturated gradient sums go down

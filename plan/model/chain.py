@@ -6,7 +6,7 @@ from .chips import (backward_runs, chip_runs, errors_arriving, errors_replayed, 
                     input_shape, messages, rows_visible)
 from .engines import loss_emit_cycle, replay_emit_cycle
 from .links import LinkDirection, exchange_cached
-from .timing import TIMING
+from .timing import TIMING, row_header_words
 
 __all__ = ["simulate"]
 
@@ -193,7 +193,8 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 # BACK_START (it sees the loss idle the cycle the loss stage does).
                 if chip.split:
                     classes = layers[-1].geometry.cout
-                    relay = [(t + loss_emit_cycle(classes, k, timing=timing), 3,
+                    relay = [(t + loss_emit_cycle(classes, k, timing=timing),
+                              1 + row_header_words(classes, 1),
                               timing.serializer_gap) for k in range(chip.slices[0].lo)]
                 t += r.loss + timing.loss_overhead - 1
                 p["loss"] += r.loss + timing.loss_overhead - 1
@@ -203,7 +204,8 @@ def simulate(chips, layers, *, batch_size, batches=4, slots=None, timing=TIMING)
                 # they are stored; BACK_WAIT waits for the replay too.
                 classes = layers[-1].geometry.cout
                 if chip.split:
-                    relay = [(t + replay_emit_cycle(classes, k, timing=timing) + 1, 3,
+                    relay = [(t + replay_emit_cycle(classes, k, timing=timing) + 1,
+                              1 + row_header_words(classes, 1),
                               timing.serializer_gap) for k in range(chip.slices[0].lo)]
                 enter = errors_replayed(chip, classes, timing)
                 if (c, enter) not in backward_cache:
@@ -327,7 +329,8 @@ def _order_errors(chips, layers, msgs, runs):
         if chip.split and chip.part:
             lo = chip.slices[0].lo
             if c == n - 1:
-                relay = [(3, "error", k, 0) for k in range(lo)]
+                classes = layers[-1].geometry.cout
+                relay = [(1 + row_header_words(classes, 1), "error", k, 0) for k in range(lo)]
             else:
                 relay = [row for row in msgs[c]["err_in_rows"]
                          if row[1] == "error" and row[2] < lo]

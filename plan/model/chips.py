@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from ..layers import ConvGeometry, GatewareLayer
 from .engines import (bp_run, fp_run, loss_cycles, replay_cycles, replay_emit_cycle,
                       sgd_cycles, wu_run)
-from .timing import TIMING
+from .timing import TIMING, row_header_words
 
 __all__ = ["SliceSpec", "DEFAULT_SLOTS", "ChipSpec", "input_shape", "messages", "fp_streamed", "rows_visible", "ChipRuns", "backward_runs", "errors_arriving", "errors_replayed", "chip_runs", "max_chips", "feature_bits", "memory_bits", "master_bits", "max_slots"]
 
@@ -134,10 +134,12 @@ def messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
 
     def up_rows(part, lo):
         """What slice ``part`` (first channel ``lo``) of ``first`` sends up."""
-        rows = [(ow + 2, "error", ch) for ch in range(lo) for _ in range(oh)] if part else []
+        rows = [(ow + row_header_words(oc, oh), "error", ch) for ch in range(lo)
+                for _ in range(oh)] if part else []
         if first.index > 0:
             g = first.geometry
-            words = timing.partial_words * g.w + 2 if part else g.w + 2
+            words = (timing.partial_words * g.w + 2 if part else
+                     g.w + row_header_words(g.cin, g.h))
             rows += [(words, "partial" if part else "error", ch)
                      for ch in range(g.cin) for _ in range(g.h)]
         return rows
@@ -156,7 +158,8 @@ def messages(chip, layers, *, chain_first, chain_last, timing=TIMING):
         err_in = up_rows(chip.part + 1, hi)
     else:
         act_out = labelled(_map_rows(last.out_shape))
-        err_in = [(lw + 2, "error", ch) for ch in range(lc) for _ in range(lh)]
+        err_in = [(lw + row_header_words(lc, lh), "error", ch) for ch in range(lc)
+                  for _ in range(lh)]
     err_out = up_rows(chip.part if chip.split else 0, lo if chip.split else 0)
     if first.index == 0 and not (chip.split and chip.part):
         err_out = []
@@ -283,7 +286,7 @@ def _up_words(chip, timing):
     chip after the first of its layer)."""
     g = chip.slices[0].geometry
     raw = chip.split and chip.part > 0
-    return timing.partial_words * g.w + 2 if raw else g.w + 2
+    return timing.partial_words * g.w + 2 if raw else g.w + row_header_words(g.cin, g.h)
 
 
 def _bp_sink(chip, k, timing):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import FpdeepError
 
-__all__ = ["GatewareTiming", "TIMING", "link_efficiency"]
+__all__ = ["GatewareTiming", "TIMING", "link_efficiency", "row_header_words"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ class GatewareTiming:
             leaves the :class:`RowDeserializer` in ``n + deser_latency``.
         serializer_gap
             :class:`RowSerializer` takes a new row this many cycles after the last
-            word of the previous one left.
+            word of the previous one left: none, it takes it in that cycle, so rows
+            that wait for the link leave back to back and the packer fills whole
+            frames with them (a pause would close a frame per row).
         partial_words
             Words per value of a partial-sum row (a 48-bit sum).
         partial_latency
@@ -163,7 +165,7 @@ class GatewareTiming:
     deriv_pool: int = 4
     deriv_latency: int = 2
     deser_latency: int = 1
-    serializer_gap: int = 1
+    serializer_gap: int = 0
     partial_words: int = 3
     partial_latency: int = 2
     engine_overhead: int = 4
@@ -217,6 +219,19 @@ class GatewareTiming:
 
 #: The constants of the gateware as built now.
 TIMING = GatewareTiming()
+
+
+def row_header_words(channels, h):
+    """Header words of an error row's frame (:class:`~fpdeep.rtl.rowlink.RowSerializer`)
+    on a link whose error rows are those of a map of ``channels`` channels (all of
+    them, not a slice's) and ``h`` rows.
+
+    One word when the row and channel numbers fit beside the kind bit (15 bits), as
+    for every map of the networks in ``plan/zoo.py``; else a channel word and a row
+    word. A partial row always has the two. Both ends of a link take the rule from
+    here, from the same map.
+    """
+    return 1 if (channels - 1).bit_length() + (h - 1).bit_length() <= 15 else 2
 
 
 def link_efficiency(ber, *, timing=TIMING, word_bits=16):

@@ -187,10 +187,11 @@ def test_link_words_follow_the_chain():
         else:
             expect_down = 1 + 4 * 16                 # label, the pooled 4x4x4 map
         assert down[c]["words_per_sample"] == expect_down
+        # Error rows of 4 values with a one-word header (4 channels x 4 rows: 4 bits).
         if nxt[0] == "fc1":
-            expect_up = 16 * (4 + 2)                 # fc1's input errors, 16 rows of 4
+            expect_up = 16 * (4 + 1)                 # fc1's input errors, 16 rows of 4
         else:
-            expect_up = nxt[1][0] * 4 * (4 + 2)      # the rows of the slices before it
+            expect_up = nxt[1][0] * 4 * (4 + 1)      # the rows of the slices before it
         assert up[c]["words_per_sample"] == expect_up
 
 
@@ -867,7 +868,9 @@ def test_serializer_row_period(partial):
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
-    words = (gw.TIMING.partial_words if partial else 1) * w + 2
+    header = 2 if partial else gw.row_header_words(2, 2)
+    assert ser.header_words == header
+    words = (gw.TIMING.partial_words if partial else 1) * w + header
     assert {b - a for a, b in zip(accepted, accepted[1:])} == \
         {words + gw.TIMING.serializer_gap}
 

@@ -9,6 +9,7 @@ from fpdeep.rtl.conv import RowLayout
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N, FixedFormat
 from fpdeep.rtl.rowlink import (PARTIAL_WORDS, MapReceiver, MapSender, RowDeserializer,
                                 RowSerializer)
+from fpdeep.plan.model.timing import row_header_words
 from tests.memory_helpers import MemoryWriter
 from tests.stream_helpers import StreamDriver
 
@@ -20,15 +21,27 @@ def signed16(word):
     return word - 0x10000 if word & 0x8000 else word
 
 
-def encode_row(channel, row, values, *, partial):
-    """The words of one row frame, as the module docstring defines them."""
-    words = [channel, row | (partial << 15)]
+def encode_row(channel, row, values, *, partial, header=(False, 0)):
+    """The words of one row frame, as the module docstring defines them; ``header`` is
+    ``(one_word, row_bits)`` of the link's error rows (:func:`error_header`)."""
+    one_word, row_bits = header
+    if one_word and not partial:
+        words = [channel << row_bits | row]
+    else:
+        words = [channel | (partial << 15), row]
     for v in values:
         if partial:
             words += [(v >> (16 * k)) & 0xffff for k in range(PARTIAL_WORDS)]
         else:
             words.append(v)
     return [signed16(w) for w in words]
+
+
+def error_header(layout, map_channels=None):
+    """``(one_word, row_bits)`` of the error rows of ``layout``'s map, by the rule both
+    ends of a link share."""
+    channels = layout.channels if map_channels is None else map_channels
+    return row_header_words(channels, layout.h) == 1, (layout.h - 1).bit_length()
 
 
 def random_rows(rng, layout, count):
@@ -76,19 +89,22 @@ async def expect_quiet(ctx, ports, cycles):
         await ctx.tick()
 
 
-@pytest.mark.parametrize("partial,fmt,seed", [
-    (False, N.error, 0),
-    (True, ACC, 1),
-    (True, FixedFormat(40, 20), 2),       # narrower sums are sign-extended to 48 bits
+@pytest.mark.parametrize("partial,fmt,seed,map_channels", [
+    (False, N.error, 0, None),            # a one-word header: 9 + 5 bits
+    (False, N.error, 3, 1 << 12),         # a slice of a map too large for one word
+    (True, ACC, 1, None),
+    (True, FixedFormat(40, 20), 2, None),  # narrower sums are sign-extended to 48 bits
 ])
-def test_serializer_frames(partial, fmt, seed):
+def test_serializer_frames(partial, fmt, seed, map_channels):
     rng = random.Random(seed)
     layout = RowLayout(300, 21, 3, fmt)   # channel numbers above 8 bits
     rows = random_rows(rng, layout, 12)
     dut = RowSerializer(channels=layout.channels, h=layout.h, w=layout.w, fmt=fmt,
-                        partial=partial)
+                        partial=partial, map_channels=map_channels)
+    header = error_header(layout, map_channels)
+    assert dut.header_words == (1 if header[0] and not partial else 2)
     driver = StreamDriver(rng, gap=0.3, stall=0.3)
-    expect = [w for r in rows for w in encode_row(*r, partial=partial)]
+    expect = [w for r in rows for w in encode_row(*r, partial=partial, header=header)]
     got = []
 
     async def producer(ctx):
@@ -101,6 +117,43 @@ def test_serializer_frames(partial, fmt, seed):
         ctx.set(dut.o.ready, 1)
         await expect_quiet(ctx, [dut.o], 20)
         assert not ctx.get(dut.busy)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    assert got == expect
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_serializer_back_to_back(partial):
+    """Rows that wait leave with no idle word between their frames, so the link's packer
+    fills whole frames with them."""
+    fmt = ACC if partial else N.error
+    layout = RowLayout(4, 3, 2, fmt)
+    rows = random_rows(random.Random(9), layout, 5)
+    dut = RowSerializer(channels=4, h=3, w=2, fmt=fmt, partial=partial)
+    expect = [w for r in rows for w in encode_row(*r, partial=partial,
+                                                  header=error_header(layout))]
+    got = []
+
+    async def producer(ctx):
+        for r in rows:
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload, row_payload(*r))
+            await ctx.tick().until(dut.i.ready)
+        ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        ctx.set(dut.o.ready, 1)
+        while not ctx.get(dut.o.valid):
+            await ctx.tick()
+        for _ in expect:
+            assert ctx.get(dut.o.valid), "an idle word between frames"
+            got.append(signed16(ctx.get(dut.o.payload)))
+            await ctx.tick()
+        assert not ctx.get(dut.o.valid)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -153,10 +206,13 @@ def test_deserializer_both_kinds(seed, stall):
     kinds[4:8] = [False, False, True, True]       # back to back frames of one kind
     err_rows = random_rows(rng, err, kinds.count(False))
     part_rows = random_rows(rng, part, kinds.count(True))
+    map_channels = err.channels if seed != 1 else 1 << 13      # seed 1: two-word headers
+    header = error_header(err, map_channels)
     words, e, p = [], iter(err_rows), iter(part_rows)
     for kind in kinds:
-        words += encode_row(*next(p if kind else e), partial=kind)
-    dut = RowDeserializer(channels=err.channels, h=err.h, w=err.w, fmt=err.fmt, partial=part)
+        words += encode_row(*next(p if kind else e), partial=kind, header=header)
+    dut = RowDeserializer(channels=err.channels, h=err.h, w=err.w, fmt=err.fmt, partial=part,
+                          map_channels=map_channels)
     got = run_deserializer(dut, words, {"o": len(err_rows), "partial": len(part_rows)},
                            seed=seed, stall=stall)
     assert got == {"o": err_rows, "partial": part_rows}
@@ -166,7 +222,7 @@ def test_deserializer_without_partial():
     rng = random.Random(5)
     err = RowLayout(7, 5, 6, N.error)
     rows = random_rows(rng, err, 10)
-    words = [w for r in rows for w in encode_row(*r, partial=False)]
+    words = [w for r in rows for w in encode_row(*r, partial=False, header=error_header(err))]
     dut = RowDeserializer(channels=err.channels, h=err.h, w=err.w, fmt=err.fmt)
     assert not hasattr(dut, "partial")
     assert run_deserializer(dut, words, {"o": len(rows)}, seed=5) == {"o": rows}
@@ -197,7 +253,8 @@ def test_round_trip_interleaved(seed):
 
     async def link(ctx):
         for kind in kinds:
-            source, length = (ser_p, PARTIAL_WORDS * part.w + 2) if kind else (ser_e, err.w + 2)
+            source, length = ((ser_p, PARTIAL_WORDS * part.w + 2) if kind else
+                              (ser_e, err.w + ser_e.header_words))
             for _ in range(length):
                 await driver.put(ctx, des.i, await driver.get(ctx, source.o))
         await expect_quiet(ctx, [ser_e.o, ser_p.o], 10)
@@ -232,7 +289,8 @@ def test_deserializer_full_throughput():
     rng = random.Random(7)
     frames = [(kind, row) for kind in (False, True, True, False, True)
               for row in random_rows(rng, part if kind else err, 1)]
-    words = [w for kind, row in frames for w in encode_row(*row, partial=kind)]
+    words = [w for kind, row in frames
+             for w in encode_row(*row, partial=kind, header=error_header(err))]
     dut = RowDeserializer(channels=err.channels, h=err.h, w=err.w, fmt=err.fmt, partial=part)
     got = []
 
@@ -274,19 +332,22 @@ def test_deserializer_waits_for_a_full_output_of_the_same_kind():
             await ctx.tick()
         ctx.set(dut.i.valid, 0)
 
+    header = error_header(err)
+    assert header[0]                                # the header is one word
+
     async def tb(ctx):
-        await send(ctx, encode_row(*first, partial=False))
+        await send(ctx, encode_row(*first, partial=False, header=header))
         assert ctx.get(dut.o.valid)
-        await send(ctx, encode_row(*between, partial=True))
+        await send(ctx, encode_row(*between, partial=True, header=header))
         ctx.set(dut.partial.ready, 1)
         assert ctx.get(dut.partial.valid)
         assert beat_row(ctx.get(dut.partial.payload), 2) == between
         await ctx.tick()
         ctx.set(dut.partial.ready, 0)
-        words = encode_row(*second, partial=False)
-        await send(ctx, words[:2])                  # the header goes to its own registers
+        words = encode_row(*second, partial=False, header=header)
+        await send(ctx, words[:1])                  # the header goes to its own registers
         ctx.set(dut.i.valid, 1)
-        ctx.set(dut.i.payload, words[2])
+        ctx.set(dut.i.payload, words[1])
         for _ in range(5):
             assert not ctx.get(dut.i.ready) and not ctx.get(dut.partial.valid)
             assert beat_row(ctx.get(dut.o.payload), 2) == first
@@ -296,7 +357,7 @@ def test_deserializer_waits_for_a_full_output_of_the_same_kind():
         await ctx.tick()
         ctx.set(dut.o.ready, 0)
         ctx.set(dut.i.valid, 0)
-        await send(ctx, words[2:])
+        await send(ctx, words[1:])
         assert ctx.get(dut.o.valid)
         assert beat_row(ctx.get(dut.o.payload), 2) == second
 
@@ -308,9 +369,13 @@ def test_deserializer_waits_for_a_full_output_of_the_same_kind():
 
 def test_frame_limits():
     with pytest.raises(ValueError, match="h"):
-        RowSerializer(channels=2, h=1 << 15 | 1, w=1, fmt=N.error)
+        RowSerializer(channels=2, h=1 << 16 | 1, w=1, fmt=N.error)
     with pytest.raises(ValueError, match="channels"):
-        RowSerializer(channels=(1 << 16) + 1, h=2, w=1, fmt=N.error)
+        RowSerializer(channels=(1 << 15) + 1, h=2, w=1, fmt=N.error)
+    with pytest.raises(ValueError, match="map_channels"):
+        RowSerializer(channels=4, h=2, w=1, fmt=N.error, map_channels=3)
+    with pytest.raises(ValueError, match="map_channels"):
+        RowDeserializer(channels=4, h=2, w=1, fmt=N.error, map_channels=(1 << 15) + 1)
     with pytest.raises(ValueError, match="fmt"):
         RowSerializer(channels=2, h=2, w=1, fmt=ACC)
     with pytest.raises(ValueError, match="fmt"):
