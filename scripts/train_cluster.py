@@ -71,7 +71,7 @@ class ProgressBar:
         seconds = time.perf_counter() - self.start[0]
         epoch = min(self.epochs, done * self.epochs // self.total + 1)
         text = f"epoch {epoch}/{self.epochs}, {done}/{self.total} samples"
-        if seconds > 0:
+        if done > self.start[1]:
             text += f", {(done - self.start[1]) / seconds:.0f} samples/s"
         if self.last is not None:
             e = self.last
@@ -140,7 +140,8 @@ def run(args, network):
     """Train on the cluster of ``args`` (checked by :func:`check_options`); the exit status."""
     from ..plan.files import output_target
     from ..rtl.elaborate import chain_from_plan
-    from ..sim.train_cluster import train_cluster, training_split
+    from ..sim.data import training_split
+    from ..sim.train_cluster import train_cluster
     from .sim_cmd import plan_for
     if args.curve:
         output_target(args.curve, what="curve")

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..plan.errors import FpdeepError
-from .data import dataset_for
+from .data import training_split
 from .harness import COUNTERS, CoreRun, compare_weights, link_status, status_ports
 
-__all__ = ["EpochFigures", "ClusterTraining", "WeightMismatch", "training_split",
-           "train_cluster"]
+__all__ = ["EpochFigures", "ClusterTraining", "WeightMismatch", "train_cluster"]
 
 
 class WeightMismatch(Exception):
@@ -88,27 +87,6 @@ class ClusterTraining:
 
 def _accuracy(ref, xs, labels):
     return float(np.mean([ref.predict(x) == label for x, label in zip(xs, labels)]))
-
-
-def training_split(network, *, data=None, train_samples=None, batch):
-    """``(dataset, (x_train, y_train, x_test, y_test))`` as ``fpdeep train`` splits them.
-
-    Raises
-    ------
-    FpdeepError
-        For data that do not fit ``network``, or a ``train_samples`` or ``batch``
-        that the training split cannot give.
-    """
-    dataset = dataset_for(network, data)
-    x_train, y_train, x_test, y_test = dataset.split()
-    if train_samples is not None:
-        if not isinstance(train_samples, int) or not 1 <= train_samples <= len(x_train):
-            raise FpdeepError(f"--train-samples must be from 1 to {len(x_train)}, "
-                              f"not {train_samples!r}")
-        x_train, y_train = x_train[:train_samples], y_train[:train_samples]
-    if batch > len(x_train):
-        raise FpdeepError(f"batch size {batch} exceeds the {len(x_train)} training samples")
-    return dataset, (x_train, y_train, x_test, y_test)
 
 
 def train_cluster(plan, layout, network, *, epochs, lr, momentum, seed, train_samples=None,
