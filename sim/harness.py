@@ -327,9 +327,11 @@ def link_status(cluster, outputs):
 
 def status_ports(cluster, statuses):
     """The inverse of :func:`link_status`: ``{"link_<field>": packed value}``."""
+    if not statuses:        # one chip: no links
+        return {}
     wires = [statuses[(k, end)] for k in range(len(cluster.links)) for end in ("a", "b")]
     return {f"link_{name}": sum(status[name] << (16 * w) for w, status in enumerate(wires))
-            for name in LINK_STATUS} if wires and statuses else {}
+            for name in LINK_STATUS}
 
 
 def _link_words(cluster, counts):
