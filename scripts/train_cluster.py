@@ -59,8 +59,9 @@ class ProgressBar:
         self.tty = stream.isatty()
         self.start = None       # (time, samples done) at the first call: the rate excludes builds
         self.last = None        # the last epoch's figures
-        self.shown = -1         # tenths shown (not a terminal) / last redraw time
-        self.drawn = 0.0
+        self.shown = -1         # tenths of the run shown (not a terminal)
+        self.drawn = 0.0        # time of the last redraw (a terminal)
+        self.open = False       # a bar drawn and not yet ended with a newline
 
     def epoch(self, figures):
         self.last = figures
@@ -89,7 +90,8 @@ class ProgressBar:
             filled = width * done // total
             self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
                               f"{self._text(done)}\x1b[K")
-            if done == total:
+            self.open = done < total
+            if not self.open:
                 self.stream.write("\n")
             self.stream.flush()
         else:
@@ -99,9 +101,11 @@ class ProgressBar:
                 print(f"fpdeep train: {self._text(done)}", file=self.stream, flush=True)
 
     def close(self):
-        if self.tty and self.drawn:
+        """End a bar left mid-line (a run stopped early)."""
+        if self.tty and self.open:
             self.stream.write("\n")
             self.stream.flush()
+            self.open = False
 
 
 def write_curve(path, training, title):

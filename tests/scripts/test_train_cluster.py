@@ -1,10 +1,13 @@
 """Tests of :mod:`fpdeep.scripts.train_cluster`: ``fpdeep train --chips N --backend ...``."""
 
+import io
 import os
 
 import pytest
 
 from fpdeep.scripts.cli import main as fpdeep_main
+from fpdeep.scripts.train_cluster import ProgressBar
+from fpdeep.sim.train_cluster import EpochFigures
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -86,3 +89,27 @@ def test_a_difference_stops_the_run_naming_the_weight(tmp_path, monkeypatch, cap
             in captured.err), captured.err
     assert "weights differ from the integer reference; the first is conv1.W[" in captured.err
     assert not list(tmp_path.iterdir())
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO(), _Terminal()], ids=["lines", "terminal"])
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_tenth_elsewhere(stream):
+    bar = ProgressBar(stream, 200, 2)
+    for done in range(1, 201):
+        if done == 101:
+            bar.epoch(EpochFigures(1, 1.25, 0.5, 0.625, (690, 690), 3, 1.0))
+        bar(done, 200)
+    bar.close()
+    text = stream.getvalue()
+    assert text.endswith("epoch 1: loss 1.250 bits, accuracy 0.500, held-out 0.625" +
+                         ("\x1b[K\n" if stream.isatty() else "\n"))
+    if stream.isatty():
+        assert text.count("\n") == 1 and text.startswith("\r[") and "200/200" in text
+    else:
+        lines = text.splitlines()
+        assert len(lines) == 11 and all(line.startswith("fpdeep train: epoch ") for line in lines)
+        assert "epoch 2/2, 200/200 samples" in lines[-1]
