@@ -113,3 +113,15 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_per_tenth_elsewhere(stream):
         lines = text.splitlines()
         assert len(lines) == 11 and all(line.startswith("fpdeep train: epoch ") for line in lines)
         assert "epoch 2/2, 200/200 samples" in lines[-1]
+
+
+@pytest.mark.parametrize("argv, note", [
+    (["--chips", "2"], "fpdeep train: --chips 2 without --backend: training in Verilator"),
+    (["--chips", "2", "--backend", "pysim"], "fpdeep train: warning: --backend pysim on 2 chips "
+                                             "is slow"),
+])
+def test_defaults_and_slow_backends_are_said(argv, note, capsys):
+    # (Refused afterwards, at the data, so that nothing is simulated.)
+    assert fpdeep_main(["train", *argv, "--train-samples", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert note in err and "fpdeep: error: --train-samples must be" in err
