@@ -58,6 +58,10 @@ def register(subparsers):
                              "design into ~/.cache/fpdeep/verilator ($FPDEEP_CACHE)")
     parser.add_argument("--vcd", metavar="FILE", type=output_file,
                         help="write a VCD and a GTKWave save file (FILE with .gtkw) beside it")
+    parser.add_argument("--link-ber", type=finite_float(0, 1, high_open=True), default=0.0,
+                        metavar="BER",
+                        help="bit-error rate of every link wire, in [0, 1), seeded by --seed "
+                             "(default 0); the link layer replays what the errors corrupt")
     parser.set_defaults(handler=run)
 
 
@@ -78,6 +82,8 @@ def run(args):
     dataset = dataset_for(network, args.data)
     plan = plan_for(args, network)
     chips = len(plan.chips)
+    if args.link_ber and chips < 2:
+        raise FpdeepError(f"--link-ber {args.link_ber:g} needs links: --chips 2 or more")
     layout = chain_from_plan(plan, network)
     args.batch_size = plan.data["batch_size"]
     count = args.batches * args.batch_size
@@ -117,7 +123,8 @@ def run(args):
 
     if args.backend == "verilator":
         print("  building or finding the Verilator model ...", flush=True)
-    result = run.run(samples, labels, progress=progress, vcd=args.vcd, backend=args.backend)
+    result = run.run(samples, labels, progress=progress, vcd=args.vcd, backend=args.backend,
+                     link_ber=args.link_ber, link_seed=args.seed)
     for batch in range(args.batches):
         span = slice(batch * args.batch_size, (batch + 1) * args.batch_size)
         reference.train_batch(samples[span], labels[span])
@@ -135,6 +142,11 @@ def run(args):
           f"{result.loss_sum / 256 / max(1, result.samples):.4f} bits (reference: "
           f"{reference.correct} correct, {sum(reference.saturations.values())} saturations, "
           f"{reference.loss_sum / 256 / max(1, len(labels)):.4f} bits)")
+    if result.link_status:
+        replays = sum(status["replays"] for status in result.link_status.values())
+        bad = sum(status["bad_frames"] for status in result.link_status.values())
+        print(f"links at bit-error rate {args.link_ber:g}: {replays} replays, {bad} bad frames "
+              f"dropped")
     print(f"cycles per sample: {result.cycles_per_sample:.1f} "
           f"(SGD steps amortized; {result.wall_seconds:.1f} s simulated at "
           f"{result.total_cycles / result.wall_seconds:.0f} cycles/s)")

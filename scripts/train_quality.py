@@ -89,7 +89,7 @@ def train_side_by_side(*, modes=MODES, epochs=DEFAULTS["epochs"], lr=DEFAULTS["l
         For an unknown mode, data that do not fit the network, or an impossible
         hyper-parameter.
     """
-    from ..sim.data import dataset_for
+    from ..sim.data import training_split
     modes = tuple(modes)
     for mode in modes:
         if mode not in MODES:
@@ -99,15 +99,8 @@ def train_side_by_side(*, modes=MODES, epochs=DEFAULTS["epochs"], lr=DEFAULTS["l
     if not lr > 0:
         raise FpdeepError(f"learning rate must be positive, not {lr!r}")
     network = network if network is not None else digits_cnn()
-    dataset = dataset_for(network, data)
-    x_train, y_train, x_test, y_test = dataset.split()
-    if train_samples is not None:
-        if not isinstance(train_samples, int) or not 1 <= train_samples <= len(x_train):
-            raise FpdeepError(f"--train-samples must be from 1 to {len(x_train)}, "
-                              f"not {train_samples!r}")
-        x_train, y_train = x_train[:train_samples], y_train[:train_samples]
-    if isinstance(batch, int) and batch > len(x_train):
-        raise FpdeepError(f"batch size {batch} exceeds the {len(x_train)} training samples")
+    dataset, (x_train, y_train, x_test, y_test) = training_split(
+        network, data=data, train_samples=train_samples, batch=batch)
     masters = init_masters(network, seed=seed)
     refs = {mode: Reference(network, mode=mode, lr=lr, momentum=momentum, batch_size=batch,
                             masters=masters) for mode in modes}

@@ -36,7 +36,7 @@ import numpy as np
 from ..plan.errors import FpdeepError
 
 __all__ = ["Dataset", "resize_bilinear", "digits_dataset", "load_npz", "dataset_for",
-           "DIGITS_CLASSES", "TRAIN_SIZE", "SPLIT_SEED"]
+           "training_split", "DIGITS_CLASSES", "TRAIN_SIZE", "SPLIT_SEED"]
 
 DIGITS_CLASSES = 10
 #: The digits' fixed split: this many training samples, the rest held out.
@@ -170,3 +170,26 @@ def dataset_for(network, data=None):
     if data is None:
         return digits_dataset(network.input_shape, network.num_classes)
     return load_npz(data, network.input_shape, network.num_classes)
+
+
+def training_split(network, *, data=None, train_samples=None, batch):
+    """``(dataset, (x_train, y_train, x_test, y_test))``: :func:`dataset_for`'s split, the
+    training part cut to its first ``train_samples`` (quick runs), as ``fpdeep train``
+    trains on it in every mode.
+
+    Raises
+    ------
+    FpdeepError
+        For data that do not fit ``network``, or a ``train_samples`` or ``batch``
+        that the training split cannot give.
+    """
+    dataset = dataset_for(network, data)
+    x_train, y_train, x_test, y_test = dataset.split()
+    if train_samples is not None:
+        if not isinstance(train_samples, int) or not 1 <= train_samples <= len(x_train):
+            raise FpdeepError(f"--train-samples must be from 1 to {len(x_train)}, "
+                              f"not {train_samples!r}")
+        x_train, y_train = x_train[:train_samples], y_train[:train_samples]
+    if isinstance(batch, int) and batch > len(x_train):
+        raise FpdeepError(f"batch size {batch} exceeds the {len(x_train)} training samples")
+    return dataset, (x_train, y_train, x_test, y_test)

@@ -10,6 +10,7 @@ performance counters. :func:`compare_weights` checks them against
 """
 
 from dataclasses import dataclass, field
+import random
 import time
 
 import numpy as np
@@ -18,15 +19,19 @@ from amaranth.sim import Simulator
 from ..plan.errors import FpdeepError
 from ..rtl.cluster import Cluster
 from ..rtl.core import TrainingCore
+from ..rtl.link.phy import BitErrorInjector
 from ..rtl.numerics import DEFAULT_NUMERICS
 from ..rtl.rowlink import map_words
 from .reference import Reference, init_masters
 
 #: The host counters a run reads back.
 COUNTERS = ("samples", "correct", "batches", "saturations", "loss_sum")
+#: The link-status counters a cluster's run reads back, per link end
+#: (:data:`~fpdeep.rtl.link.endpoint.LinkStatus`; the Verilator driver's ``link_*`` ports).
+LINK_STATUS = ("replays", "timeouts", "bad_frames")
 
 __all__ = ["CoreRun", "RunResult", "EngineFigures", "compare_weights", "digits_samples",
-           "send_sample", "read_masters"]
+           "send_sample", "read_masters", "link_status", "status_ports", "LINK_STATUS"]
 
 
 def digits_samples(count, *, seed=0):
@@ -72,6 +77,11 @@ class RunResult:
     backend: str = "pysim"
     #: Verilator only: Verilog conversion plus the C++ build (0 build when cached).
     build_seconds: float = 0.0
+    #: Clusters: ``{(link, "a"|"b"): {"replays", "timeouts", "bad_frames": count}}``
+    #: of each link end (``a`` sends down, ``b`` up), 16-bit counters that wrap.
+    link_status: dict = field(default_factory=dict)
+    #: Clock cycles simulated in all, weight reads and checkpoints included.
+    clocks: int = 0
 
     @property
     def cycles_per_sample(self):
@@ -129,37 +139,90 @@ class CoreRun:
                          masters=self.masters)
 
     def run(self, samples, labels, *, progress=None, vcd=None, max_cycles_per_sample=10**6,
-            backend="pysim"):
+            backend="pysim", checkpoints=(), on_checkpoint=None, link_ber=0.0, link_seed=0):
         """Train on quantized ``samples`` (int arrays) with ``labels``; returns a :class:`RunResult`.
 
         ``backend`` is ``"pysim"`` (Amaranth's simulator) or ``"verilator"``
         (:mod:`fpdeep.sim.verilator`: built once per design into a cache, about
         two orders of magnitude faster). Both give the same result, cycle for
         cycle, on one chip or a cluster; Verilator reads the masters through the
-        host port (a cluster's reaches every chip's over the links), runs the
-        links free of bit errors, and does not write a VCD yet.
+        host port (a cluster's reaches every chip's over the links) and does not
+        write a VCD yet.
+
+        ``checkpoints``: sample counts (increasing, below ``len(samples)``, e.g.
+        epoch ends) at which sending stops until the chips are idle, and
+        ``on_checkpoint(samples_done, masters, counters)`` is called with every
+        master weight and the host counters (Verilator: every output port) then.
+        ``link_ber``: each bit of each link wire flips with this probability, drawn
+        from generators seeded by ``link_seed``, reproducibly; each backend has its
+        own generator (:class:`~fpdeep.rtl.link.phy.BitErrorInjector` in pysim, the
+        driver's in Verilator), so their error patterns and cycles differ, not
+        their weights.
         """
+        checkpoints = [int(c) for c in checkpoints]
+        if checkpoints != sorted(set(checkpoints)) or any(not 0 < c < len(samples)
+                                                          for c in checkpoints):
+            raise FpdeepError(f"checkpoints must increase within 1 .. {len(samples) - 1}, "
+                              f"not {checkpoints}")
+        if not 0 <= link_ber < 1:
+            raise FpdeepError(f"the link bit-error rate must be in [0, 1), not {link_ber!r}")
+        if link_ber and not isinstance(self.top, Cluster):
+            raise FpdeepError("a bit-error rate needs links: a cluster of at least 2 chips")
         if backend == "verilator":
             return self._run_verilator(samples, labels, progress=progress, vcd=vcd,
-                                       max_cycles_per_sample=max_cycles_per_sample)
+                                       max_cycles_per_sample=max_cycles_per_sample,
+                                       checkpoints=checkpoints, on_checkpoint=on_checkpoint,
+                                       link_ber=link_ber, link_seed=link_seed)
         if backend != "pysim":
             raise FpdeepError(f"unknown simulation backend {backend!r}: "
                               f"choose 'pysim' or 'verilator'")
         top, chips = self.top, self.chips
         result = {}
         start = time.perf_counter()
+        stops = checkpoints + [len(labels)]
+        resumed = [0]       # the checkpoints passed; the producer waits for each
 
         async def producer(ctx):
             # Samples go in back to back: the core takes the next one as soon as it
             # has a free feature-memory slot, so FP overlaps earlier samples' BP.
-            for x, label in zip(samples, labels):
+            for index, (x, label) in enumerate(zip(samples, labels)):
+                while index >= stops[resumed[0]]:
+                    await ctx.tick()
                 await send_sample(ctx, top.host.sample, x, label)
+
+        async def drain(ctx):
+            while ctx.get(top.host.busy):
+                await ctx.tick()
+                result["clocks"] += 1
+
+        def masters_now(ctx):
+            masters = {}
+            for chip in chips:
+                read_masters(ctx, chip, into=masters)
+            return masters
+
+        def statuses_now(ctx):
+            return {(k, end): {name: int(getattr(ctx.get(getattr(link, f"{end}_status")), name))
+                               for name in LINK_STATUS}
+                    for k, link in enumerate(top.links) for end in ("a", "b")}
 
         async def testbench(ctx):
             sample_cycles, finished, cycles, idle = [], 0, 0, 0
+            result["clocks"] = 0
             while finished < len(labels):
+                if finished == stops[resumed[0]]:
+                    await drain(ctx)
+                    if on_checkpoint:
+                        counters = {f"host__{name}": ctx.get(getattr(top.host, name))
+                                    for name in COUNTERS}
+                        if isinstance(top, Cluster):
+                            counters.update(status_ports(top, statuses_now(ctx)))
+                        on_checkpoint(finished, masters_now(ctx), counters)
+                    resumed[0] += 1
+                    idle = 0
                 await ctx.tick()
                 cycles += 1
+                result["clocks"] += 1
                 idle += 1
                 done = ctx.get(top.host.samples)
                 for index in range(finished, done):
@@ -174,11 +237,13 @@ class CoreRun:
             while ctx.get(top.host.busy):
                 await ctx.tick()
                 cycles += 1
+                result["clocks"] += 1
             result["run_cycles"] = cycles
             result["chip_cycles"] = [ctx.get(chip.perf_cycles) for chip in chips]
             if isinstance(top, Cluster):
                 result["link_words"] = _link_words(top, [ctx.get(words)
                                                          for words in top.perf_link_words])
+                result["link_status"] = statuses_now(ctx)
             result["sample_cycles"] = sample_cycles
             result["counters"] = {name: ctx.get(getattr(top.host, name))
                                   for name in COUNTERS}
@@ -197,6 +262,11 @@ class CoreRun:
         sim.add_clock(1e-8)
         sim.add_testbench(producer, background=True)
         sim.add_testbench(testbench)
+        if link_ber:
+            for k, mask in enumerate(top.err_masks):
+                injector = BitErrorInjector(len(mask), link_ber,
+                                            random.Random(link_seed * len(top.err_masks) + k))
+                sim.add_testbench(injector.testbench(mask), background=True)
         if vcd:
             from .waves import write_waves
             with write_waves(sim, top, vcd):
@@ -206,7 +276,8 @@ class CoreRun:
 
         return _run_result(chips, result, wall_seconds=time.perf_counter() - start)
 
-    def _run_verilator(self, samples, labels, *, progress, vcd, max_cycles_per_sample):
+    def _run_verilator(self, samples, labels, *, progress, vcd, max_cycles_per_sample,
+                       checkpoints, on_checkpoint, link_ber, link_seed):
         from . import verilator
         if vcd:
             raise FpdeepError("the Verilator backend does not write a VCD yet; use "
@@ -217,7 +288,9 @@ class CoreRun:
         self.verilator_build = build
         raw, build, seconds = verilator.run_top(self.top, samples, labels, progress=progress,
                                                 max_cycles_per_sample=max_cycles_per_sample,
-                                                build=build)
+                                                build=build, checkpoints=checkpoints,
+                                                on_checkpoint=on_checkpoint,
+                                                link_ber=link_ber, link_seed=link_seed)
         # The ports of verilator.DriverTop: every chip's counters, in chip order.
         outputs, chips = raw["outputs"], len(self.chips)
         engines = sum(len(chip.engine_names) for chip in self.chips)
@@ -232,12 +305,33 @@ class CoreRun:
             "busy": verilator.port_array(outputs["perf_busy"], engines),
             "steps": verilator.port_array(outputs["perf_steps"], engines),
             "masters": raw["masters"],
+            "clocks": raw["clocks"],
         }
         if isinstance(self.top, Cluster):
             result["link_words"] = _link_words(self.top, verilator.port_array(
                 outputs["perf_link_words"], len(self.top.perf_link_words)))
+            result["link_status"] = link_status(self.top, outputs)
         return _run_result(self.chips, result, wall_seconds=seconds, backend="verilator",
                            build_seconds=build.build_seconds + build.convert_seconds)
+
+
+def link_status(cluster, outputs):
+    """``{(link, "a"|"b"): {field: count}}`` from :class:`~fpdeep.sim.verilator.DriverTop`'s
+    ``link_*`` port values ``outputs`` (as a Verilator run or checkpoint dumps them)."""
+    from .verilator import port_array
+    wires = 2 * len(cluster.links)
+    fields = {name: port_array(outputs[f"link_{name}"], wires, 16) for name in LINK_STATUS}
+    return {(k, end): {name: fields[name][2 * k + j] for name in LINK_STATUS}
+            for k in range(len(cluster.links)) for j, end in enumerate(("a", "b"))}
+
+
+def status_ports(cluster, statuses):
+    """The inverse of :func:`link_status`: ``{"link_<field>": packed value}``."""
+    if not statuses:        # one chip: no links
+        return {}
+    wires = [statuses[(k, end)] for k in range(len(cluster.links)) for end in ("a", "b")]
+    return {f"link_{name}": sum(status[name] << (16 * w) for w, status in enumerate(wires))
+            for name in LINK_STATUS}
 
 
 def _link_words(cluster, counts):
@@ -268,7 +362,9 @@ def _run_result(chips, result, *, wall_seconds, backend="pysim", build_seconds=0
                      wall_seconds=wall_seconds, backend=backend, build_seconds=build_seconds,
                      slots_peak=result["slots_peak"], run_cycles=result.get("run_cycles", 0),
                      chip_cycles=result.get("chip_cycles", []),
-                     link_words=result.get("link_words", {}))
+                     link_words=result.get("link_words", {}),
+                     link_status=result.get("link_status", {}),
+                     clocks=result.get("clocks", 0))
 
 
 async def send_sample(ctx, port, x, label):

@@ -16,7 +16,10 @@ schema) reproduce measurements; they run one directory each, under the same mark
 Costs: the default run takes the quick ones (:func:`cost`: planning, but the
 gateware planning of anything bigger than digits, and help); the
 ``slow`` marker runs every command but bitstream builds, the ``build`` marker
-those. Commands run in process (``fpdeep.scripts.cli.main``).
+those. A command whose trailing comment names ``-m reproduce`` (a measurement that
+takes longer than CI can give it, such as 10 epochs on 4 simulated chips) runs
+only under the ``reproduce`` marker. Commands run in process
+(``fpdeep.scripts.cli.main``).
 """
 
 import re
@@ -100,6 +103,13 @@ def cost(argv):
     return "slow"
 
 
+def kind(text):
+    """:func:`cost` of a command line, or ``"reproduce"`` if its comment says ``-m reproduce``."""
+    if re.search(r"\s#.*-m reproduce", text):
+        return "reproduce"
+    return cost(split(text)[1:])
+
+
 def skip_reason(text):
     for pattern, reason in SKIPS:
         if pattern.search(text):
@@ -117,7 +127,7 @@ def run_file(docs, directory, kinds, capsys):
         if skip_reason(text) or text in ran:
             continue
         argv = split(text)[1:]
-        if cost(argv) not in kinds:
+        if kind(text) not in kinds:
             continue
         for option, value in zip(argv, argv[1:]):
             if option in INPUTS and value.endswith((".json", ".yaml", ".npz", ".onnx")) \
@@ -147,6 +157,9 @@ def test_the_parser_finds_and_classifies_commands(tmp_path):
     assert cost(["plan", "--net", "LeNet5", "--target", "gateware"]) == "slow"
     assert cost(["plan", "--net", "lenet5"]) == "fast"
     assert skip_reason("fpdeep link-test --port /dev/ttyUSB0") == "needs a board on a serial port"
+    assert kind("fpdeep train --chips 4 --epochs 10   # 10 minutes: -m reproduce") == "reproduce"
+    assert kind("fpdeep train --chips 2   # a minute") == "slow"
+    assert kind("fpdeep plan --net digits") == "fast"
 
 
 @pytest.mark.parametrize("docs", DOCS, ids=_ids)
@@ -167,6 +180,14 @@ LONG = [pytest.param(docs, marks=pytest.mark.reproduce if docs is not JOURNEY el
 def test_every_command_runs(docs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run_file(docs, tmp_path, {"fast", "slow"}, capsys)
+
+
+@pytest.mark.reproduce
+@pytest.mark.parametrize("docs", DOCS, ids=_ids)
+def test_measurements_run(docs, tmp_path, monkeypatch, capsys):
+    """Every command but bitstream builds, with those marked ``-m reproduce`` (hours)."""
+    monkeypatch.chdir(tmp_path)
+    run_file(docs, tmp_path, {"fast", "slow", "reproduce"}, capsys)
 
 
 @pytest.mark.build

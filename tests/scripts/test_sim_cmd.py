@@ -50,6 +50,8 @@ def test_bad_input_is_one_line(tmp_path, capsys):
                        (["sim", "--plan", str(broken)], "broken.json"),
                        (["sim", "--net", "lenet5"], "lenet5"),
                        (["sim", "--chips", "0"], "--chips"),
+                       (["sim", "--link-ber", "1e-3"], "--link-ber 0.001 needs links"),
+                       (["sim", "--chips", "2", "--link-ber", "nan"], "'nan'"),
                        (["sim", "--net", "nosuchnet"], "nosuchnet"),
                        (["sim", "--net", "lenet5"], "lenet5"),
                        (["sim", "--batches", "1", "--batch-size", "1",
@@ -94,3 +96,14 @@ def test_lenet5_on_four_chips_trains_bit_exactly_in_verilator(capsys):
                  "--batch-size", "2", "--backend", "verilator"]) == 0
     out = capsys.readouterr().out
     assert "equal the integer reference bit for bit" in out
+
+
+@pytest.mark.slow
+def test_two_chips_over_link_bit_errors_stay_bit_exact(capsys):
+    """One mini-batch of 2 on 2 chips in pysim at BER 1e-3 (about 20 s)."""
+    assert main(["sim", "--chips", "2", "--batches", "1", "--batch-size", "2",
+                 "--link-ber", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "weights: 690/690 equal the integer reference bit for bit" in out
+    replays = int(out.split("links at bit-error rate 0.001: ")[1].split()[0])
+    assert replays > 0

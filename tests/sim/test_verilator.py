@@ -66,7 +66,12 @@ def test_driver_top_brings_every_chips_counters_out():
     assert members["perf_cycles"].shape.length == 2
     assert members["perf_busy"].shape.length == members["perf_steps"].shape.length == engines
     assert members["perf_link_words"].shape.length == len(cluster.perf_link_words)
-    assert "err_masks" not in members        # tied to zero inside
+    # The bit-error masks come in from the driver; the replay counters go out.
+    assert members["err_masks"].flow.name == "In"
+    assert members["err_masks"].shape.length == len(cluster.err_masks) == 2
+    for name in ("replays", "timeouts", "bad_frames"):
+        assert members[f"link_{name}"].shape.length == 2
+    assert "err_masks" not in verilator.DriverTop(cluster.chips[0]).signature.members
     assert "perf_link_words" not in verilator.DriverTop(cluster.chips[0]).signature.members
     with pytest.raises(TypeError, match="TrainingCore or a Cluster"):
         verilator.DriverTop(cluster.links[0])
@@ -153,3 +158,37 @@ def test_vcd_is_refused_with_verilator(tmp_path, splits):
     run = CoreRun(digits_cnn(), batch_size=1, splits=splits)
     with pytest.raises(FpdeepError, match="VCD"):
         run.run([], [], backend="verilator", vcd=str(tmp_path / "x.vcd"))
+
+
+@pytest.mark.slow
+def test_checkpoints_and_seeded_link_errors(digits_runs):
+    run, samples, labels = (digits_runs[k] for k in ("verilator_run", "samples", "labels"))
+    if digits_runs["splits"] is None:
+        with pytest.raises(FpdeepError, match="needs links"):
+            run.run(samples, labels, backend="verilator", link_ber=1e-3)
+        return
+    seen = []
+
+    def train(seed):
+        return run.run(samples, labels, backend="verilator", checkpoints=[4], link_ber=1e-3,
+                       link_seed=seed, on_checkpoint=lambda *figures: seen.append(figures))
+
+    result = train(3)
+    # At the checkpoint (after the first batch) every weight equals the reference's then.
+    first_batch = run.reference()
+    first_batch.train_batch(samples[:4], labels[:4])
+    (done, masters, outputs), = seen
+    assert done == 4 and outputs["host__samples"] == 4 and outputs["host__batches"] == 1
+    equal, total, first = compare_weights(masters, first_batch)
+    assert equal == total, first
+    # The errors are replayed: the end is bit-exact, and the same seed, the same run.
+    equal, total, first = compare_weights(result.masters, digits_runs["reference"])
+    assert equal == total, first
+    assert result.loss_sum == digits_runs["reference"].loss_sum
+    assert sum(s["replays"] for s in result.link_status.values()) > 0
+    assert sum(s["bad_frames"] for s in result.link_status.values()) > 0
+    again, other = train(3), train(4)
+    assert (again.link_status, again.sample_cycles) == (result.link_status, result.sample_cycles)
+    assert other.link_status != result.link_status
+    with pytest.raises(FpdeepError, match="checkpoints must increase"):
+        run.run(samples, labels, backend="verilator", checkpoints=[8])
