@@ -22,7 +22,25 @@ from .endpoint import LinkEndpoint, LinkStatus, _phy_geometry
 from .frame import LinkConfig
 from .phy import phy_signature
 
-__all__ = ["SimDDRBuffer", "SimPins", "ChannelModel", "BoardPhyPair", "BoardLinkPair"]
+__all__ = ["SimDDRBuffer", "SimPins", "ChannelModel", "BoardPhyPair", "BoardLinkPair",
+           "board_clocks"]
+
+
+def board_clocks(link_ratio, *, ppm, rng, link_period=10e-9):
+    """The four clocks of a :class:`BoardPhyPair` for ``Simulator.add_clock``.
+
+    Board ``a``'s link clock has period ``link_period``, board ``b``'s is ``ppm`` parts
+    per million longer; each core clock is its board's link clock divided by
+    ``link_ratio`` (one PLL). Every clock gets a random phase from ``rng``.
+
+    Returns
+    -------
+    list of (period, domain, phase)
+    """
+    periods = {"a_link": link_period, "b_link": link_period * (1 + ppm * 1e-6)}
+    periods["sync"] = periods["a_link"] * link_ratio
+    periods["b"] = periods["b_link"] * link_ratio
+    return [(period, domain, rng.random() * period) for domain, period in periods.items()]
 
 
 class SimDDRBuffer(wiring.Component):
@@ -216,6 +234,9 @@ class BoardLinkPair(wiring.Component):
         ``skew_ab``, ``skew_ba``, ``latency`` for :class:`BoardPhyPair`.
     """
 
+    #: Clock domains of each side's ports and each wire's error mask (for run_traffic).
+    domains = {"a": "sync", "b": "b", "ab": "a_link", "ba": "b_link"}
+
     def __init__(self, config=None, *, lanes=4, **phy_args):
         config = config or LinkConfig(cc_interval=1024)
         if not isinstance(config, LinkConfig):
@@ -240,6 +261,10 @@ class BoardLinkPair(wiring.Component):
     @property
     def config(self):
         return self._cfg
+
+    @property
+    def link_ratio(self):
+        return self.phy_pair.link_ratio
 
     def elaborate(self, platform):
         m = Module()
