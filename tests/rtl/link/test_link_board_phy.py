@@ -53,7 +53,7 @@ async def _wait_locked(ctx, pair, limit):
     return None
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 def test_lock_from_seeded_starts(seed):
     # Seeds cover phase, skew, wire delay, both ppm signs and two geometries.
     rng = random.Random(seed)
@@ -146,15 +146,15 @@ def test_corrupted_training_delays_lock_until_clean():
     assert log["locked_after"] is not None and log["locked_after"] <= LOCK_CYCLES
 
 
-@pytest.mark.parametrize("ppm", [+10_000, -10_000])
+@pytest.mark.parametrize("ppm", [+20_000, -20_000])
 def test_symbols_kept_in_order_across_clock_offset(ppm):
-    # 1 % (50 times the boards' worst case) so that a short run slips 15 symbols, more
+    # 2 % (100 times the boards' worst case) so that a short run slips 20 symbols, more
     # than the elastic buffer holds: it must insert and drop idles, between bursts only.
     rng = random.Random(ppm)
     pair = _random_pair(rng)
     width = len(pair.a_i.payload.as_value())
     sent, got = [], []          # bursts of symbols, after lock
-    cycles = 1500
+    cycles = 1000
     done = {}
 
     async def send(ctx):
@@ -168,8 +168,8 @@ def test_symbols_kept_in_order_across_clock_offset(ppm):
                 ctx.set(pair.a_i.valid, 1)
                 ctx.set(pair.a_i.payload.as_value(), word)
                 await ctx.tick()
-            # One idle, or two at least every 40 cycles (the sender's cc_interval).
-            idles = 2 if since_double > 40 or rng.random() < 0.1 else 1
+            # One idle, or two at least every 20 cycles (the sender's cc_interval).
+            idles = 2 if since_double > 20 or rng.random() < 0.1 else 1
             since_double = 0 if idles == 2 else since_double + len(burst) + 1
             ctx.set(pair.a_i.valid, 0)
             await ctx.tick().repeat(idles)
@@ -218,9 +218,10 @@ def _board_traffic(words, ber, seed, ppm):
     return result
 
 
-@pytest.mark.parametrize("ber,words,ppm", [(0.0, 100, +200), (1e-4, 250, -200)])
+@pytest.mark.parametrize("ber,words,ppm", [(0.0, 60, +200), (1e-4, 125, -200)])
 def test_words_over_link_stack(ber, words, ppm):
-    # 4 VCs x 2 directions: 800 words at BER 0, 2,000 at 1e-4, random gaps and stalls.
+    # 4 VCs x 2 directions: 480 words at BER 0, 1,000 at 1e-4, random gaps and stalls
+    # (pysim runs this about 2.5 times slower than over SimPhy).
     result = _board_traffic(words, ber, seed=int(ber * 1e5) + 1, ppm=ppm)
     result.check()
     assert result.words == 8 * words
