@@ -26,20 +26,25 @@ __all__ = ["SimDDRBuffer", "SimPins", "ChannelModel", "BoardPhyPair", "BoardLink
            "board_clocks"]
 
 
-def board_clocks(link_ratio, *, ppm, rng, link_period=10e-9):
-    """The four clocks of a :class:`BoardPhyPair` for ``Simulator.add_clock``.
+def board_clocks(link_ratio, *, ppm, rng, link_period=10e-9, domains=None):
+    """The clocks of a :class:`BoardPhyPair` for ``Simulator.add_clock``.
 
     Board ``a``'s link clock has period ``link_period``, board ``b``'s is ``ppm`` parts
     per million longer; each core clock is its board's link clock divided by
-    ``link_ratio`` (one PLL). Every clock gets a random phase from ``rng``.
+    ``link_ratio`` (one PLL). Every clock gets a random phase from ``rng``. With
+    ``domains`` (as for :class:`BoardPhyPair`) whose two cores share one domain, that
+    clock is added once and ``ppm`` must be 0.
 
     Returns
     -------
     list of (period, domain, phase)
     """
-    periods = {"a_link": link_period, "b_link": link_period * (1 + ppm * 1e-6)}
-    periods["sync"] = periods["a_link"] * link_ratio
-    periods["b"] = periods["b_link"] * link_ratio
+    d = {"a": "sync", "a_link": "a_link", "b": "b", "b_link": "b_link", **(domains or {})}
+    if d["a"] == d["b"] and ppm:
+        raise ValueError(f"ppm must be 0 when both cores share the domain {d['a']!r}")
+    periods = {d["a_link"]: link_period, d["b_link"]: link_period * (1 + ppm * 1e-6)}
+    periods[d["a"]] = link_period * link_ratio
+    periods[d["b"]] = periods[d["b_link"]] * link_ratio
     return [(period, domain, rng.random() * period) for domain, period in periods.items()]
 
 
@@ -146,8 +151,9 @@ class ChannelModel(wiring.Component):
 class BoardPhyPair(wiring.Component):
     """Two :class:`BoardPhy` s, ``a`` and ``b``, joined by two :class:`ChannelModel` s.
 
-    Clock domains to give the simulator: ``sync`` and ``a_link`` (board ``a``: its core,
-    and its link clock ``link_ratio`` times faster), ``b`` and ``b_link`` (board ``b``).
+    Clock domains to give the simulator (names as in ``domains``): ``a`` and ``a_link``
+    (board ``a``: its core, and its link clock ``link_ratio`` times faster), ``b`` and
+    ``b_link`` (board ``b``).
 
     Parameters
     ----------
@@ -157,6 +163,9 @@ class BoardPhyPair(wiring.Component):
         Per-lane skew of each direction (see :class:`ChannelModel`).
     latency : int
         Wire delay in link cycles, each direction.
+    domains : dict
+        Domain names for ``a``, ``a_link``, ``b``, ``b_link``; default ``sync``,
+        ``a_link``, ``b``, ``b_link``. The two cores may share one domain.
 
     Members
     -------
@@ -170,7 +179,10 @@ class BoardPhyPair(wiring.Component):
         Each PHY's status, in its own core domain.
     """
 
-    def __init__(self, *, lanes=4, lane_width=4, skew_ab=None, skew_ba=None, latency=2):
+    def __init__(self, *, lanes=4, lane_width=4, skew_ab=None, skew_ba=None, latency=2,
+                 domains=None):
+        self.domains = {"a": "sync", "a_link": "a_link", "b": "b", "b_link": "b_link",
+                        **(domains or {})}
         sig = phy_signature(lanes, lane_width)
         self._lanes, self._lane_width = lanes, lane_width
         self._skew = (list(skew_ab or [0] * lanes), list(skew_ba or [0] * lanes))
@@ -196,11 +208,13 @@ class BoardPhyPair(wiring.Component):
         m = Module()
         a, b = self.phys
         ab, ba = self.channels
-        m.submodules.a = DomainRenamer({"tx_link": "a_link", "rx_link": "b_link"})(a)
-        m.submodules.b = DomainRenamer({"sync": "b", "tx_link": "b_link",
-                                        "rx_link": "a_link"})(b)
-        m.submodules.ab = DomainRenamer("a_link")(ab)
-        m.submodules.ba = DomainRenamer("b_link")(ba)
+        d = self.domains
+        m.submodules.a = DomainRenamer({"sync": d["a"], "tx_link": d["a_link"],
+                                        "rx_link": d["b_link"]})(a)
+        m.submodules.b = DomainRenamer({"sync": d["b"], "tx_link": d["b_link"],
+                                        "rx_link": d["a_link"]})(b)
+        m.submodules.ab = DomainRenamer(d["a_link"])(ab)
+        m.submodules.ba = DomainRenamer(d["b_link"])(ba)
         pa, pb = self.pins
         m.d.comb += [
             ab.i.eq(pa.tx_pins), pb.rx_pins.eq(ab.o), ab.err.eq(self.err_ab),
@@ -231,11 +245,15 @@ class BoardLinkPair(wiring.Component):
     lanes : int
         Lanes per direction; ``lane_width = word_width // lanes``.
     **phy_args
-        ``skew_ab``, ``skew_ba``, ``latency`` for :class:`BoardPhyPair`.
-    """
+        ``skew_ab``, ``skew_ba``, ``latency``, ``domains`` for :class:`BoardPhyPair`.
 
-    #: Clock domains of each side's ports and each wire's error mask (for run_traffic).
-    domains = {"a": "sync", "b": "b", "ab": "a_link", "ba": "b_link"}
+    Attributes
+    ----------
+    domains : dict
+        The clock domain of each side's ports (``a``, ``b``), each wire's error mask
+        (``ab``, ``ba``) and each board's link clock (``a_link``, ``b_link``), as
+        :func:`~.traffic.run_traffic` reads it.
+    """
 
     def __init__(self, config=None, *, lanes=4, **phy_args):
         config = config or LinkConfig(cc_interval=1024)
@@ -247,6 +265,8 @@ class BoardLinkPair(wiring.Component):
         self._cfg = config
         lanes, lane_width = _phy_geometry(config, lanes, None)
         self.phy_pair = BoardPhyPair(lanes=lanes, lane_width=lane_width, **phy_args)
+        d = self.phy_pair.domains
+        self.domains = {**d, "ab": d["a_link"], "ba": d["b_link"]}
         user = stream.Signature(config.word_width)
         super().__init__({
             "a_i": In(user).array(config.vcs), "a_o": Out(user).array(config.vcs),
@@ -269,9 +289,10 @@ class BoardLinkPair(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes, lane_width = self._geometry
-        m.submodules.a = a = LinkEndpoint(self._cfg, lanes=lanes, lane_width=lane_width)
-        m.submodules.b = b = DomainRenamer("b")(
-            LinkEndpoint(self._cfg, lanes=lanes, lane_width=lane_width))
+        a = LinkEndpoint(self._cfg, lanes=lanes, lane_width=lane_width)
+        b = LinkEndpoint(self._cfg, lanes=lanes, lane_width=lane_width)
+        m.submodules.a = DomainRenamer(self.domains["a"])(a)
+        m.submodules.b = DomainRenamer(self.domains["b"])(b)
         m.submodules.phys = phys = self.phy_pair
         wiring.connect(m, a.phy_tx, phys.a_i)
         wiring.connect(m, phys.b_o, b.phy_rx)
