@@ -18,7 +18,7 @@ from amaranth.lib import wiring, io, stream
 from amaranth.lib.wiring import In, Out
 
 from .board_phy import BoardPhy, BoardPhyStatus
-from .endpoint import LinkEndpoint, LinkStatus, _phy_geometry
+from .endpoint import LinkEndpoint, LinkStatus, _phy_geometry, connect_user_ports
 from .frame import LinkConfig
 from .phy import phy_signature
 
@@ -304,9 +304,5 @@ class BoardLinkPair(wiring.Component):
             self.a_status.eq(a.status), self.b_status.eq(b.status),
             self.a_phy.eq(phys.a_status), self.b_phy.eq(phys.b_status),
         ]
-        for v in range(self._cfg.vcs):
-            wiring.connect(m, wiring.flipped(self.a_i[v]), a.i[v])
-            wiring.connect(m, wiring.flipped(self.b_i[v]), b.i[v])
-            wiring.connect(m, a.o[v], wiring.flipped(self.a_o[v]))
-            wiring.connect(m, b.o[v], wiring.flipped(self.b_o[v]))
+        connect_user_ports(m, self, a, b)
         return m
