@@ -75,14 +75,16 @@ from amaranth import *
 from amaranth.lib import wiring, data, io, fifo, cdc
 from amaranth.lib.wiring import In, Out
 
+from ...plan.model.timing import TIMING
 from .phy import phy_signature
 
 __all__ = ["BoardPhyStatus", "BoardPhyCoding", "BoardPhy", "DDRPins", "MAX_CC_INTERVAL"]
 
 
-#: Largest ``LinkConfig.cc_interval`` a board PHY link may use: a double idle every
-#: 1,250 cycles, twice the rate 400 ppm of clock difference needs.
-MAX_CC_INTERVAL = 1024
+#: Largest ``LinkConfig.cc_interval`` a board PHY link may use: a double idle about
+#: every 1,250 cycles (1,024 and a frame), twice the rate 400 ppm of clock difference
+#: needs (the planner's ``GatewareTiming.board_cc_interval``).
+MAX_CC_INTERVAL = TIMING.board_cc_interval
 
 ELASTIC_DEPTH = 16
 ELASTIC_LOW = 4
