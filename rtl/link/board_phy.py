@@ -47,8 +47,10 @@ Training, alignment and deskew
 ------------------------------
 While its receiver is not locked a PHY sends training: ``TRAIN_UNLOCKED`` on every
 lane, with ``MARK`` on every lane every ``MARK_PERIOD`` words. A PHY that sees
-``TRAIN_UNLOCKED`` trains its peer until it sees ``TRAIN_LOCKED`` (the peer locked),
-and every PHY sends ``TRAIN_LOCKED`` for ``HOLD_WORDS`` words after it locks.
+``PEER_REQUEST`` ``TRAIN_UNLOCKED`` in a row trains its peer until it sees anything
+else (the peer locked), and every PHY sends ``TRAIN_LOCKED`` for ``HOLD_WORDS`` words
+after it locks. Control bodies differ pairwise in at least 2 bits, so no single bit
+error turns an idle into a training word.
 
 - *Word alignment*, per lane: the receiver tries each of the ``word_bits`` bit offsets
   of the word boundary (the link-cycle phase and a one-bit slip) until
@@ -95,6 +97,7 @@ DESKEW_MARKS = 2
 HOLD_WORDS = 32
 LOSS_STEP = 16
 LOSS_LIMIT = 64
+PEER_REQUEST = 4
 
 
 BoardPhyStatus = data.StructLayout({
@@ -136,11 +139,16 @@ class BoardPhyCoding:
         self.link_ratio = self.word_bits // 2
         body_bits = self.word_bits - 2
         self.IDLE, self.FILL = 0, (1 << body_bits) - 1
+        # Training words: no rotation of one is one (alignment), and every control
+        # body differs from every other in at least 2 bits, so that one bit error
+        # cannot make an idle look like training.
+        distance = lambda x, y: bin(x ^ y).count("1")
         found = []
         for body in range(1, (1 << body_bits) - 1):
-            word = self.control(body)
-            if all(self._rotate(word, k) not in [self.control(b) for b in found + [body]]
-                   for k in range(1, self.word_bits)):
+            bodies = found + [body]
+            if all(distance(body, other) >= 2 for other in [self.IDLE, self.FILL] + found) and \
+                    all(self._rotate(self.control(b), k) not in map(self.control, bodies)
+                        for b in bodies for k in range(1, self.word_bits)):
                 found.append(body)
             if len(found) == 3:
                 break
@@ -413,17 +421,22 @@ class BoardPhy(wiring.Component):
         sym_training = ~is_data & Cat(*[body == t for t in c.training]).any()
 
         score = Signal(range(LOSS_LIMIT + LOSS_STEP))
+        requests = Signal(range(PEER_REQUEST + 1))
         with m.If(sym_valid):
             with m.If(bad):
                 m.d.rx_link += score.eq(score + LOSS_STEP)
             with m.Elif(score != 0):
                 m.d.rx_link += score.eq(score - 1)
+            # The peer asks for training with PEER_REQUEST TRAIN_UNLOCKED in a row (not
+            # one bit error's worth); it is locked once it sends anything else.
+            with m.If(sym_training & (body == c.TRAIN_UNLOCKED)):
+                m.d.rx_link += requests.eq(Mux(requests == PEER_REQUEST, requests, requests + 1))
+                with m.If(requests == PEER_REQUEST - 1):
+                    m.d.rx_link += peer_unlocked.eq(1)
+            with m.Elif(~sym_training | (body == c.TRAIN_LOCKED)):
+                m.d.rx_link += [requests.eq(0), peer_unlocked.eq(0)]
             with m.If(sym_training):
                 m.d.rx_link += counters["training_words"].eq(counters["training_words"] + 1)
-                with m.If(body == c.TRAIN_UNLOCKED):
-                    m.d.rx_link += peer_unlocked.eq(1)
-                with m.If(body == c.TRAIN_LOCKED):
-                    m.d.rx_link += peer_unlocked.eq(0)
             with m.If(score >= LOSS_LIMIT):
                 m.d.comb += restart.eq(1)
                 m.d.rx_link += [rx_locked.eq(0), searching.eq(1), rx_state.eq(0), score.eq(0),

@@ -236,6 +236,10 @@ def test_many_words_over_link_stack(ber, ppm):
     result = _board_traffic(400, ber, seed=100, ppm=ppm)
     result.check()
     assert result.words == 3_200
+    # Only the start-up (frames sent before lock) waits for the replay timer: a bit
+    # error must not make a locked PHY train its peer (control words differ in 2 bits
+    # and a training request takes 4 words in a row).
+    assert result.status["a"]["timeouts"] <= 2 and result.status["b"]["timeouts"] <= 2
 
 
 def test_coding_words_are_unambiguous():
@@ -247,6 +251,9 @@ def test_coding_words_are_unambiguous():
         for t in codes:
             for k in range(1, c.word_bits):
                 assert c._rotate(t, k) not in codes
+        # No single bit error turns one control word into another.
+        bodies = [c.IDLE, c.FILL, *c.training]
+        assert all(bin(x ^ y).count("1") >= 2 for x in bodies for y in bodies if x != y)
 
 
 def test_channel_model_skew_and_cut():
