@@ -174,7 +174,8 @@ class DDRPins:
     Parameters
     ----------
     tx_data, rx_data : PortLike
-        ``lanes`` pins each (e.g. ``platform.request("link_tx", dir="-").data``).
+        ``lanes`` pins each (e.g. ``platform.request("link", 0, dir="-").tx`` with the
+        resources of :func:`fpdeep.platforms.phy_build.link_resources`).
     tx_clock : PortLike
         The forwarded-clock output pin. (The receive clock pin drives the
         ``rx_link`` domain and is set up with the domains, not here.)
