@@ -249,13 +249,20 @@ class BoardPhy(wiring.Component):
         sig = phy_signature(lanes, lane_width)
         self._lanes, self._lane_width = lanes, lane_width
         self.coding = BoardPhyCoding(lane_width)
+        # Symbols of one search: every boundary candidate, the hits, two marks to find
+        # the skew and the marks that confirm it.
+        one_search = 2 * self.coding.word_bits + ALIGN_HITS + (DESKEW_MARKS + 2) * MARK_PERIOD
         if search_timeout is None:
-            search_timeout = 4 * (2 * self.coding.word_bits + ALIGN_HITS
-                                  + (DESKEW_MARKS + 2) * MARK_PERIOD)
+            search_timeout = 4 * one_search
         if not isinstance(search_timeout, int) or isinstance(search_timeout, bool):
             raise TypeError(f"search_timeout must be an integer, not {search_timeout!r}")
-        if search_timeout < 2 * self.coding.word_bits + ALIGN_HITS + (DESKEW_MARKS + 2) * MARK_PERIOD:
-            raise ValueError(f"search_timeout ({search_timeout}) is shorter than one search")
+        if search_timeout < one_search:
+            raise ValueError(f"search_timeout ({search_timeout}) is shorter than one search "
+                             f"({one_search} symbols)")
+        if not all(callable(getattr(pins, name, None)) for name in ("tx_data", "tx_clock",
+                                                                    "rx_data")):
+            raise TypeError(f"pins must make the buffers (tx_data, tx_clock, rx_data), "
+                            f"like DDRPins or SimPins; not {pins!r}")
         self._search_timeout = search_timeout
         self._pins = pins
         super().__init__({

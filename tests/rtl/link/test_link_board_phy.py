@@ -288,6 +288,8 @@ def test_parameters_are_validated():
         BoardPhy(lanes=4, lane_width=4, pins=pins, search_timeout=1.5)
     with pytest.raises(ValueError, match="search_timeout"):
         BoardPhy(lanes=4, lane_width=4, pins=pins, search_timeout=10)
+    with pytest.raises(TypeError, match="pins"):
+        BoardPhy(lanes=4, lane_width=4, pins=object())
     with pytest.raises(ValueError, match="skew"):
         ChannelModel(lanes=2, skew=[0, 2], latency=0)
     with pytest.raises(ValueError, match="cc_interval"):
