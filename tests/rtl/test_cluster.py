@@ -133,7 +133,7 @@ def test_digits_is_bit_exact_on_1_2_and_4_chips(splits):
     assert max(slots_peak) == 3 and all(1 <= peak <= 3 for peak in slots_peak)
 
 
-@pytest.mark.slow      # about 35 s of CPU
+@pytest.mark.slow      # 67-79 s on the shared 2-core machine (31 s of CPU)
 def test_digits_two_chips_over_board_phys():
     """The 2-chip digits cluster with its link through two BoardPhys and the bit-level
     channel model (both chips on one clock, random link-clock phases): bit-exact."""
