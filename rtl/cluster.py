@@ -11,6 +11,8 @@ from .numerics import DEFAULT_NUMERICS as N
 from .host import HostSignature
 from .link.channels import VirtualChannel
 from .link.endpoint import LinkPair
+from .link.board_phy import MAX_CC_INTERVAL
+from .link.pins_sim import BoardLinkPair
 from .control import WeightAccessRouter, connect_weight_port
 from .link.frame import LinkConfig
 
@@ -37,7 +39,14 @@ class Cluster(wiring.Component):
         order); together they cover every layer and channel once.
     link_config : LinkConfig, optional
     link_latency : int
-        Wire latency of each link, in cycles.
+        Wire latency of each link, in cycles (``phy="sim"``).
+    phy : "sim" or "board"
+        What carries each link: two :class:`~fpdeep.rtl.link.phy.SimPhy` wires
+        (default), or two :class:`~fpdeep.rtl.link.board_phy.BoardPhy` s through the
+        bit-level channel model (:class:`~fpdeep.rtl.link.pins_sim.BoardLinkPair`,
+        ``board_lanes`` lanes each way). The chips still share the ``sync`` clock; link
+        ``k``'s two link clocks are the domains in :attr:`link_clocks`, which the
+        simulation must add.
     held : dict, optional
         ``{chip: layer}``: chip ``k``'s layer whose masters and velocities chip
         ``k + 1`` holds (weight balancing). Once per mini-batch the owner sends its
@@ -60,13 +69,16 @@ class Cluster(wiring.Component):
         chips' spaces end to end (:class:`~fpdeep.rtl.control.WeightAccessRouter`
         on each, over the links' CTL channel).
     err_masks : In(word_width).array(2 * (N - 1))
-        Bit-error masks of the wires, down and up for each link in turn.
+        Bit-error masks of the wires, down and up for each link in turn (with
+        ``phy="board"``, ``2 * board_lanes`` bits per cycle of the wire's link clock).
     perf_link_words : Out(ArrayLayout(32, (N - 1) * 6))
         Payload words sent per link and :attr:`LINK_TRAFFIC` channel.
     """
 
     def __init__(self, network, *, splits, link_config=None, link_latency=4, slots=2,
-                 engines=None, held=(), **core_args):
+                 engines=None, held=(), phy="sim", board_lanes=4, **core_args):
+        if phy not in ("sim", "board"):
+            raise ValueError(f"phy must be 'sim' or 'board', not {phy!r}")
         specs = network_layers(network)
         if not splits:
             raise FpdeepError("a cluster needs at least one chip")
@@ -90,7 +102,8 @@ class Cluster(wiring.Component):
             raise FpdeepError(f"the chips cover {layer} of the {len(specs)} weighted layers"
                               + (f" and {channel} channels of layer {specs[layer].name!r}"
                                  if channel else ""))
-        self.link_config = link_config or LinkConfig()
+        self.link_config = link_config or LinkConfig(
+            cc_interval=MAX_CC_INTERVAL if phy == "board" else None)
         slots = list(slots) if isinstance(slots, (list, tuple)) else [slots] * len(splits)
         if len(slots) != len(splits):
             raise FpdeepError(f"{len(slots)} feature-memory depths given for "
@@ -126,11 +139,21 @@ class Cluster(wiring.Component):
                 lo, hi = (chip.lo, chip.hi) if chip.split else (0, spec.geometry.cout)
                 hold = dict(layer=spec.name, lo=lo, hi=hi, geometry=spec.geometry,
                             masters=(w[lo:hi], b[lo:hi]))
-        self.links = [LinkPair(self.link_config, latency=link_latency)
-                      for _ in range(len(splits) - 1)]
+        if phy == "sim":
+            self.links = [LinkPair(self.link_config, latency=link_latency)
+                          for _ in range(len(splits) - 1)]
+        else:
+            self.links = [BoardLinkPair(self.link_config, lanes=board_lanes, domains={
+                "a": "sync", "b": "sync", "a_link": f"link{k}_down", "b_link": f"link{k}_up"})
+                for k in range(len(splits) - 1)]
+        #: ``(domain, link_ratio)`` of every link clock the simulation must add: its
+        #: period is the core clock's divided by ``link_ratio`` (``phy="board"``).
+        self.link_clocks = [(link.domains[end], link.link_ratio) for link in self.links
+                            for end in ("a_link", "b_link")] if phy == "board" else []
+        err_width = len(self.links[0].err_ab) if self.links else self.link_config.word_width
         super().__init__({
             "host": Out(HostSignature()),
-            "err_masks": In(self.link_config.word_width).array(max(1, 2 * len(self.links))),
+            "err_masks": In(err_width).array(max(1, 2 * len(self.links))),
             "perf_link_words": Out(data.ArrayLayout(32, max(1, len(self.links) * len(
                 self.LINK_TRAFFIC)))),
         })

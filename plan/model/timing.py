@@ -120,6 +120,15 @@ class GatewareTiming:
     :class:`LinkPair` at ``wire_latency`` 4 and BER 0)
         wire_latency
             One-way wire latency in cycles (``Cluster``'s ``link_latency``).
+        board_phy_latency
+            One-way latency in core cycles of a link through two board PHYs
+            (``rtl/link/board_phy.py``, 4 lanes of 4 bits, 3 link cycles per core
+            cycle), the ``wire_latency`` of a board link: 11 to 13 measured over the
+            bit-level channel model with up to one core cycle of wire delay, so 13
+            plus the cable's delay in core cycles. Not yet used by the planner.
+        board_cc_interval
+            ``LinkConfig.cc_interval`` of a board link: one cycle in 1,024 is a
+            second idle for clock compensation.
         frame_overhead
             Wire symbols per frame besides the payload: 2 header, 2 CRC, 1 idle.
         max_payload
@@ -188,6 +197,8 @@ class GatewareTiming:
     holder_copies: int = 7
     host_words_per_cycle: int = 1
     wire_latency: int = 4
+    board_phy_latency: int = 13
+    board_cc_interval: int = 1024
     frame_overhead: int = 5
     max_payload: int = 16
     packer_grant: int = 1

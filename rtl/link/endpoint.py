@@ -10,7 +10,7 @@ from .channels import ReceiveBuffers
 from .transmitter import LinkTransmitter
 from .receiver import LinkReceiver
 
-__all__ = ["LinkStatus", "LinkEndpoint", "LinkPair"]
+__all__ = ["LinkStatus", "LinkEndpoint", "LinkPair", "connect_user_ports"]
 
 
 LinkStatus = data.StructLayout({
@@ -205,9 +205,14 @@ class LinkPair(wiring.Component):
             self.a_status.eq(a.status),
             self.b_status.eq(b.status),
         ]
-        for v in range(self._cfg.vcs):
-            wiring.connect(m, wiring.flipped(self.a_i[v]), a.i[v])
-            wiring.connect(m, wiring.flipped(self.b_i[v]), b.i[v])
-            wiring.connect(m, a.o[v], wiring.flipped(self.a_o[v]))
-            wiring.connect(m, b.o[v], wiring.flipped(self.b_o[v]))
+        connect_user_ports(m, self, a, b)
         return m
+
+
+def connect_user_ports(m, pair, a, b):
+    """Join a pair's ``a_i``/``a_o``/``b_i``/``b_o`` VC streams to its endpoints ``a``, ``b``."""
+    for v in range(len(pair.a_i)):
+        wiring.connect(m, wiring.flipped(pair.a_i[v]), a.i[v])
+        wiring.connect(m, wiring.flipped(pair.b_i[v]), b.i[v])
+        wiring.connect(m, a.o[v], wiring.flipped(pair.a_o[v]))
+        wiring.connect(m, b.o[v], wiring.flipped(pair.b_o[v]))

@@ -109,6 +109,12 @@ class LinkConfig:
     refresh_interval : int
         Cycles of silence after which a transmitter sends a CTRL frame anyway, so that
         a lost ACK or credit update is repeated. Must be below ``replay_timeout``.
+    cc_interval : int or None
+        Clock compensation for a PHY between independent oscillators
+        (:class:`~fpdeep.rtl.link.board_phy.BoardPhy`): the transmitter sends two idles in
+        a row at least once every ``cc_interval`` cycles, so that a receiver whose clock
+        is slower can drop one idle without merging two frames. ``None`` (default): no
+        such guarantee, for :class:`~fpdeep.rtl.link.phy.SimPhy` on one clock.
 
     Raises
     ------
@@ -118,7 +124,7 @@ class LinkConfig:
 
     def __init__(self, *, word_width=16, vcs=4, max_payload=16, replay_slots=8, seq_width=None,
                  rx_depth=64, crc=catalog.CRC32_ETHERNET, replay_timeout=128,
-                 refresh_interval=64, retransmit=Retransmit.SELECTIVE):
+                 refresh_interval=64, retransmit=Retransmit.SELECTIVE, cc_interval=None):
         _check_int("word_width", word_width, 1)
         _check_int("vcs", vcs, 1)
         _check_pow2("max_payload", max_payload)
@@ -150,7 +156,10 @@ class LinkConfig:
         if replay_timeout <= refresh_interval:
             raise ValueError(f"replay_timeout ({replay_timeout}) must exceed "
                              f"refresh_interval ({refresh_interval})")
+        if cc_interval is not None:
+            _check_int("cc_interval", cc_interval, 2)
         self.word_width = word_width
+        self.cc_interval = cc_interval
         self.vcs = vcs
         self.max_payload = max_payload
         self.replay_slots = replay_slots

@@ -157,21 +157,22 @@ class BitErrorInjector:
         self._next -= self._width
         return mask
 
-    async def drive(self, ctx, err):
-        """Testbench coroutine: drive the error-mask signal ``err`` (e.g. ``SimPhy.err``)."""
+    async def drive(self, ctx, err, domain="sync"):
+        """Testbench coroutine: drive the error-mask signal ``err`` (e.g. ``SimPhy.err``),
+        one mask per cycle of ``domain``."""
         while True:
             if self._next == math.inf:
                 return
             skip = self.cycles_to_next()
             for _ in range(skip):       # (not tick().repeat(): it cannot be closed mid-wait)
-                await ctx.tick()
+                await ctx.tick(domain)
             self._next -= skip * self._width
             ctx.set(err, self.mask())
-            await ctx.tick()
+            await ctx.tick(domain)
             ctx.set(err, 0)
 
-    def testbench(self, err):
+    def testbench(self, err, domain="sync"):
         """An async testbench function for ``Simulator.add_testbench(..., background=True)``."""
         async def inject(ctx):
-            await self.drive(ctx, err)
+            await self.drive(ctx, err, domain)
         return inject

@@ -54,7 +54,7 @@ def _direction_ports(pair, direction):
 
 def run_traffic(config=None, *, words, vcs=None, directions=("ab",), ber=0.0, seed=0,
                 gap=0.0, stall=0.0, latency=4, lanes=1, errors=None, hold=None,
-                drain=200, max_cycles=None):
+                drain=200, max_cycles=None, pair=None, clocks=None):
     """Simulate seeded random traffic through a :class:`LinkPair` and score it.
 
     Parameters
@@ -83,6 +83,13 @@ def run_traffic(config=None, *, words, vcs=None, directions=("ab",), ber=0.0, se
         Cycles after the last word during which nothing more may arrive.
     max_cycles : int or None
         Fail if the run takes longer (a hang guard); default scales with ``words``.
+    pair : LinkPair-like or None
+        The pair to drive instead of a ``LinkPair(config, lanes=, latency=)``, e.g. a
+        :class:`~.pins_sim.BoardLinkPair`. Its ``domains`` attribute, if any, maps
+        ``"a"``, ``"b"`` (each side's ports) and ``"ab"``, ``"ba"`` (each wire's error
+        mask) to clock domains; the default is ``sync`` for all.
+    clocks : list of (period, domain, phase) or None
+        The clocks to add; default one 10 ns ``sync`` clock. Cycles count in ``sync``.
 
     Returns
     -------
@@ -91,43 +98,47 @@ def run_traffic(config=None, *, words, vcs=None, directions=("ab",), ber=0.0, se
     config = config or LinkConfig()
     vcs = list(range(config.vcs)) if vcs is None else list(vcs)
     hold = hold or {}
-    pair = LinkPair(config, lanes=lanes, latency=latency)
+    if pair is None:
+        pair = LinkPair(config, lanes=lanes, latency=latency)
+    domain = {"a": "sync", "b": "sync", "ab": "sync", "ba": "sync",
+              **getattr(pair, "domains", {})}
     rng = random.Random(seed)
     mask = (1 << config.word_width) - 1
     sim = Simulator(pair)
-    sim.add_clock(1e-8)
+    for period, clock_domain, phase in clocks or [(1e-8, "sync", None)]:
+        sim.add_clock(period, domain=clock_domain, phase=phase)
 
     sent, received, extra = {}, {}, {}
     consumers_left = [0]
     last_word_cycle = [0]
     now = [0]
 
-    def producer(port, payloads, r):
+    def producer(port, payloads, r, dom):
         async def put(ctx):
             for w in payloads:
                 while r.random() < gap:
                     ctx.set(port.valid, 0)
-                    await ctx.tick()
+                    await ctx.tick(dom)
                 ctx.set(port.payload, w)
                 ctx.set(port.valid, 1)
                 # Plain ticks rather than tick().until(): a background testbench left
                 # waiting in until() when the simulation ends warns on teardown.
-                while not (await ctx.tick().sample(port.ready))[2]:
+                while not (await ctx.tick(dom).sample(port.ready))[2]:
                     pass
                 ctx.set(port.valid, 0)
         return put
 
-    def consumer(port, count, out, late, r, delay):
+    def consumer(port, count, out, late, r, delay, dom):
         async def get(ctx):
             for _ in range(delay):
-                await ctx.tick()
+                await ctx.tick(dom)
             for _ in range(count):
                 while r.random() < stall:
                     ctx.set(port.ready, 0)
-                    await ctx.tick()
+                    await ctx.tick(dom)
                 ctx.set(port.ready, 1)
                 while True:
-                    _, _, valid, payload = await ctx.tick().sample(port.valid, port.payload)
+                    _, _, valid, payload = await ctx.tick(dom).sample(port.valid, port.payload)
                     if valid:
                         break
                 out.append(payload)
@@ -136,7 +147,7 @@ def run_traffic(config=None, *, words, vcs=None, directions=("ab",), ber=0.0, se
             # Keep taking: anything more is a duplicate or an invention.
             ctx.set(port.ready, 1)
             while True:
-                _, _, valid, payload = await ctx.tick().sample(port.valid, port.payload)
+                _, _, valid, payload = await ctx.tick(dom).sample(port.valid, port.payload)
                 if valid:
                     late.append(payload)
         return get
@@ -148,17 +159,17 @@ def run_traffic(config=None, *, words, vcs=None, directions=("ab",), ber=0.0, se
             sent[key] = [rng.getrandbits(32) & mask for _ in range(words)]
             received[key], extra[key] = [], []
             consumers_left[0] += 1
-            sim.add_testbench(producer(ins[v], sent[key], random.Random(rng.random())),
-                              background=True)
+            sim.add_testbench(producer(ins[v], sent[key], random.Random(rng.random()),
+                                       domain[direction[0]]), background=True)
             sim.add_testbench(consumer(outs[v], words, received[key], extra[key],
-                                       random.Random(rng.random()), hold.get(key, 0)),
-                              background=True)
+                                       random.Random(rng.random()), hold.get(key, 0),
+                                       domain[direction[1]]), background=True)
 
-    injectors = [BitErrorInjector(config.word_width, ber, random.Random(rng.random()))
+    injectors = [BitErrorInjector(len(pair.err_ab), ber, random.Random(rng.random()))
                  for _ in range(2)]
     if ber:
-        sim.add_testbench(injectors[0].testbench(pair.err_ab), background=True)
-        sim.add_testbench(injectors[1].testbench(pair.err_ba), background=True)
+        sim.add_testbench(injectors[0].testbench(pair.err_ab, domain["ab"]), background=True)
+        sim.add_testbench(injectors[1].testbench(pair.err_ba, domain["ba"]), background=True)
     if errors is not None:
         async def run_errors(ctx):
             await errors(ctx, pair)

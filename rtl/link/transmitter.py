@@ -295,14 +295,27 @@ class LinkTransmitter(wiring.Component):
                 m.d.comb += start_seq.eq(ack_ptr)
         m.d.comb += meta_r.addr.eq(slot_of(start_seq))
 
+        # Clock compensation: once cc_interval cycles have passed without two idles in
+        # a row, the next gap lasts at least two cycles (see LinkConfig.cc_interval).
+        may_start = Signal(init=1)
+        if c.cc_interval is not None:
+            prev_gap = Signal()
+            since_double = Signal(range(c.cc_interval + 1))
+            m.d.sync += prev_gap.eq(state == State.GAP)
+            with m.If((state == State.GAP) & prev_gap):
+                m.d.sync += since_double.eq(0)
+            with m.Elif(since_double != c.cc_interval):
+                m.d.sync += since_double.eq(since_double + 1)
+            m.d.comb += may_start.eq(prev_gap | (since_double < c.cc_interval - 1))
+
         send_data = Signal()
         send_ctrl = Signal()
         resend = Signal()       # the DATA frame starting is one sent before
         with m.Switch(state):
             with m.Case(State.GAP):
                 m.d.comb += [
-                    send_data.eq(start_seq != next_seq),
-                    send_ctrl.eq((start_seq == next_seq) & ctrl_needed),
+                    send_data.eq((start_seq != next_seq) & may_start),
+                    send_ctrl.eq((start_seq == next_seq) & ctrl_needed & may_start),
                 ]
                 with m.If(send_data | send_ctrl):
                     m.d.sync += [

@@ -1,8 +1,14 @@
-"""LinkTransmitter replay: after a NAK, after a timeout (ACKs lost), and its validation."""
+"""LinkTransmitter replay: after a NAK, after a timeout (ACKs lost), clock-compensation
+idles, and its validation."""
 
 import pytest
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
 
+from fpdeep.rtl.link.endpoint import LinkEndpoint
 from fpdeep.rtl.link.frame import LinkConfig
+from fpdeep.rtl.link.phy import SimPhy
 from fpdeep.rtl.link.transmitter import LinkTransmitter
 from fpdeep.rtl.link.traffic import run_traffic
 
@@ -104,3 +110,42 @@ def test_smallest_working_configurations():
     assert LinkConfig(max_payload=16, rx_depth=16).rx_depth == 16
     assert LinkConfig(rx_depth=2, max_payload=2).selective
     assert not LinkConfig(retransmit="go-back-n").selective
+
+
+@pytest.mark.parametrize("cc_interval", [None, 64])
+def test_clock_compensation_double_idles(cc_interval):
+    # Saturated: always-valid sources on every VC, always-ready sinks. Without
+    # cc_interval the frames go back to back with single idles; with it, two idles
+    # in a row come at least every cc_interval + one frame, at nearly the same rate.
+    config = LinkConfig(cc_interval=cc_interval)
+    m = Module()
+    m.submodules.a = a = LinkEndpoint(config)
+    m.submodules.b = b = LinkEndpoint(config)
+    m.submodules.ab = ab = SimPhy()
+    m.submodules.ba = ba = SimPhy()
+    wiring.connect(m, a.phy_tx, ab.i)
+    wiring.connect(m, ab.o, b.phy_rx)
+    wiring.connect(m, b.phy_tx, ba.i)
+    wiring.connect(m, ba.o, a.phy_rx)
+    wire = []
+
+    async def tb(ctx):
+        for v in range(config.vcs):
+            ctx.set(a.i[v].valid, 1)
+            ctx.set(b.o[v].ready, 1)
+        for _ in range(800):
+            wire.append(ctx.get(a.phy_tx.valid))
+            await ctx.tick()
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    doubles = [n for n in range(200, len(wire)) if not wire[n] and not wire[n - 1]]
+    if cc_interval is None:
+        assert not doubles
+    else:
+        frame = config.frame_symbols(config.max_payload)
+        gaps = [q - p for p, q in zip([200] + doubles, doubles + [len(wire)])]
+        assert max(gaps) <= cc_interval + frame
+    assert sum(wire[200:]) > 0.9 * (len(wire) - 200)      # saturated either way
