@@ -33,7 +33,7 @@ from .layers import gateware_layers
 from .model import (TIMING, ChipSpec, SliceSpec, chip_runs, exchange_runs, max_chips, max_slots,
                     memory_bits, messages, simulate)
 
-__all__ = ["SIMULATED_CANDIDATES", "GROUPING_LIMIT", "RANGE_LIMIT", "REFINE_ROUNDS", "ROW_LOOKAHEAD", "SEARCH_BATCHES", "SIMULATED_BATCHES", "place_masters", "SLOT_TOLERANCE", "choose_slots", "choose_rows", "plan_chips", "limit"]
+__all__ = ["SIMULATED_CANDIDATES", "GROUPING_LIMIT", "RANGE_LIMIT", "REFINE_ROUNDS", "ROW_LOOKAHEAD", "GROW_ROUNDS", "GROW_CHIPS", "SEARCH_BATCHES", "SIMULATED_BATCHES", "place_masters", "SLOT_TOLERANCE", "choose_slots", "choose_rows", "plan_chips", "limit"]
 
 
 #: Candidate chains (cheapest by the estimate) that :func:`plan_chips` runs through
@@ -57,6 +57,12 @@ REFINE_ROUNDS = 8
 
 #: How many larger row counts :func:`choose_rows` tries per engine and step.
 ROW_LOOKAHEAD = 8
+
+
+#: Rounds at most of growing one engine by the chain's simulation (:func:`_grow`),
+#: and on how many chips (those with the busiest engines) each round tries.
+GROW_ROUNDS = 8
+GROW_CHIPS = 2
 
 
 #: Mini-batches :func:`simulate` runs while choosing among chains (the fewest that
@@ -575,6 +581,69 @@ def _refine(planner, chips):
     return chips, result
 
 
+def _grow(planner, chips):
+    """Grow engines one step at a time while that lowers the simulated cycles per
+    sample; returns the chips.
+
+    :func:`choose_rows` sizes each chip alone by the quick estimate, which sees a
+    chip's paths but not how the chain's links and waits interleave them: a chip
+    whose estimate is bound by its link may still wait on an engine that the chain
+    would have it grow. So each round tries, on the :data:`GROW_CHIPS` chips with the
+    busiest engines, every engine at its next larger row count (and WU lanes) that
+    the chip's multipliers and memory hold, simulates the chain, and keeps the best,
+    for :data:`GROW_ROUNDS` rounds at most.
+    """
+    layers, boards, timing = planner.layers, planner.boards, planner.timing
+    n = len(chips)
+
+    def run(trial):
+        return simulate(trial, layers, batch_size=planner.batch_size,
+                        batches=SEARCH_BATCHES, timing=timing)
+
+    result = run(chips)
+    for _ in range(GROW_ROUNDS):
+        busiest = sorted(range(n), key=lambda c: -max(
+            e["busy_cycles_per_sample"] for e in result["chips"][c]["engines"].values()))
+        best = None
+        for c in busiest[:GROW_CHIPS]:
+            for k, s in enumerate(chips[c].slices):
+                knobs = [("fp", s.channels), ("wu", s.channels), ("wu_lanes", s.geometry.wo)]
+                # Not the BP whose rows go up a link: the model takes its rows at
+                # the serializer's pace and adds only the last row's wait for the
+                # link, which holds for an engine the link keeps waiting but not for
+                # one it stalls mid-sample (fc1's BP of digits at 2x4 behind a full
+                # link: busy 112 cycles per sample measured, 97 modelled).
+                if s.has_bp and not (k == 0 and c > 0):
+                    knobs.append(("bp", s.layer.geometry.cin))
+                for kind, count in knobs:
+                    larger = [o for o in _row_options(count) if o > getattr(s, kind)]
+                    if not larger:
+                        continue
+                    trial = _copy(chips)
+                    setattr(trial[c].slices[k], kind, larger[0])
+                    if trial[c].multipliers(last=c == n - 1, timing=timing) > \
+                            boards[c].multipliers:
+                        continue
+                    cap = max_slots(trial[c], layers, boards[c])
+                    if cap < 1:
+                        continue
+                    trial[c].slots = min(chips[c].slots, cap)
+                    trial_result = run(trial)
+                    if trial_result["cycles_per_sample"] < (
+                            best[1] if best else result)["cycles_per_sample"]:
+                        best = (trial, trial_result)
+        if best is None:
+            break
+        chips, result = best
+    for c, chip in enumerate(chips):
+        msgs = messages(chip, layers, chain_first=c == 0, chain_last=c == n - 1,
+                        timing=timing)
+        chip.estimate = _estimate(chip, layers, msgs, chain_first=c == 0,
+                                  chain_last=c == n - 1, batch_size=planner.batch_size,
+                                  timing=timing)
+    return chips
+
+
 def plan_chips(network, boards, *, batch_size, timing=TIMING):
     """Plan ``network`` for the gateware on ``boards`` (one per chip, in chain order).
 
@@ -671,6 +740,7 @@ def plan_chips(network, boards, *, batch_size, timing=TIMING):
             if fastest is None or entry["cycles_per_sample"] < fastest["cycles_per_sample"]:
                 fastest = entry
     chips, _ = _refine(planner, fastest["chips"])
+    chips = _grow(planner, chips)
     result, sizing = planner.sized(chips, batches=SIMULATED_BATCHES)
     fastest.update(chips=chips, cycles_per_sample=result["cycles_per_sample"])
     simulated.remove(fastest)
