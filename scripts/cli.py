@@ -14,6 +14,7 @@ Bad input (a usage error, a bad value, file or plan: :class:`.args.UsageError` o
 
 import importlib
 import sys
+import warnings
 
 from ..plan.errors import FpdeepError
 from .args import Parser, UsageError
@@ -61,6 +62,11 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         print("fpdeep: interrupted", file=sys.stderr)
+        # Ctrl-C inside a simulation leaves its testbench coroutines unfinished; when
+        # they are collected Python warns "coroutine ... was never awaited" or prints
+        # "Exception ignored in ...". Neither is news after the line above.
+        warnings.simplefilter("ignore")
+        sys.unraisablehook = lambda unraisable: None
         return 130
 
 

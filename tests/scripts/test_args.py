@@ -123,3 +123,34 @@ def test_verilog_only_keeps_out_of_a_users_directory(tmp_path, capsys):
     refused(capsys, ["build", "--board", "ulx3s-85f", "--verilog-only",
                      "-o", str(tmp_path / "file")], "is not a directory")
     assert sorted(os.listdir(tmp_path)) == ["file", "mine"]
+
+
+CTRL_C_IN_A_SIMULATION = """
+import sys
+import fpdeep.plan.plan
+from fpdeep.scripts.cli import main
+
+async def testbench():
+    pass
+
+class Simulation:
+    pass
+
+def interrupted(*args, **kwargs):
+    # As Ctrl-C leaves a simulator: a testbench coroutine never finished, held in a
+    # reference cycle, so it is collected (and Python warns) only at exit.
+    sim = Simulation()
+    sim.self, sim.testbench = sim, testbench()
+    raise KeyboardInterrupt
+
+fpdeep.plan.plan.plan_network = interrupted
+sys.exit(main(["plan", "--net", "digits"]))
+"""
+
+
+def test_ctrl_c_in_a_simulation_prints_no_warning_after_its_line(tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_SIMULATION], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130 and result.stderr == "fpdeep: interrupted\n", result.stderr
