@@ -23,7 +23,7 @@ import tempfile
 
 from .errors import FpdeepError
 
-__all__ = ["output_target", "atomic_output", "atomic_write_text", "read_text",
+__all__ = ["output_target", "output_directory", "atomic_output", "atomic_write_text", "read_text",
            "MAX_NESTING", "check_nesting"]
 
 #: The deepest bracket nesting a network or plan file may have (they need about 6).
@@ -67,6 +67,31 @@ def output_target(path, *, what="output"):
     if not os.access(parent, os.W_OK | os.X_OK):
         raise FpdeepError(f"cannot write {what} {text!r}: its directory is not writable")
     return target
+
+
+def output_directory(path, *, what="output directory"):
+    """Check that files can be written into the directory ``path``: it exists, or its
+    parent does (the caller makes it only when it writes, so that a failed or
+    interrupted run leaves no empty directory behind).
+
+    Raises
+    ------
+    FpdeepError
+        If ``path`` is empty, not a directory, or has no writable parent.
+    """
+    text = os.fspath(path)
+    if not text:
+        raise FpdeepError(f"{what} path {path!r} is empty")
+    if os.path.isdir(text):
+        return
+    if os.path.exists(text):
+        raise FpdeepError(f"{what} {text!r} is not a directory")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise FpdeepError(f"cannot make {what} {text!r}: no directory "
+                          f"{os.path.dirname(text) or parent!r}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FpdeepError(f"cannot make {what} {text!r}: its parent is not writable")
 
 
 def _mode_for(target):
