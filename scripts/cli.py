@@ -12,7 +12,9 @@ Bad input (a usage error, a bad value, file or plan: :class:`.args.UsageError` o
 ``fpdeep: interrupted``, removes partial output the same way and exits with 130.
 """
 
+import errno
 import importlib
+import os
 import sys
 import warnings
 
@@ -70,15 +72,32 @@ def main(argv=None):
         return 130
 
 
+# Errors of writing standard output (``fpdeep plan > /dev/full``, a full disk). Files
+# fpdeep writes report these themselves (plan/files.py), so one that gets here is
+# about standard output.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+
+
+def _drop_stdout():
+    # Python flushes standard output again at exit; make that flush succeed quietly.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def console_main():
     try:
         status = main()
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (``fpdeep ... | head``): stop quietly, as a pipe would.
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         status = 141
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        _drop_stdout()
+        print(f"fpdeep: error: cannot write standard output: {error.strerror}",
+              file=sys.stderr)
+        status = 2
     sys.exit(status)
 
 

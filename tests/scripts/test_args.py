@@ -166,3 +166,16 @@ def test_ctrl_c_in_a_simulation_prints_no_warning_after_its_line(tmp_path):
     result = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_SIMULATION], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 130 and result.stderr == "fpdeep: interrupted\n", result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_standard_output_on_a_full_device_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "fpdeep.scripts.cli", "plan", "--net",
+                                 "digits"], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == ("fpdeep: error: cannot write standard output: No space left on "
+                             "device\n")
