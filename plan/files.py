@@ -23,8 +23,8 @@ import tempfile
 
 from .errors import FpdeepError
 
-__all__ = ["output_target", "output_directory", "atomic_output", "atomic_write_text", "read_text",
-           "MAX_NESTING", "check_nesting"]
+__all__ = ["output_target", "output_directory", "atomic_output", "atomic_write_text",
+           "read_text", "MAX_NESTING", "check_nesting"]
 
 #: The deepest bracket nesting a network or plan file may have (they need about 6).
 #: Deeper files are refused before parsing: PyYAML's scanner takes time quadratic in

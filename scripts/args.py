@@ -25,7 +25,8 @@ import math
 from ..plan.errors import FpdeepError
 
 __all__ = ["Parser", "UsageError", "finite_float", "positive_int", "nonnegative_int",
-           "output_file", "network_arg", "load_network_arg", "option_name", "refuse_with_plan", "take_options"]
+           "output_file", "network_arg", "load_network_arg", "option_name", "refuse_with_plan",
+           "take_options"]
 
 
 class UsageError(Exception):
@@ -131,7 +132,6 @@ def refuse_with_plan(args, names):
         if getattr(args, name) is not None:
             raise FpdeepError(f"{option_name(name)} is decided by the plan {args.plan!r}; drop it "
                               f"or plan again with it")
-
 
 
 def take_options(args, defaults, reads, doing, *, hint=""):

@@ -62,14 +62,31 @@ def main(argv=None):
     except (FpdeepError, UsageError) as error:
         print(f"fpdeep: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("fpdeep: interrupted", file=sys.stderr)
-        # Ctrl-C inside a simulation leaves its testbench coroutines unfinished; when
-        # they are collected Python warns "coroutine ... was never awaited" or prints
-        # "Exception ignored in ...". Neither is news after the line above.
+        _collect_quietly(interrupt)
+        return 130
+
+
+def _collect_quietly(interrupt):
+    """Free what the interrupted frames held, without a word.
+
+    Ctrl-C inside a simulation leaves its testbench coroutines unfinished; when they
+    are collected Python warns "coroutine ... was never awaited" or prints "Exception
+    ignored in ...". Neither is news after "interrupted", so they are collected here,
+    with warnings and that hook silenced only meanwhile (``main`` also runs in process,
+    in the tests)."""
+    import gc
+    import traceback
+    hook = sys.unraisablehook
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sys.unraisablehook = lambda unraisable: None
-        return 130
+        try:
+            traceback.clear_frames(interrupt.__traceback__)
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
 
 
 # Errors of writing standard output (``fpdeep plan > /dev/full``, a full disk). Files
