@@ -15,14 +15,16 @@ no file behind and an earlier output intact.
 """
 
 import contextlib
+import errno
 import os
+import shutil
 import stat
 import tempfile
 
 from .errors import FpdeepError
 
-__all__ = ["output_target", "atomic_output", "atomic_write_text", "read_text",
-           "MAX_NESTING", "check_nesting"]
+__all__ = ["output_target", "output_directory", "atomic_output", "atomic_write_text",
+           "read_text", "MAX_NESTING", "check_nesting"]
 
 #: The deepest bracket nesting a network or plan file may have (they need about 6).
 #: Deeper files are refused before parsing: PyYAML's scanner takes time quadratic in
@@ -67,6 +69,31 @@ def output_target(path, *, what="output"):
     return target
 
 
+def output_directory(path, *, what="output directory"):
+    """Check that files can be written into the directory ``path``: it exists, or its
+    parent does (the caller makes it only when it writes, so that a failed or
+    interrupted run leaves no empty directory behind).
+
+    Raises
+    ------
+    FpdeepError
+        If ``path`` is empty, not a directory, or has no writable parent.
+    """
+    text = os.fspath(path)
+    if not text:
+        raise FpdeepError(f"{what} path {path!r} is empty")
+    if os.path.isdir(text):
+        return
+    if os.path.exists(text):
+        raise FpdeepError(f"{what} {text!r} is not a directory")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise FpdeepError(f"cannot make {what} {text!r}: no directory "
+                          f"{os.path.dirname(text) or parent!r}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FpdeepError(f"cannot make {what} {text!r}: its parent is not writable")
+
+
 def _mode_for(target):
     try:
         return stat.S_IMODE(os.stat(target).st_mode)
@@ -76,34 +103,104 @@ def _mode_for(target):
         return 0o666 & ~umask
 
 
+# Errors of writing an output (a full disk, a file size limit, a quota) that the
+# block given to atomic_output meets while writing its temporary files; other
+# OSErrors from that block are not about the output and propagate as they are.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def _temp_beside(target, suffix):
+    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=suffix,
+                                dir=os.path.dirname(target))
+    os.close(fd)
+    return temp
+
+
+def _replace_all(temps, targets):
+    """Rename each temporary file over its target, as one step: if a rename fails
+    (or Ctrl-C comes between two), the targets already replaced get their earlier
+    content back, so a set of outputs (a VCD and its .gtkw, a table and its plot)
+    never mixes an old file with a new one."""
+    replaced, earliers = [], []     # (target, a link to its earlier file or None)
+    try:
+        for temp, target in zip(temps, targets):
+            earlier = None
+            if len(targets) > 1 and os.path.exists(target):
+                earlier = _temp_beside(target, ".earlier")
+                earliers.append(earlier)
+                os.unlink(earlier)
+                try:
+                    os.link(target, earlier)
+                except OSError:     # no hard links on this file system
+                    shutil.copy2(target, earlier)
+            os.replace(temp, target)
+            replaced.append((target, earlier))
+    except BaseException:
+        for target, earlier in reversed(replaced):
+            with contextlib.suppress(OSError):
+                if earlier:
+                    os.replace(earlier, target)
+                else:
+                    os.unlink(target)
+        raise
+    finally:
+        for earlier in earliers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(earlier)
+
+
 @contextlib.contextmanager
 def atomic_output(*paths, what="output"):
-    """Yield a temporary path per path in ``paths``; rename each over its target
-    (:func:`output_target`) when the block ends without an exception, else remove
-    them all. All targets are checked before anything is written.
+    """Yield a temporary path per path in ``paths``; rename them over their targets
+    (:func:`output_target`) together when the block ends without an exception, else
+    remove them all. All targets are checked before anything is written.
 
     Example::
 
         with atomic_output("run.vcd", "run.gtkw") as (vcd, gtkw):
             ...   # write vcd and gtkw
+
+    Raises
+    ------
+    FpdeepError
+        If a target is refused, or writing fails (a full disk, say), naming the path.
     """
     targets = [output_target(path, what=what) for path in paths]
     temps = []
+
+    def refuse(error):
+        return FpdeepError(f"cannot write {what} {_named(paths, temps, error)}: "
+                           f"{error.strerror or error}")
     try:
-        for target in targets:
-            fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.",
-                                        suffix=".partial", dir=os.path.dirname(target))
-            os.close(fd)
-            temps.append(temp)
-        yield temps if len(paths) != 1 else temps[0]
-        for temp, target in zip(temps, targets):
-            os.chmod(temp, _mode_for(target))
-        for temp, target in zip(temps, targets):
-            os.replace(temp, target)
+        try:
+            for target in targets:
+                temps.append(_temp_beside(target, ".partial"))
+        except OSError as error:
+            raise refuse(error) from None
+        try:
+            yield temps if len(paths) != 1 else temps[0]
+        except OSError as error:
+            if error.errno not in _WRITE_ERRNOS and error.filename not in temps:
+                raise
+            raise refuse(error) from None
+        try:
+            for temp, target in zip(temps, targets):
+                os.chmod(temp, _mode_for(target))
+            _replace_all(temps, targets)
+        except OSError as error:
+            raise refuse(error) from None
     finally:
         for temp in temps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
+
+
+def _named(paths, temps, error):
+    """The path (or paths) an OSError of :func:`atomic_output` is about, as given."""
+    for path, temp in zip(paths, temps):
+        if error.filename == temp:
+            return repr(os.fspath(path))
+    return " and ".join(repr(os.fspath(path)) for path in paths)
 
 
 def atomic_write_text(path, text, *, what="output"):

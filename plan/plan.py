@@ -430,7 +430,12 @@ def validate(data, *, source="plan"):
         _need(chip, "dict", where)
         if chip.get("index") != c:
             raise FpdeepError(f"{where}.index must be {c}, not {chip.get('index')!r}")
-        _key(chip, "board", "str", where)
+        board = _key(chip, "board", "str", where)
+        # The cluster's boards are what is built and timed; a chip naming another
+        # board would be silently ignored.
+        if board != cluster.board(c).name:
+            raise FpdeepError(f"{where}.board is {board!r}, but the cluster's chip {c} is "
+                              f"a {cluster.board(c).name!r}")
         names = set()
         for k, sl in enumerate(_key(chip, "slices", "list", where)):
             at = f"{where}.slices[{k}]"

@@ -15,7 +15,8 @@ checked once, here, and never per command:
 
 :class:`Parser` turns every usage error into one line, ``fpdeep: error: ...``, and
 exit status 2 (argparse alone prints the usage too). :func:`refuse_with_plan`
-refuses options that a ``--plan`` makes meaningless, naming the option.
+refuses options that a ``--plan`` makes meaningless, and :func:`take_options` those
+that a mode of a command does not read, naming the option.
 """
 
 import argparse
@@ -24,7 +25,8 @@ import math
 from ..plan.errors import FpdeepError
 
 __all__ = ["Parser", "UsageError", "finite_float", "positive_int", "nonnegative_int",
-           "output_file", "network_arg", "load_network_arg", "option_name", "refuse_with_plan"]
+           "output_file", "network_arg", "load_network_arg", "option_name", "refuse_with_plan",
+           "take_options"]
 
 
 class UsageError(Exception):
@@ -131,3 +133,17 @@ def refuse_with_plan(args, names):
             raise FpdeepError(f"{option_name(name)} is decided by the plan {args.plan!r}; drop it "
                               f"or plan again with it")
 
+
+def take_options(args, defaults, reads, doing, *, hint=""):
+    """Refuse an option of ``defaults`` that was given (it is not None: the parser's
+    default for each is None) but that ``doing`` does not read (it is not in
+    ``reads``), naming it; then set the options not given to their ``defaults``.
+
+    Silently ignoring an option misleads: ``plan --sweep --net lenet5`` would not
+    plan lenet5.
+    """
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif name not in reads:
+            raise FpdeepError(f"{doing} does not take {option_name(name)}{hint}; drop it")

@@ -16,7 +16,7 @@ included, so short runs understate it.
 
 import statistics
 
-from .args import network_arg, option_name, positive_int
+from .args import network_arg, positive_int, take_options
 
 __all__ = ["register"]
 
@@ -49,13 +49,8 @@ CORE_OPTIONS = {"net": "digits", "data": None, "batches": 2, "batch_size": 8,
 
 
 def run(args):
-    from ..plan.errors import FpdeepError
-    for name, default in CORE_OPTIONS.items():
-        if args.what != "core" and getattr(args, name) is not None:
-            raise FpdeepError(f"bench {args.what} does not take {option_name(name)} (only bench core "
-                              f"does); drop it")
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+    take_options(args, CORE_OPTIONS, CORE_OPTIONS if args.what == "core" else (),
+                 f"bench {args.what}", hint=" (only bench core does)")
     if args.what == "link":
         from .bench_link import bench
         bench(seeds=args.repeats)

@@ -12,8 +12,11 @@ Bad input (a usage error, a bad value, file or plan: :class:`.args.UsageError` o
 ``fpdeep: interrupted``, removes partial output the same way and exits with 130.
 """
 
+import errno
 import importlib
+import os
 import sys
+import warnings
 
 from ..plan.errors import FpdeepError
 from .args import Parser, UsageError
@@ -59,9 +62,42 @@ def main(argv=None):
     except (FpdeepError, UsageError) as error:
         print(f"fpdeep: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("fpdeep: interrupted", file=sys.stderr)
+        _collect_quietly(interrupt)
         return 130
+
+
+def _collect_quietly(interrupt):
+    """Free what the interrupted frames held, without a word.
+
+    Ctrl-C inside a simulation leaves its testbench coroutines unfinished; when they
+    are collected Python warns "coroutine ... was never awaited" or prints "Exception
+    ignored in ...". Neither is news after "interrupted", so they are collected here,
+    with warnings and that hook silenced only meanwhile (``main`` also runs in process,
+    in the tests)."""
+    import gc
+    import traceback
+    hook = sys.unraisablehook
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sys.unraisablehook = lambda unraisable: None
+        try:
+            traceback.clear_frames(interrupt.__traceback__)
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+
+
+# Errors of writing standard output (``fpdeep plan > /dev/full``, a full disk). Files
+# fpdeep writes report these themselves (plan/files.py), so one that gets here is
+# about standard output.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+
+
+def _drop_stdout():
+    # Python flushes standard output again at exit; make that flush succeed quietly.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def console_main():
@@ -70,9 +106,15 @@ def console_main():
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (``fpdeep ... | head``): stop quietly, as a pipe would.
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         status = 141
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        _drop_stdout()
+        print(f"fpdeep: error: cannot write standard output: {error.strerror}",
+              file=sys.stderr)
+        status = 2
     sys.exit(status)
 
 

@@ -14,48 +14,70 @@ predictions: cycles per sample, engine busy fractions, link words and feature-sl
 use per chip.
 """
 
+import contextlib
 import os
 
 from ..plan.errors import FpdeepError
-from .args import finite_float, load_network_arg, network_arg, output_file, positive_int
+from .args import (finite_float, load_network_arg, network_arg, output_file, positive_int,
+                   take_options)
 
-__all__ = ["register"]
+__all__ = ["register", "OPTIONS", "READS"]
+
+#: The options whose use depends on the mode, with their defaults. The parser's default
+#: for each is None, so that one given to a mode that does not read it is refused.
+OPTIONS = {"net": "digits", "board": "ulx3s-85f", "chips": 1, "link_gbps": None,
+           "link_latency_ns": 500.0, "link_ber": 0.0, "batch": None, "target": "paper",
+           "output": None, "compare": False, "max_chips": None, "out_dir": "docs/scaling"}
+
+#: The options each mode reads: planning one network, ``--sweep`` and ``--balance``.
+READS = {
+    "plan without --sweep or --balance": {"net", "board", "chips", "link_gbps",
+                                          "link_latency_ns", "link_ber", "batch", "target",
+                                          "output", "compare"},
+    "plan --sweep": {"batch", "max_chips", "out_dir"},
+    "plan --balance": {"max_chips"},
+}
 
 
 def register(subparsers):
     parser = subparsers.add_parser("plan", help="partition a network over N FPGAs",
                                    description=__doc__.splitlines()[0])
-    parser.add_argument("--net", default="digits", type=network_arg,
+    parser.add_argument("--net", type=network_arg,
                         help="built-in network (digits, lenet5, alexnet, vgg16, vgg19; any "
-                             "case) or a .json/.yaml/.onnx file")
-    parser.add_argument("--board", default="ulx3s-85f",
-                        help="board kind, or a comma-separated list of one per chip")
-    parser.add_argument("--chips", type=positive_int, default=1,
-                        help="number of chips in the chain")
+                             "case) or a .json/.yaml/.onnx file (default digits)")
+    parser.add_argument("--board",
+                        help="board kind, or a comma-separated list of one per chip "
+                             "(default ulx3s-85f)")
+    parser.add_argument("--chips", type=positive_int,
+                        help="number of chips in the chain (default 1)")
     parser.add_argument("--link-gbps", type=finite_float(0, low_open=True), default=None,
                         help="total link bandwidth per FPGA, per direction (overrides board)")
-    parser.add_argument("--link-latency-ns", type=finite_float(0), default=500.0)
-    parser.add_argument("--link-ber", type=finite_float(0, 1, high_open=True), default=0.0,
+    parser.add_argument("--link-latency-ns", type=finite_float(0),
+                        help="latency of every link (default 500)")
+    parser.add_argument("--link-ber", type=finite_float(0, 1, high_open=True),
                         help="bit-error rate of every link, in [0, 1) (default 0); the paper "
                              "target's link payload is the raw rate times the link layer's "
                              "efficiency at this rate")
     parser.add_argument("--batch", type=positive_int, default=None,
                         help="mini-batch size (default 64; 8 with --target gateware, the "
                              "training core's default)")
-    parser.add_argument("--target", choices=("paper", "gateware"), default="paper",
+    parser.add_argument("--target", choices=("paper", "gateware"),
                         help="paper-scale engines (default), or what the gateware builds, "
                              "with its predicted timing")
     parser.add_argument("-o", "--output", type=output_file, help="write the plan JSON here")
-    parser.add_argument("--compare", action="store_true",
+    parser.add_argument("--compare", action="store_true", default=None,
                         help="also print the baselines' balance and throughput")
-    parser.add_argument("--sweep", action="store_true",
-                        help="run the scaling study and write a table and a PNG plot")
-    parser.add_argument("--balance", nargs="*", metavar="NET",
-                        help="print max/mean chip cycles for N = 1..64 of these built-in "
-                             "networks (all if none given)")
-    parser.add_argument("--max-chips", type=positive_int, default=None,
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--sweep", action="store_true",
+                      help="run the scaling study and write a table and a PNG plot")
+    mode.add_argument("--balance", nargs="*", metavar="NET",
+                      help="print max/mean chip cycles for N = 1..64 of these built-in "
+                           "networks (all if none given)")
+    parser.add_argument("--max-chips", type=positive_int,
                         help="largest N of the sweep (128) or of --balance (64)")
-    parser.add_argument("--out-dir", default="docs/scaling", help="where --sweep writes")
+    parser.add_argument("--out-dir",
+                        help="where --sweep writes scaling.md and scaling.png (default "
+                             "docs/scaling)")
     parser.set_defaults(handler=run)
 
 
@@ -172,17 +194,15 @@ def print_gateware(plan):
 
 def run_sweep(args):
     from ..plan.scaling import sweep, summarise
-    from ..plan.files import output_target
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        raise FpdeepError(f"--out-dir {args.out_dir!r} is not a directory")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out_dir))):
-        raise FpdeepError(f"--out-dir {args.out_dir!r}: its parent directory does not exist")
-    os.makedirs(args.out_dir, exist_ok=True)
-    for name in ("scaling.md", "scaling.png"):
-        output_target(os.path.join(args.out_dir, name))
+    from ..plan.files import atomic_output, output_directory, output_target
+    output_directory(args.out_dir, what="--out-dir")
+    table = os.path.join(args.out_dir, "scaling.md")
+    png = os.path.join(args.out_dir, "scaling.png")
+    if os.path.isdir(args.out_dir):
+        for path in (table, png):       # refused now, not after the sweep's minutes
+            output_target(path)
     args.max_chips = args.max_chips or 128
     rows = sweep(chips=range(1, args.max_chips + 1), batch_size=args.batch or 64)
-    table = os.path.join(args.out_dir, "scaling.md")
     lines = ["| net | link | N | images/s | speedup | efficiency | balance | limit |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -197,8 +217,6 @@ def run_sweep(args):
         lines.append(f"| {s['net']} | {s['link']} | {s['first_fit']} | {s['linear_to']} | "
                      f"{s['ends_at']} | {s['ends_because']} | {s['best_speedup']:.1f} "
                      f"({s['best_at']}) |")
-    from ..plan.network import atomic_write_text
-    atomic_write_text(table, "\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -213,10 +231,20 @@ def run_sweep(args):
     ax.set_ylabel("speedup over one chip (compute bound)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    png = os.path.join(args.out_dir, "scaling.png")
-    from ..plan.files import atomic_output
-    with atomic_output(png) as temp:
-        fig.savefig(temp, dpi=110, bbox_inches="tight", format="png")
+    # The table and its plot are replaced together or not at all; a directory made
+    # for them goes again if they cannot be written.
+    made = not os.path.isdir(args.out_dir)
+    os.makedirs(args.out_dir, exist_ok=True)
+    try:
+        with atomic_output(table, png) as (table_temp, png_temp):
+            with open(table_temp, "w", encoding="utf-8") as file:
+                file.write("\n".join(lines) + "\n")
+            fig.savefig(png_temp, dpi=110, bbox_inches="tight", format="png")
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(args.out_dir)
+        raise
     print("\n".join(lines))
     print(f"wrote {table} and {png}")
     return 0
@@ -236,12 +264,9 @@ def run_balance(args):
 
 
 def run(args):
-    if args.balance is not None or args.sweep:
-        which = "--balance" if args.balance is not None else "--sweep"
-        for option, value in (("-o", args.output), ("--compare", args.compare),
-                              ("--link-ber", args.link_ber)):
-            if value:
-                raise FpdeepError(f"{option} does nothing with {which}; drop one of them")
+    mode = ("plan --balance" if args.balance is not None else
+            "plan --sweep" if args.sweep else "plan without --sweep or --balance")
+    take_options(args, OPTIONS, READS[mode], mode)
     if args.balance is not None:
         return run_balance(args)
     if args.sweep:

@@ -1,3 +1,4 @@
+import errno
 import os
 import stat
 
@@ -78,3 +79,57 @@ def test_read_text_refuses_invalid_utf8(tmp_path):
     path.write_bytes(b'{"name": "\xff"}')
     with pytest.raises(FpdeepError, match="not UTF-8 text: byte 0xff at offset 10"):
         read_text(path, what="network file")
+
+
+@pytest.mark.parametrize("first_existed", [False, True])
+def test_a_failed_rename_puts_back_the_pair(tmp_path, monkeypatch, first_existed):
+    table, plot = tmp_path / "scaling.md", tmp_path / "scaling.png"
+    if first_existed:
+        table.write_text("earlier table")
+    plot.write_text("earlier plot")
+    replace = os.replace
+
+    def second_fails(src, dst):
+        if os.fspath(dst) == str(plot):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(FpdeepError, match="cannot write output .*scaling.md.* and "
+                                          ".*scaling.png.*: No space left on device"):
+        with atomic_output(table, plot) as (a, b):
+            open(a, "w").write("new table")
+            open(b, "w").write("new plot")
+    assert plot.read_text() == "earlier plot"
+    if first_existed:
+        assert table.read_text() == "earlier table"
+    assert sorted(os.listdir(tmp_path)) == (["scaling.md"] if first_existed else []) + [
+        "scaling.png"]
+
+
+def test_a_pair_is_replaced_together(tmp_path):
+    table, plot = tmp_path / "scaling.md", tmp_path / "scaling.png"
+    table.write_text("earlier table")
+    with atomic_output(table, plot) as (a, b):
+        open(a, "w").write("new table")
+        open(b, "w").write("new plot")
+    assert table.read_text() == "new table" and plot.read_text() == "new plot"
+    assert sorted(os.listdir(tmp_path)) == ["scaling.md", "scaling.png"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_file(tmp_path, code):
+    path = tmp_path / "plan.json"
+    path.write_text("earlier")
+    with pytest.raises(FpdeepError, match=f"cannot write output '{path}': {os.strerror(code)}"):
+        with atomic_output(path) as temp:
+            with open(temp, "w") as file:
+                file.write("x")
+                raise OSError(code, os.strerror(code))
+    assert path.read_text() == "earlier" and os.listdir(tmp_path) == ["plan.json"]
+
+
+def test_other_os_errors_in_the_block_are_not_blamed_on_the_output(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with atomic_output(tmp_path / "out.txt"):
+            open(tmp_path / "no" / "such")
+    assert os.listdir(tmp_path) == []

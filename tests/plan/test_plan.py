@@ -207,6 +207,8 @@ def gateware_dict():
         {"chip": 2, "layer": "fc1", "count": 650}), "stores one of a chip's layers on the next"),
     (lambda d: d["chips"][0]["weights"]["stored_at"].append(
         {"chip": 1, "layer": "fc1", "count": 650}), "stores one of a chip's layers on the next"),
+    (lambda d: d["chips"][1].update(board="nosuch"),
+     "chips[1].board is 'nosuch', but the cluster's chip 1 is a 'ulx3s-85f'"),
 ])
 def test_absurd_or_mistyped_plans_are_refused_before_elaborating(gateware_dict, tmp_path,
                                                                   change, words):

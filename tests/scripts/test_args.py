@@ -54,6 +54,18 @@ def refused(capsys, argv, *words):
     (["sim", "--plan", "p.json", "--board", "ulx3s-45f"], ("--board", "decided by the plan")),
     (["plan", "--balance", "digits", "-o", "x.json"], ("-o", "--balance")),
     (["plan", "--sweep", "--compare"], ("--compare", "--sweep")),
+    (["plan", "--max-chips", "4"], ("plan without --sweep or --balance does not take "
+                                    "--max-chips",)),
+    (["plan", "--out-dir", "x"], ("does not take --out-dir",)),
+    (["plan", "--balance", "digits", "--target", "gateware"],
+     ("plan --balance does not take --target",)),
+    (["plan", "--balance", "digits", "--chips", "3"], ("plan --balance does not take --chips",)),
+    (["plan", "--balance", "digits", "--batch", "8"], ("plan --balance does not take --batch",)),
+    (["plan", "--sweep", "--net", "lenet5"], ("plan --sweep does not take --net",)),
+    (["plan", "--sweep", "--board", "vc709"], ("plan --sweep does not take --board",)),
+    (["plan", "--sweep", "--balance"], ("--balance", "not allowed with", "--sweep")),
+    (["plan", "--sweep", "--out-dir", ""], ("--out-dir", "empty")),
+    (["plan", "--sweep", "--out-dir", "missing/scaling"], ("--out-dir", "no directory 'missing'")),
     (["build", "--board", "ulx3s-85f", "--baud", "3000000", "--verilog-only"],
      ("--baud 3000000", "25 MHz", "4.2% off")),
     (["build", "--board", "icebreaker", "--baud", "4000000", "--verilog-only"],
@@ -123,3 +135,47 @@ def test_verilog_only_keeps_out_of_a_users_directory(tmp_path, capsys):
     refused(capsys, ["build", "--board", "ulx3s-85f", "--verilog-only",
                      "-o", str(tmp_path / "file")], "is not a directory")
     assert sorted(os.listdir(tmp_path)) == ["file", "mine"]
+
+
+CTRL_C_IN_A_SIMULATION = """
+import sys
+import fpdeep.plan.plan
+from fpdeep.scripts.cli import main
+
+async def testbench():
+    pass
+
+class Simulation:
+    pass
+
+def interrupted(*args, **kwargs):
+    # As Ctrl-C leaves a simulator: a testbench coroutine never finished, held in a
+    # reference cycle, so it is collected (and Python warns) only at exit.
+    sim = Simulation()
+    sim.self, sim.testbench = sim, testbench()
+    raise KeyboardInterrupt
+
+fpdeep.plan.plan.plan_network = interrupted
+sys.exit(main(["plan", "--net", "digits"]))
+"""
+
+
+def test_ctrl_c_in_a_simulation_prints_no_warning_after_its_line(tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_SIMULATION], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130 and result.stderr == "fpdeep: interrupted\n", result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_standard_output_on_a_full_device_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "fpdeep.scripts.cli", "plan", "--net",
+                                 "digits"], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == ("fpdeep: error: cannot write standard output: No space left on "
+                             "device\n")

@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 
 import pytest
 
@@ -46,3 +48,56 @@ def test_link_ber_reaches_the_plan(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["cluster"]["link_ber"] == 1e-4
     assert data["summary"]["assumptions"]["link_efficiency"] == link_efficiency(1e-4)
+
+
+@pytest.fixture(scope="module")
+def sweep_rows():
+    from fpdeep.plan.scaling import sweep
+    return sweep(chips=range(1, 2))
+
+
+@pytest.fixture
+def quick_sweep(monkeypatch, sweep_rows):
+    import fpdeep.plan.scaling
+    monkeypatch.setattr(fpdeep.plan.scaling, "sweep", lambda **kwargs: sweep_rows)
+
+
+def _sweep(out_dir):
+    return ["plan", "--sweep", "--max-chips", "1", "--out-dir", str(out_dir)]
+
+
+def test_sweep_writes_its_table_and_plot(tmp_path, capsys, quick_sweep):
+    assert main(_sweep(tmp_path / "new")) == 0
+    assert sorted(os.listdir(tmp_path / "new")) == ["scaling.md", "scaling.png"]
+    assert (tmp_path / "new" / "scaling.md").read_text().startswith("| net | link |")
+    assert (tmp_path / "new" / "scaling.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_sweep_replaces_both_files_or_neither(tmp_path, capsys, monkeypatch, quick_sweep):
+    (tmp_path / "scaling.md").write_text("earlier table")
+    (tmp_path / "scaling.png").write_text("earlier plot")
+    replace = os.replace
+
+    def plot_fails(src, dst):
+        if os.fspath(dst).endswith("scaling.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", plot_fails)
+    assert main(_sweep(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fpdeep: error: cannot write output ") and err.count("\n") == 1
+    assert "No space left on device" in err
+    assert (tmp_path / "scaling.md").read_text() == "earlier table"
+    assert (tmp_path / "scaling.png").read_text() == "earlier plot"
+    assert sorted(os.listdir(tmp_path)) == ["scaling.md", "scaling.png"]
+
+
+def test_an_interrupted_sweep_leaves_no_directory(tmp_path, capsys, monkeypatch, quick_sweep):
+    import matplotlib.figure
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", interrupted)
+    assert main(_sweep(tmp_path / "new")) == 130
+    assert capsys.readouterr().err == "fpdeep: interrupted\n"
+    assert os.listdir(tmp_path) == []
