@@ -624,10 +624,14 @@ def _grow(planner, chips):
                     if trial[c].multipliers(last=c == n - 1, timing=timing) > \
                             boards[c].multipliers:
                         continue
-                    cap = max_slots(trial[c], layers, boards[c])
-                    if cap < 1:
+                    # Placed again: a holder keeps the grown slice's masters as it is now.
+                    if place_masters(trial, layers, boards) is not None:
                         continue
-                    trial[c].slots = min(chips[c].slots, cap)
+                    caps = [max_slots(t, layers, board) for t, board in zip(trial, boards)]
+                    if min(caps) < 1:
+                        continue
+                    for t, chip, cap in zip(trial, chips, caps):
+                        t.slots = min(chip.slots, cap)
                     trial_result = run(trial)
                     if trial_result["cycles_per_sample"] < (
                             best[1] if best else result)["cycles_per_sample"]:
