@@ -6,6 +6,7 @@ from amaranth import *
 from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
+from fpdeep.plan.model.timing import row_header_words
 from fpdeep.rtl.chip_io import ActivationLink, ChannelSlice, ErrorLink
 from fpdeep.rtl.conv import RowLayout, pack_rows
 from fpdeep.rtl.numerics import DEFAULT_NUMERICS as N
@@ -13,8 +14,11 @@ from fpdeep.rtl.rowlink import map_words
 from tests.stream_helpers import StreamDriver, stream_get, stream_put
 
 
-def frame(channel, row, values):
-    """An error row's words (:mod:`fpdeep.rtl.rowlink`)."""
+def frame(channel, row, values, *, channels, h):
+    """An error row's words (:mod:`fpdeep.rtl.rowlink`) on a link whose error rows are
+    those of a ``channels`` x ``h`` map."""
+    if row_header_words(channels, h) == 1:
+        return [channel << (h - 1).bit_length() | row] + list(values)
     return [channel, row] + list(values)
 
 
@@ -139,7 +143,7 @@ def test_passes_the_errors_of_channels_in_front_up_and_keeps_its_own():
 
     async def tb(ctx):
         relayed = False
-        while len(up) < 2 * 3:
+        while len(up) < 2 * 2:
             up.append(await driver.get(ctx, link.err_out))
             relayed |= bool(ctx.get(link.control.relaying))
         assert relayed
@@ -154,7 +158,8 @@ def test_passes_the_errors_of_channels_in_front_up_and_keeps_its_own():
     sim.add_testbench(tb)
     sim.run()
     assert own == [(c - 2, values[c]) for c in range(2, 5)]
-    assert up == frame(0, 0, values[:1]) + frame(1, 0, values[1:2])
+    assert up == (frame(0, 0, values[:1], channels=5, h=1) +
+                  frame(1, 0, values[1:2], channels=5, h=1))
 
 
 def test_takes_one_samples_errors_from_the_link_at_a_time():
@@ -173,7 +178,7 @@ def test_takes_one_samples_errors_from_the_link_at_a_time():
     async def chip_behind(ctx):
         for rows in samples:
             for c, y, values in rows:
-                for word in frame(c, y, values):
+                for word in frame(c, y, values, channels=3, h=2):
                     await stream_put(ctx, link.err_in, word)
 
     async def layer(ctx):
@@ -191,7 +196,7 @@ def test_takes_one_samples_errors_from_the_link_at_a_time():
             ctx.set(link.control.take, 1)
             for c, y, values in bp_rows:
                 await stream_put(ctx, link.i_bp, {"channel": c, "row": y, "values": values})
-                for _ in range(2 + 3):
+                for _ in range(1 + 3):          # a one-word header, 3 values
                     sent.append(await stream_get(ctx, link.err_out))
             while ctx.get(link.control.busy):
                 await ctx.tick()
@@ -199,7 +204,8 @@ def test_takes_one_samples_errors_from_the_link_at_a_time():
             for _ in range(30):
                 await ctx.tick()
             assert taken == [row for rows in samples[:sample + 1] for row in rows]
-        assert sent == 2 * [w for c, y, values in bp_rows for w in frame(c, y, values)]
+        assert sent == 2 * [w for c, y, values in bp_rows
+                            for w in frame(c, y, values, channels=2, h=2)]
 
     sim = Simulator(link)
     sim.add_clock(1e-6)
