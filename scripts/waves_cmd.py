@@ -44,5 +44,5 @@ def run(args):
     sim_args = argparse.Namespace(net=args.net, data=args.data, chips=chips, plan=args.plan,
                                   board=None, batches=1, batch_size=batch_size,
                                   lr=args.lr, momentum=args.momentum, seed=args.seed,
-                                  backend="pysim", vcd=args.output)
+                                  backend="pysim", vcd=args.output, link_ber=0.0)
     return simulate(sim_args)
