@@ -4,7 +4,7 @@
 chip's engine rows (:func:`choose_rows`) by a quick estimate of its forward and
 backward paths (:func:`_estimate`), simulates the best few chains, each with its
 feature slots sized by :func:`choose_slots`, moves the channel boundaries of split
-layers while the simulation improves, and keeps the fastest.
+layers and then grows engines while the simulation improves, and keeps the fastest.
 
 Weight balancing (architecture decision 4) as the gateware builds it: a chip whose
 memory does not hold its layers with even one feature slot keeps the masters and
@@ -656,8 +656,9 @@ def plan_chips(network, boards, *, batch_size, timing=TIMING):
     its engines' rows chosen by :func:`choose_rows`, by the estimate of its slower
     path; runs the :data:`SIMULATED_CANDIDATES` best through :func:`simulate`, each
     with its feature slots sized by :func:`choose_slots`, keeps the fastest, moves
-    its split boundaries while the simulation improves (:func:`_refine`), and sizes
-    its slots again over :data:`SIMULATED_BATCHES`.
+    its split boundaries while the simulation improves (:func:`_refine`), grows its
+    engines while the simulation improves (:func:`_grow`), and sizes its slots again
+    over :data:`SIMULATED_BATCHES`.
 
     Returns
     -------
