@@ -35,15 +35,17 @@ def check_options(args):
     if args.reference not in (None, "int"):
         raise FpdeepError(f"--reference {args.reference}: the gateware trains against the "
                           f"integer reference only; drop --reference or give int")
-    if args.backend is None:
+    chosen = args.backend is None     # said once the options are known good
+    if chosen:
         args.backend = "verilator"
-        print(f"fpdeep train: --chips {args.chips} without --backend: training in Verilator",
-              file=sys.stderr)
     args.chips = args.chips or 1
     if args.link_ber and args.chips < 2:
         raise FpdeepError(f"--link-ber {args.link_ber:g} needs links: --chips 2 or more")
     if args.curve is not None and not args.curve.lower().endswith(".png"):
         raise FpdeepError(f"--curve {args.curve!r}: the curve is a PNG; name it FILE.png")
+    if chosen:
+        print(f"fpdeep train: --chips {args.chips} without --backend: training in Verilator",
+              file=sys.stderr)
     if args.backend == "pysim" and args.chips > 1:
         print(f"fpdeep train: warning: --backend pysim on {args.chips} chips is slow (a few "
               f"samples a second); --backend verilator is about 100 times faster",
